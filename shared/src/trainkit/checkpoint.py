@@ -1,0 +1,255 @@
+"""Checkpoints that are atomic, ``weights_only``-loadable and complete enough for bit-exact resume."""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+FORMAT_VERSION = 1
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Strip DDP/DataParallel and ``torch.compile`` wrappers so state-dict keys stay plain."""
+    while True:
+        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> Path:
+    """Write ``payload`` atomically: temp file in the same directory, fsync, ``os.replace``, fsync the directory.
+
+    A crash at any point leaves either the old file or the new one, never a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+    """Load with ``weights_only=True`` (never runs pickled code); every failure is a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("checkpoint not found", str(path), "expected a .pt file written by this tool")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        unsafe = re.search(r"(unsupported GLOBAL|Unsupported global|GLOBAL [\w.]+|unrecognized function)", text)
+        if unsafe:
+            name = re.search(r"GLOBAL ([\w.]+)", text)
+            what = f" ({name.group(1)})" if name else ""
+            raise UserError(f"checkpoint refused: it needs an unsafe pickled global{what} that could run code",
+                            str(path), "expected a checkpoint of plain tensors, numbers, strings, lists and dicts") from None
+        raise UserError("checkpoint is corrupt or truncated", str(path), "the file cannot be unpickled") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as err:
+        msg = " ".join(str(err).split())[:200] or type(err).__name__
+        raise UserError("checkpoint is corrupt or truncated", str(path), msg) from None
+    if not isinstance(state, dict):
+        raise UserError("checkpoint has an unexpected layout", str(path), "expected a dict at the top level")
+    return state
+
+
+def capture_rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        # The legacy numpy state holds an ndarray and numpy ints: store plain lists so weights_only loads it.
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _to_tuple(value):
+    return tuple(_to_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def restore_rng_state(state: dict) -> None:
+    if "python" in state:
+        random.setstate(_to_tuple(state["python"]))
+    if "numpy" in state:
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def training_state(*, model, optimizer=None, scheduler=None, scaler=None, ema=None, step: int = 0, epoch: int = 0,
+                   best_metric: float | None = None, config: dict | None = None, extra: dict | None = None) -> dict:
+    """Everything a bit-exact resume needs, as plain data."""
+    state = {
+        "format_version": FORMAT_VERSION,
+        "model": unwrap_model(model).state_dict(),
+        "step": int(step),
+        "epoch": int(epoch),
+        "best_metric": None if best_metric is None else float(best_metric),
+        "config": config,
+        "rng": capture_rng_state(),
+    }
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    if extra:
+        state["extra"] = extra
+    return state
+
+
+def restore_training_state(state: dict, *, model, optimizer=None, scheduler=None, scaler=None, ema=None,
+                           restore_rng: bool = True, where: str = "checkpoint") -> dict:
+    """Load what :func:`training_state` wrote into the live objects; returns the remaining metadata."""
+    version = state.get("format_version")
+    if version is None or int(version) > FORMAT_VERSION:
+        raise UserError(f"unsupported checkpoint format version {version!r}", where,
+                        f"expected a trainkit checkpoint of version <= {FORMAT_VERSION}")
+    try:
+        unwrap_model(model).load_state_dict(state["model"])
+        if optimizer is not None and "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and "scheduler" in state:
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if ema is not None and "ema" in state:
+            ema.load_state_dict(state["ema"])
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise UserError("checkpoint does not match this model/configuration", where,
+                        " ".join(str(err).split())[:300]) from None
+    if restore_rng and "rng" in state:
+        restore_rng_state(state["rng"])
+    return {k: state.get(k) for k in ("step", "epoch", "best_metric", "config", "extra")}
+
+
+class CheckpointManager:
+    """Periodic files from a name template, ``latest.pt``, ``best.pt``, keep-last-K, and auto-resume."""
+
+    LATEST = "latest.pt"
+    BEST = "best.pt"
+
+    def __init__(self, directory: str | Path, *, keep_last: int = 3, filename: str = "ckpt_step{step:08d}.pt",
+                 best_metric: str | None = None, best_mode: str = "min", enabled: bool = True):
+        if best_mode not in ("min", "max"):
+            raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+        self.filename = filename
+        self.best_metric = best_metric
+        self.best_mode = best_mode
+        self.best_value: float | None = None
+        self.enabled = enabled
+        fields = re.findall(r"\{(\w+)[^}]*\}", filename)
+        pattern = re.escape(filename)
+        for name in fields:
+            pattern = re.sub(r"\\\{" + name + r"[^}]*\\\}", r"(?P<" + name + r">\\d+)", pattern, count=1)
+        self._pattern = re.compile("^" + pattern + "$")
+
+    def is_better(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        return value < self.best_value if self.best_mode == "min" else value > self.best_value
+
+    def save(self, payload: dict, *, step: int, epoch: int | None = None, metrics: dict | None = None) -> Path | None:
+        """Write the periodic file and ``latest.pt`` (and ``best.pt`` when the tracked metric improved)."""
+        if not self.enabled:
+            return None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / self.filename.format(step=step, epoch=epoch if epoch is not None else 0)
+        if self.best_metric and metrics and self.best_metric in metrics and self.is_better(float(metrics[self.best_metric])):
+            self.best_value = float(metrics[self.best_metric])
+        payload = dict(payload)
+        payload["manager"] = {"best_value": self.best_value, "best_metric": self.best_metric}
+        save_checkpoint(path, payload)
+        save_checkpoint(self.directory / self.LATEST, payload)
+        if self.best_metric and metrics and self.best_value == float(metrics.get(self.best_metric, float("nan"))):
+            save_checkpoint(self.directory / self.BEST, payload)
+        self._prune()
+        return path
+
+    def periodic_files(self) -> list[Path]:
+        """Periodic checkpoints, oldest first (by the numbers in their names)."""
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for p in self.directory.iterdir():
+            m = self._pattern.match(p.name)
+            if m:
+                found.append((tuple(int(v) for v in m.groups()), p))
+        return [p for _, p in sorted(found)]
+
+    def _prune(self) -> None:
+        if self.keep_last and self.keep_last > 0:
+            for old in self.periodic_files()[: -self.keep_last]:
+                old.unlink(missing_ok=True)
+
+    def load_manager_state(self, state: dict) -> None:
+        info = state.get("manager") or {}
+        self.best_value = info.get("best_value")
+
+    def resolve_resume(self, resume: str | Path | None) -> Path | None:
+        """``None`` -> no resume; a path -> that file (must load); ``"auto"`` -> newest checkpoint that loads."""
+        if resume is None or str(resume) == "":
+            return None
+        if str(resume) != "auto":
+            path = Path(resume)
+            load_checkpoint(path)  # raises a UserError naming the file when unusable
+            return path
+        candidates = [self.directory / self.LATEST] + self.periodic_files()[::-1]
+        candidates = [p for p in candidates if p.is_file()]
+        candidates.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        for path in candidates:
+            try:
+                load_checkpoint(path)
+                return path
+            except UserError as err:
+                warnings.warn(f"skipping unusable checkpoint {path}: {err.message}", stacklevel=2)
+                print(f"warning: skipping unusable checkpoint {path} ({err.what})", flush=True)
+        return None

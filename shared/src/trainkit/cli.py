@@ -1,0 +1,44 @@
+"""Shared click options and run-directory handling that the packages' CLIs reuse."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .errors import UserError
+
+RUN_MARKERS = ("checkpoints", "config.yaml", "metrics.jsonl")
+
+
+def common_options(fn):
+    """``--config --set --device --precision --seed --quiet`` (defaults come from the package's config)."""
+    options = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                     help="YAML config file (dataclass defaults < file < flags < --set)."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override any config key, e.g. --set optim.lr=2e-4 (repeatable)."),
+        click.option("--device", default=None, help="auto | cpu | cuda | cuda:N | mps"),
+        click.option("--precision", default=None, type=click.Choice(["fp32", "bf16", "fp16"]),
+                     help="Autocast precision (fp16 uses a GradScaler on CUDA)."),
+        click.option("--seed", type=int, default=None, help="Random seed."),
+        click.option("--quiet", is_flag=True, default=False, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def run_dir_has_run(path: Path, markers=RUN_MARKERS) -> bool:
+    return path.is_dir() and any((path / m).exists() for m in markers) or (path.is_dir() and any(path.glob("*.pt")))
+
+
+def prepare_run_dir(path: str | Path, *, resume: str | None, markers=RUN_MARKERS) -> Path:
+    """Create the run directory; refuse to reuse one that already holds a run unless resuming."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError("run directory path is a file", str(path), "expected a directory (or a new path)")
+    if not resume and run_dir_has_run(path, markers):
+        raise UserError("run directory already holds a run", str(path),
+                        "pass --resume auto to continue it, or choose a new --save_dir")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,246 @@
+"""Typed dataclass configs: YAML file -> explicit CLI flags -> ``--set a.b=value`` overrides.
+
+Every mistake names the key, the file it came from and the type that was expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from .errors import UserError
+
+_MISSING = dataclasses.MISSING
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise a UserError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, where)
+            except UserError as err:
+                errors.append(err)
+        raise UserError(f"bad value {value!r} for key '{key}'", where, f"expected {_type_name(tp)}")
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        raise UserError(f"bad value {value!r} for key '{key}'", where, f"expected one of {list(choices)}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"bad value {value!r} for key '{key}'", where, f"expected a list ({_type_name(tp)})")
+        args = typing.get_args(tp)
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"bad value {value!r} for key '{key}'", where, "expected a mapping")
+        return dict(value)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise UserError(f"bad value {value!r} for key '{key}'", where, f"expected a mapping for section {tp.__name__}")
+        return _build(tp, value, where, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise UserError(f"bad value {value!r} for key '{key}'", where, "expected bool")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, str):
+                try:
+                    return int(value)
+                except ValueError:
+                    pass
+            raise UserError(f"bad value {value!r} for key '{key}'", where, "expected int")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise UserError(f"bad value {value!r} for key '{key}'", where, "expected float")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"bad value {value!r} for key '{key}'", where, "expected float")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"bad value {value!r} for key '{key}'", where, "expected str")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise UserError(f"bad value {value!r} for key '{key}'", where, f"expected {_type_name(tp)}")
+    return value
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def _build(cls, data: Mapping[str, Any], where: str, prefix: str = ""):
+    types_ = _field_types(cls)
+    unknown = [k for k in data if k not in types_]
+    if unknown:
+        raise UserError(
+            f"unknown config key '{prefix}{unknown[0]}'", where, f"expected one of {sorted(prefix + k for k in types_)}"
+        )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.name in data:
+            kwargs[f.name] = _coerce(data[f.name], types_[f.name], prefix + f.name, where)
+        elif f.default is _MISSING and f.default_factory is _MISSING:
+            raise UserError(f"missing required config key '{prefix}{f.name}'", where, f"expected {_type_name(types_[f.name])}")
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: Mapping) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _set_dotted(target: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = target
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"cannot set '{dotted}'", "--set", f"'{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'optim.lr=2e-4'`` -> ``('optim.lr', 2e-4)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise UserError(f"bad override '{text}'", "--set", "expected key=value, e.g. --set optim.lr=2e-4")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise UserError(f"bad override '{text}'", "--set", "expected key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads "2e-4" as a string (it needs a dot); let the field's type decide.
+    return key, value
+
+
+def _check_key_path(cls, dotted: str, where: str) -> None:
+    node = cls
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        types_ = _field_types(node) if dataclasses.is_dataclass(node) else {}
+        if part not in types_:
+            prefix = ".".join(parts[:i])
+            valid = sorted((prefix + "." if prefix else "") + k for k in types_)
+            raise UserError(f"unknown config key '{dotted}'", where, f"expected one of {valid}")
+        node = types_[part]
+
+
+def load_config(cls, path: str | Path | None = None, overrides: Iterable[str] = (), cli_values: Mapping[str, Any] | None = None):
+    """Build ``cls`` from its defaults, a YAML file, explicit CLI flags and ``--set`` overrides (in that order)."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError("config file not found", str(path), "expected a YAML file")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError("config file is not valid YAML", str(path), str(err).splitlines()[0])
+        if not isinstance(loaded, dict):
+            raise UserError("config file must hold a mapping", str(path), "expected key: value pairs")
+        data = loaded
+    where = str(path) if path is not None else "defaults"
+    # Validate the file alone first so its errors name the file.
+    _build(cls, data, where)
+    for key, value in (cli_values or {}).items():
+        _check_key_path(cls, key, "command line")
+        _set_dotted(data, key, value)
+    for text in overrides:
+        key, value = parse_override(text)
+        _check_key_path(cls, key, f"--set {text}")
+        _set_dotted(data, key, value)
+        _build(cls, data, f"--set {text}")
+    return _build(cls, data, where)
+
+
+def config_to_dict(cfg) -> dict:
+    """Plain nested dict (str/int/float/bool/None/list/dict): YAML- and ``weights_only``-safe."""
+
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, Path):
+            return str(v)
+        if hasattr(v, "item") and callable(v.item):  # numpy / torch scalars
+            return v.item()
+        return v
+
+    return plain(cfg)
+
+
+def config_from_dict(cls, data: Mapping[str, Any], where: str = "checkpoint"):
+    """Inverse of :func:`config_to_dict`, with the same key/type checks."""
+    if not isinstance(data, Mapping):
+        raise UserError("config is not a mapping", where, f"expected a dict for {cls.__name__}")
+    return _build(cls, data, where)
+
+
+def save_config(cfg, run_dir: str | Path, filename: str = "config.yaml") -> Path:
+    path = Path(run_dir) / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return path
+
+
+def explicit_cli_values(ctx, mapping: Mapping[str, str]) -> dict[str, Any]:
+    """``{dotted_key: value}`` for the click params in ``mapping`` that the user typed on the command line."""
+    import click.core
+
+    out = {}
+    for param, dotted in mapping.items():
+        source = ctx.get_parameter_source(param)
+        if source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
+            out[dotted] = ctx.params[param]
+    return out

@@ -1,0 +1,155 @@
+"""torch.distributed from torchrun's environment, plus the small helpers a DDP loop needs."""
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+import torch.distributed as dist
+
+from .device import resolve_device
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    is_distributed: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_spec: str = "auto") -> DistInfo:
+    """Join the process group when launched by torchrun (gloo on CPU, nccl on CUDA); otherwise a 1-process DistInfo."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_spec)
+    if world_size <= 1:
+        return DistInfo(0, 0, 1, device, False)
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank, local_rank, world_size, device, True)
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    if is_distributed():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def _reduce_device() -> torch.device:
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_mean(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Average each value over ranks (every rank must pass the same keys)."""
+    if not is_distributed() or not metrics:
+        return {k: float(v) for k, v in metrics.items()}
+    keys = sorted(metrics)
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=_reduce_device())
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    values /= dist.get_world_size()
+    return {k: float(v) for k, v in zip(keys, values.tolist())}
+
+
+def all_reduce_sum(metrics: Mapping[str, float]) -> dict[str, float]:
+    if not is_distributed() or not metrics:
+        return {k: float(v) for k, v in metrics.items()}
+    keys = sorted(metrics)
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=_reduce_device())
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return {k: float(v) for k, v in zip(keys, values.tolist())}
+
+
+def make_sampler(dataset, *, shuffle: bool, seed: int = 0, drop_last: bool = False):
+    """A DistributedSampler under DDP (call ``set_epoch`` each epoch), else None (use the DataLoader's shuffle)."""
+    if not is_distributed():
+        return None
+    from torch.utils.data import DistributedSampler
+
+    return DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+
+
+def wrap_ddp(model: torch.nn.Module, info: DistInfo, **kwargs) -> torch.nn.Module:
+    if not info.is_distributed:
+        return model
+    if info.device.type == "cuda":
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index], **kwargs)
+    return torch.nn.parallel.DistributedDataParallel(model, **kwargs)  # CPU: device_ids must stay None
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class GracefulStop:
+    """SIGTERM/SIGINT set a flag; ``should_stop()`` at a step boundary agrees across ranks.
+
+    torchrun forwards SIGTERM to every worker and kills them ~30 s later, so a loop that checks this
+    every step has time to save a checkpoint. A second SIGINT falls through to the default handler.
+    """
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+        self.requested = False
+        self.signal_name: str | None = None
+        self._previous = {}
+        for sig in signals:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals cannot be caught here
+                pass
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def should_stop(self) -> bool:
+        flag = self.requested
+        if is_distributed():
+            t = torch.tensor([1.0 if flag else 0.0], device=_reduce_device())
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item() > 0)
+            if flag and not self.requested:
+                self.requested, self.signal_name = True, "peer rank"
+        return flag
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            try:
+                signal.signal(sig, handler)
+            except (ValueError, TypeError):
+                pass
+        self._previous = {}

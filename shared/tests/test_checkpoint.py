@@ -1,0 +1,158 @@
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import trainkit as tk
+from trainkit.checkpoint import CheckpointManager, load_checkpoint, save_checkpoint
+from trainkit.errors import UserError
+
+HERE = Path(__file__).parent
+
+
+def run_toy(*args):
+    proc = subprocess.run([sys.executable, str(HERE / "toy_loop.py"), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_resume_is_bit_identical_across_processes(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_toy("--run_dir", str(straight), "--epochs", "4")
+    run_toy("--run_dir", str(resumed), "--epochs", "4", "--stop_after_epochs", "2")
+    first = json.loads((resumed / "result_rank0.json").read_text())
+    run_toy("--run_dir", str(resumed), "--epochs", "4", "--resume", "auto")
+    a = json.loads((straight / "result_rank0.json").read_text())
+    b = json.loads((resumed / "result_rank0.json").read_text())
+    assert first["params"] != a["params"]  # the interruption really happened mid-training
+    assert a["step"] == b["step"] == 4 * 8
+    assert a["params"] == b["params"]  # bit-identical (dropout + shuffled DataLoader + EMA + LR schedule)
+    # The resumed run's curve has each step once and matches the straight run.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def curve(d):
+        acc = EventAccumulator(str(d), size_guidance={"scalars": 0})
+        acc.Reload()
+        return [(e.step, e.value) for e in acc.Scalars("train/loss")]
+
+    ca, cb = curve(straight), curve(resumed)
+    assert [s for s, _ in cb] == list(range(1, 33))
+    assert ca == cb
+    rows = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 33))
+
+
+def test_full_state_loads_weights_only(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(1, 3)).sum().backward()
+    opt.step()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    np.random.rand(3)
+    state = tk.training_state(model=model, optimizer=opt, scheduler=sched, scaler=scaler, ema=tk.EMA(model), step=7,
+                              epoch=2, best_metric=np.float64(0.5), config={"lr": 1e-3, "name": "x"})
+    path = save_checkpoint(tmp_path / "c.pt", state)
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["step"] == 7 and loaded["format_version"] == 1 and isinstance(loaded["best_metric"], float)
+    expected_np = np.random.rand(2)
+    np.random.rand(5)
+    torch.rand(1)
+    model2 = torch.nn.Linear(3, 2)
+    meta = tk.restore_training_state(loaded, model=model2, optimizer=torch.optim.AdamW(model2.parameters()))
+    assert meta["epoch"] == 2 and meta["config"] == {"lr": 1e-3, "name": "x"}
+    assert torch.equal(model2.weight, model.weight)
+    assert np.array_equal(np.random.rand(2), expected_np)  # numpy RNG restored
+
+
+def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "latest.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
+
+    real_save = torch.save
+
+    def exploding_save(obj, f, *a, **k):
+        f.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", exploding_save)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"step": 2, "w": torch.zeros(3)})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]  # no temp file left behind
+
+
+def test_auto_resume_skips_truncated_newest(tmp_path, capsys):
+    mgr = CheckpointManager(tmp_path, keep_last=5, filename="ckpt_{step:04d}.pt")
+    mgr.save({"step": 1}, step=1)
+    mgr.save({"step": 2}, step=2)
+    newest = tmp_path / "ckpt_0003.pt"
+    mgr.save({"step": 3}, step=3)
+    for p in (newest, tmp_path / "latest.pt"):
+        data = p.read_bytes()
+        p.write_bytes(data[: len(data) // 2])
+        os.utime(p, None)
+    with pytest.warns(UserWarning, match="skipping unusable checkpoint"):
+        chosen = mgr.resolve_resume("auto")
+    assert chosen == tmp_path / "ckpt_0002.pt"
+    assert "ckpt_0003.pt" in capsys.readouterr().out
+
+
+def test_keep_last_and_best(tmp_path):
+    mgr = CheckpointManager(tmp_path, keep_last=2, filename="e{epoch:03d}.pt", best_metric="val", best_mode="max")
+    for epoch, val in enumerate([0.1, 0.5, 0.3, 0.2], start=1):
+        mgr.save({"epoch": epoch}, step=epoch, epoch=epoch, metrics={"val": val})
+    assert sorted(p.name for p in tmp_path.glob("e*.pt")) == ["e003.pt", "e004.pt"]
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "latest.pt")["epoch"] == 4
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": _Exploit(marker)}, bad, pickle_module=pickle)
+    with pytest.raises(UserError) as e:
+        load_checkpoint(bad)
+    assert "refused" in str(e.value) and str(bad) in str(e.value)
+    assert "\n" not in str(e.value)
+    assert not marker.exists()
+
+
+def test_missing_and_garbage_files(tmp_path):
+    with pytest.raises(UserError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_restore_into_wrong_model_is_user_error(tmp_path):
+    state = tk.training_state(model=torch.nn.Linear(3, 2))
+    with pytest.raises(UserError, match="does not match"):
+        tk.restore_training_state(state, model=torch.nn.Linear(4, 2))
+
+
+def test_unwrap_compiled_model_keys():
+    model = torch.nn.Linear(2, 2)
+
+    class Wrapper(torch.nn.Module):  # what torch.compile returns: the module under _orig_mod
+        def __init__(self, m):
+            super().__init__()
+            self._orig_mod = m
+
+    assert list(tk.unwrap_model(Wrapper(model)).state_dict()) == ["weight", "bias"]

@@ -1,0 +1,99 @@
+from dataclasses import dataclass, field
+from typing import Literal
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from trainkit.config import config_from_dict, config_to_dict, explicit_cli_values, load_config, save_config
+from trainkit.errors import UserError
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class Cfg:
+    name: str = "run"
+    epochs: int = 3
+    schedule: Literal["cosine", "linear"] = "cosine"
+    wandb_project: str | None = None
+    optim: Optim = field(default_factory=Optim)
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_file_flags_and_overrides_in_order(tmp_path):
+    p = write(tmp_path, "epochs: 5\noptim:\n  lr: 0.001\n")
+    cfg = load_config(Cfg, p, overrides=["optim.lr=2e-4"], cli_values={"epochs": 7, "name": "x"})
+    assert cfg.epochs == 7 and cfg.name == "x"
+    assert cfg.optim.lr == pytest.approx(2e-4) and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.betas == [0.9, 0.999]
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    p = write(tmp_path, "optim:\n  lrr: 0.1\n")
+    with pytest.raises(UserError) as e:
+        load_config(Cfg, p)
+    msg = str(e.value)
+    assert "unknown config key 'optim.lrr'" in msg and str(p) in msg and "optim.lr" in msg
+
+
+def test_wrong_type_names_key_file_and_type(tmp_path):
+    p = write(tmp_path, "epochs: many\n")
+    with pytest.raises(UserError) as e:
+        load_config(Cfg, p)
+    assert "'epochs'" in str(e.value) and str(p) in str(e.value) and "expected int" in str(e.value)
+
+
+def test_bad_overrides():
+    with pytest.raises(UserError, match="expected key=value"):
+        load_config(Cfg, None, overrides=["optim.lr"])
+    with pytest.raises(UserError, match="unknown config key 'optim.momentum'"):
+        load_config(Cfg, None, overrides=["optim.momentum=0.9"])
+    with pytest.raises(UserError, match=r"expected float"):
+        load_config(Cfg, None, overrides=["optim.lr=fast"])
+    with pytest.raises(UserError, match=r"expected one of \['cosine', 'linear'\]"):
+        load_config(Cfg, None, overrides=["schedule=quad"])
+    assert load_config(Cfg, None, overrides=["wandb_project=null"]).wandb_project is None
+
+
+def test_missing_required_value(tmp_path):
+    @dataclass
+    class Req:
+        data_dir: str
+
+    with pytest.raises(UserError, match="missing required config key 'data_dir'"):
+        load_config(Req, write(tmp_path, "{}\n"))
+
+
+def test_roundtrip_dict_and_yaml(tmp_path):
+    cfg = load_config(Cfg, None, overrides=["optim.lr=0.5", "name=abc"])
+    d = config_to_dict(cfg)
+    assert d == {"name": "abc", "epochs": 3, "schedule": "cosine", "wandb_project": None,
+                 "optim": {"lr": 0.5, "betas": [0.9, 0.999]}}
+    assert config_from_dict(Cfg, d) == cfg
+    path = save_config(cfg, tmp_path / "run")
+    assert config_from_dict(Cfg, yaml.safe_load(path.read_text())) == cfg
+
+
+def test_explicit_cli_values_only_typed_flags():
+    seen = {}
+
+    @click.command()
+    @click.option("--epochs", type=int, default=3)
+    @click.option("--lr", type=float, default=1e-4)
+    @click.pass_context
+    def cmd(ctx, epochs, lr):
+        seen.update(explicit_cli_values(ctx, {"epochs": "epochs", "lr": "optim.lr"}))
+
+    assert CliRunner().invoke(cmd, ["--lr", "0.01"]).exit_code == 0
+    assert seen == {"optim.lr": 0.01}

@@ -1,0 +1,47 @@
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from trainkit.cli import common_options, prepare_run_dir
+from trainkit.errors import UserError, handle_user_errors
+
+
+@click.command()
+@common_options
+@click.option("--boom", is_flag=True)
+@handle_user_errors
+def cmd(config_path, overrides, device, precision, seed, quiet, boom):
+    if boom:
+        raise RuntimeError("a bug")
+    raise UserError("data directory not found", "--data_dir /nope", "expected a folder of *_actions.npy")
+
+
+def test_user_error_is_one_line_exit_2():
+    result = CliRunner().invoke(cmd, [])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: data directory not found (--data_dir /nope): expected a folder of *_actions.npy"
+    assert "Traceback" not in result.output
+
+
+def test_bug_keeps_traceback():
+    result = CliRunner().invoke(cmd, ["--boom"])
+    assert isinstance(result.exception, RuntimeError)
+
+
+def test_prepare_run_dir_refuses_existing_run(tmp_path):
+    run = tmp_path / "run"
+    prepare_run_dir(run, resume=None)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "latest.pt").write_bytes(b"keep me")
+    with pytest.raises(UserError, match="already holds a run"):
+        prepare_run_dir(run, resume=None)
+    assert (run / "checkpoints" / "latest.pt").read_bytes() == b"keep me"
+    assert prepare_run_dir(run, resume="auto") == run
+
+
+def test_common_options_are_real_options():
+    result = CliRunner().invoke(cmd, ["--precision", "fp64"])
+    assert result.exit_code == 2 and "fp64" in result.output
