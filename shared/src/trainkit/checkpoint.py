@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from .errors import UserError
 
@@ -121,7 +122,10 @@ def restore_rng_state(state: dict) -> None:
 
 def training_state(*, model, optimizer=None, scheduler=None, scaler=None, ema=None, step: int = 0, epoch: int = 0,
                    best_metric: float | None = None, config: dict | None = None, extra: dict | None = None) -> dict:
-    """Everything a bit-exact resume needs, as plain data."""
+    """Everything a bit-exact resume needs, as plain data.
+
+    Under DDP call it on every rank (it gathers each rank's RNG state); only rank 0 then writes the file.
+    """
     state = {
         "format_version": FORMAT_VERSION,
         "model": unwrap_model(model).state_dict(),
@@ -131,6 +135,10 @@ def training_state(*, model, optimizer=None, scheduler=None, scaler=None, ema=No
         "config": config,
         "rng": capture_rng_state(),
     }
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        per_rank = [None] * dist.get_world_size()
+        dist.all_gather_object(per_rank, state["rng"])
+        state["rng_per_rank"] = per_rank
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     if scheduler is not None:
@@ -164,8 +172,13 @@ def restore_training_state(state: dict, *, model, optimizer=None, scheduler=None
     except (RuntimeError, KeyError, ValueError) as err:
         raise UserError("checkpoint does not match this model/configuration", where,
                         " ".join(str(err).split())[:300]) from None
-    if restore_rng and "rng" in state:
-        restore_rng_state(state["rng"])
+    if restore_rng:
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        per_rank = state.get("rng_per_rank")
+        if per_rank and rank < len(per_rank):
+            restore_rng_state(per_rank[rank])
+        elif "rng" in state:
+            restore_rng_state(state["rng"])
     return {k: state.get(k) for k in ("step", "epoch", "best_metric", "config", "extra")}
 
 
