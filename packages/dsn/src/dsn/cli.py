@@ -1,2 +1,252 @@
+"""``dsn``: train, evaluate, summarize, ablation, make-dataset, extract-features, info.
+
+Flags follow the guide exactly (underscored: ``--model_type``, ``--save_dir`` ...). Thin: parse,
+build the config, call one function. User mistakes print one ``error:`` line and exit with code 2.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from trainkit.cli import common_options
+from trainkit.config import explicit_cli_values, load_config
+from trainkit.errors import UserError, handle_user_errors
+
+from .config import DSNConfig, TrainConfig
+
+# click parameter name -> dotted TrainConfig key, for the flags the user typed.
+TRAIN_FLAGS = {
+    "model_type": "model.model_type", "enc_hidden": "model.enc_hidden", "num_attn_heads": "model.num_attn_heads",
+    "num_attn_layers": "model.num_attn_layers", "num_scales": "model.num_scales",
+    "pos_encoding_type": "model.pos_encoding_type", "use_lstm_in_advanced": "model.use_lstm_in_advanced",
+    "dataset_root": "dataset_root", "save_dir": "save_dir", "epochs": "epochs", "lr": "lr",
+    "budget_ratio": "budget_ratio", "use_cache": "use_cache", "cache_size": "cache_size",
+    "split_index": "split_index", "num_episodes": "num_episodes", "device": "device", "precision": "precision",
+    "seed": "seed", "quiet": "quiet",
+}
+
+
+class _Group(click.Group):
+    """Click's own usage errors (unknown flag, bad choice) also become one line + exit 2."""
+
+    def main(self, *args, **kwargs):
+        kwargs.setdefault("standalone_mode", False)
+        no_args = getattr(click.exceptions, "NoArgsIsHelpError", ())
+        try:
+            rv = super().main(*args, **kwargs)
+        except no_args as err:
+            click.echo(err.ctx.get_help())
+            sys.exit(0)
+        except click.UsageError as err:
+            path = err.ctx.command_path if err.ctx else "dsn"
+            click.echo(f"error: {' '.join(err.format_message().split())} ({path}): see '{path} --help'", err=True)
+            sys.exit(2)
+        except click.exceptions.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+        return rv
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main():
-    raise SystemExit(0)
+    """DSN: unsupervised keyframe selection trained with REINFORCE (baseline BiLSTM or advanced model)."""
+
+
+def _bool01(name):
+    return click.option(name, type=click.IntRange(0, 1), default=None, help="0 or 1")
+
+
+@main.command()
+@click.option("--model_type", "--model-type", type=click.Choice(["baseline", "advanced"]), default=None,
+              help="baseline (BiLSTM) or advanced (attention + multi-scale). Default advanced.")
+@click.option("--dataset_root", "--dataset-root", type=click.Path(), default=None,
+              help="Folder with the eccv16 h5 + splits.json. Default: the synthetic dataset, built on first use.")
+@click.option("--save_dir", "--save-dir", type=click.Path(), default=None, help="Run directory (default runs/dsn).")
+@click.option("--epochs", type=int, default=None, help="Epochs (default 20).")
+@click.option("--num_attn_heads", "--num-attn-heads", type=int, default=None, help="Attention heads (default 4).")
+@click.option("--num_attn_layers", "--num-attn-layers", type=int, default=None, help="Attention layers; 0 = none (default 2).")
+@click.option("--num_scales", "--num-scales", type=int, default=None, help="Temporal scales; 1 = single scale (default 3).")
+@_bool01("--use_cache")
+@click.option("--cache_size", "--cache-size", type=int, default=None, help="Max cache entries (default 1000).")
+@click.option("--pos_encoding_type", "--pos-encoding-type", type=click.Choice(["sinusoidal", "learned", "none"]),
+              default=None, help="Positional encoding (default sinusoidal).")
+@_bool01("--use_lstm_in_advanced")
+@click.option("--lr", type=float, default=None, help="Adam learning rate (default 1e-4).")
+@click.option("--budget_ratio", "--budget-ratio", type=float, default=None, help="Target keyframe ratio (default 0.06).")
+@click.option("--enc_hidden", "--enc-hidden", type=int, default=None, help="Hidden size / model width (default 256).")
+@click.option("--split_index", "--split-index", type=int, default=None, help="Which split of splits.json (default 0).")
+@click.option("--num_episodes", "--num-episodes", type=int, default=None, help="Episodes per video (default 5).")
+@click.option("--resume", default=None, help="PATH to a checkpoint, or 'auto' (newest loadable in --save_dir).")
+@common_options
+@click.pass_context
+@handle_user_errors
+def train(ctx, resume, config_path, overrides, **_):
+    """Train a policy with REINFORCE (the guide's flags)."""
+    from .train import train as run_train
+
+    values = explicit_cli_values(ctx, TRAIN_FLAGS)
+    for key in ("use_cache", "model.use_lstm_in_advanced"):
+        if key in values:
+            values[key] = bool(values[key])
+    cfg = load_config(TrainConfig, config_path, overrides, values)
+    summary = run_train(cfg, resume=resume, log=lambda m: click.echo(m, err=False) if not cfg.quiet else None)
+    if not summary.get("stopped") and not cfg.quiet:
+        click.echo(json.dumps({k: summary[k] for k in ("run_dir", "checkpoint", "num_params", "train_time_s", "val", "cache")},
+                              default=float))
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(), help="A dsn_checkpoint_ep{N}.pt file.")
+@click.option("--dataset_root", "--dataset-root", type=click.Path(), default=None,
+              help="Dataset folder (default: the synthetic default).")
+@click.option("--split_index", "--split-index", type=int, default=None, help="Split (default: the one trained on).")
+@click.option("--budget_ratio", "--budget-ratio", type=float, default=None, help="Keyframe budget (default: as trained).")
+@click.option("--f_mode", "--f-mode", type=click.Choice(["max", "avg"]), default=None,
+              help="Combine users by max (SumMe) or avg (TVSum). Default: as trained (avg).")
+@click.option("--keyframes", "selection", type=click.Choice(["nms", "topk"]), default=None,
+              help="Keyframe selection (default: as trained, nms).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@common_options
+@handle_user_errors
+def evaluate(checkpoint, dataset_root, split_index, budget_ratio, f_mode, selection, as_json, config_path, overrides,
+             device, precision, seed, quiet):
+    """Model vs random vs uniform summaries on a split's test videos."""
+    from .evaluate import evaluate_checkpoint, format_table
+
+    _no_config(config_path, overrides, "evaluate")
+    result = evaluate_checkpoint(checkpoint, dataset_root, split_index=split_index, device=device or "cpu",
+                                 budget_ratio=budget_ratio, f_mode=f_mode, seed=seed or 0, selection=selection)
+    if as_json:
+        click.echo(json.dumps({k: result[k] for k in ("model", "random", "uniform")}))
+        return
+    info = result["info"]
+    click.echo(f"{info['model_type']} checkpoint {info['checkpoint']}: {info['num_videos']} test videos of split "
+               f"{info['split_index']} in {info['dataset_root']} (budget {info['budget_ratio']}, keyframes "
+               f"{info['keyframe_selection']}, F mode {info['f_mode']})")
+    click.echo(format_table(result))
+    for note in info["notes"]:
+        click.echo(f"note: {note}")
+
+
+def _no_config(config_path, overrides, command):
+    # evaluate/summarize read everything they need from the checkpoint; a config would be silently unused.
+    if config_path or overrides:
+        raise UserError("--config/--set are not used by this command", f"dsn {command}",
+                        "the model configuration is read from the checkpoint")
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(), help="A dsn_checkpoint_ep{N}.pt file.")
+@click.option("--video", type=click.Path(), default=None, help="A video file (features are extracted on the fly).")
+@click.option("--dataset_root", "--dataset-root", type=click.Path(), default=None, help="Dataset folder (with --key).")
+@click.option("--key", default=None, help="Video key inside --dataset_root.")
+@click.option("--out", required=True, type=click.Path(), help="Output folder (keyframes.json, contact_sheet.png).")
+@click.option("--budget_ratio", "--budget-ratio", type=float, default=None, help="Keyframe budget (default: as trained).")
+@click.option("--keyframes", "selection", type=click.Choice(["nms", "topk"]), default=None,
+              help="Keyframe selection (default: as trained, nms).")
+@common_options
+@handle_user_errors
+def summarize(checkpoint, video, dataset_root, key, out, budget_ratio, selection, config_path, overrides, device,
+              precision, seed, quiet):
+    """Keyframes (JSON) and a contact sheet (PNG) for one video."""
+    from .summarize import summarize as run_summarize
+
+    _no_config(config_path, overrides, "summarize")
+    result = run_summarize(checkpoint, out, video=video, dataset_root=dataset_root, key=key,
+                           budget_ratio=budget_ratio, device=device or "cpu", selection=selection)
+    click.echo(f"{len(result['keyframes'])} keyframes -> {result['json']}"
+               + (f", {result['contact_sheet']}" if result.get("contact_sheet") else ""))
+    for note in result.get("notes", []):
+        click.echo(f"note: {note}")
+
+
+@main.command()
+@click.option("--dataset_root", "--dataset-root", type=click.Path(), default=None,
+              help="Dataset folder (default: the synthetic default).")
+@click.option("--save_dir", "--save-dir", type=click.Path(), default="runs/ablation", show_default=True)
+@click.option("--epochs", type=int, default=None, help="Epochs per configuration (default 20).")
+@click.option("--split_index", "--split-index", type=int, default=None, help="Split (default 0).")
+@common_options
+@click.pass_context
+@handle_user_errors
+def ablation(ctx, dataset_root, save_dir, epochs, split_index, config_path, overrides, **_):
+    """The guide's five configurations, then a Markdown + CSV results table."""
+    from .ablation import run_ablation
+
+    values = explicit_cli_values(ctx, {"dataset_root": "dataset_root", "epochs": "epochs", "split_index": "split_index",
+                                       "device": "device", "precision": "precision", "seed": "seed",
+                                       "quiet": "quiet"})
+    base = load_config(TrainConfig, config_path, overrides, values)
+    result = run_ablation(base, save_dir, log=click.echo)
+    click.echo(result["markdown"])
+    click.echo(f"table: {result['md_path']} and {result['csv_path']}")
+
+
+@main.command("make-dataset")
+@click.option("--out", required=True, type=click.Path(), help="Output folder (dataset.h5 + splits.json).")
+@click.option("--num_videos", "--num-videos", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--num_splits", "--num-splits", type=click.IntRange(min=1), default=5, show_default=True)
+@handle_user_errors
+def make_dataset(out, num_videos, seed, num_splits):
+    """Build the synthetic animation-like dataset (the embedded default) into --out."""
+    from .synthetic import make_dataset as build
+
+    path = build(out, num_videos=num_videos, seed=seed, num_splits=num_splits)
+    click.echo(f"wrote {num_videos} videos to {path}")
+
+
+@main.command("extract-features")
+@click.option("--videos", required=True, multiple=True, type=click.Path(), help="Video files (repeatable or several).")
+@click.argument("more_videos", nargs=-1, type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Output dataset folder.")
+@click.option("--sample_fps", "--sample-fps", type=float, default=2.0, show_default=True)
+@click.option("--thumb_size", "--thumb-size", type=int, default=64, show_default=True)
+@click.option("--backbone", default=None, help="torchvision model name whose weights are already cached (never downloads).")
+@click.option("--pca_dim", "--pca-dim", type=int, default=None, help="Reduce features with PCA to this size.")
+@handle_user_errors
+def extract_features(videos, more_videos, out, sample_fps, thumb_size, backbone, pca_dim):
+    """Real videos -> features, KTS shots and thumbnails in the same h5 format."""
+    from .features import extract_features as run
+
+    paths = list(videos) + list(more_videos)
+    path = run(paths, out, sample_fps=sample_fps, thumb_size=thumb_size, backbone=backbone, pca_dim=pca_dim)
+    click.echo(f"wrote {len(paths)} videos to {path}")
+
+
+@main.command()
+@click.option("--checkpoint", type=click.Path(), default=None, help="Describe this checkpoint's model instead.")
+@click.option("--in_dim", "--in-dim", type=int, default=None, help="Feature size for the default configs (default 484).")
+@common_options
+@click.pass_context
+@handle_user_errors
+def info(ctx, checkpoint, in_dim, config_path, overrides, **_):
+    """Parameter counts of the baseline and advanced models (or of a checkpoint's model)."""
+    from .model import build_model, count_parameters
+
+    if checkpoint:
+        from .evaluate import load_policy
+
+        model, ckpt = load_policy(checkpoint)
+        click.echo(f"{checkpoint}: {ckpt.get('model_type')} model, {count_parameters(model):,} parameters, "
+                   f"epoch {ckpt.get('epoch')}; config {json.dumps(ckpt['config'])}")
+        return
+    from .features import FEATURE_DIM
+
+    cfg = load_config(TrainConfig, config_path, overrides)
+    dim = in_dim or cfg.model.in_dim or FEATURE_DIM
+    click.echo(f"feature size D = {dim}")
+    for model_type in ("baseline", "advanced"):
+        mcfg = DSNConfig(**{**cfg.model.to_dict(), "model_type": model_type, "in_dim": dim})
+        model = build_model(mcfg)
+        parts = {name: count_parameters(m) for name, m in model.named_children()}
+        detail = ", ".join(f"{k} {v:,}" for k, v in parts.items() if v)
+        click.echo(f"{model_type}: {count_parameters(model):,} parameters ({detail})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Full training (the guide's option 2): the advanced model for 20 epochs, then its evaluation.
+# Override with environment variables: DATASET_ROOT (default: the built-in synthetic dataset),
+# SAVE_DIR, EPOCHS, DEVICE; extra arguments are passed on to `dsn train`.
+set -euo pipefail
+DSN="${DSN:-dsn}"
+command -v "${DSN%% *}" >/dev/null 2>&1 || DSN="uv run dsn"
+SAVE_DIR="${SAVE_DIR:-runs/dsn_advanced_v1}"
+EPOCHS="${EPOCHS:-20}"
+DATA=()
+[ -n "${DATASET_ROOT:-}" ] && DATA=(--dataset_root "$DATASET_ROOT")
+$DSN train --model_type advanced "${DATA[@]}" --save_dir "$SAVE_DIR" --epochs "$EPOCHS" --device "${DEVICE:-auto}" \
+  --num_attn_heads 4 --num_attn_layers 2 --num_scales 3 --use_cache 1 --cache_size 1000 "$@"
+$DSN evaluate --checkpoint "$SAVE_DIR/dsn_checkpoint_ep${EPOCHS}.pt" "${DATA[@]}"

@@ -1,0 +1,4 @@
+"""``python -m dsn``"""
+from .cli import main
+
+main(prog_name="dsn")

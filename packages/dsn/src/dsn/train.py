@@ -1,0 +1,234 @@
+"""REINFORCE training of a DSN policy (baseline BiLSTM or advanced), read top to bottom.
+
+Per video and step: the policy gives probabilities p [T]; N episodes of actions are drawn from
+Bernoulli(p) at once; each episode's diversity-representativeness reward (dsn.reward) is compared with
+a per-video moving-average baseline; the loss is
+
+    sum_episodes -(mean_t log pi(a_t)) * (R - b_video)  +  beta * (mean_t p_t - budget_ratio)^2  -  c_ent * H(p)
+
+(summed over episodes as in the original code). Adam, gradient clipping (trainkit OptimizerStep),
+one checkpoint per epoch, validation metrics on the split's test videos every ``eval_every`` epochs.
+The last epoch's model is the one reported: no test-set epoch picking.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.distributions import Bernoulli
+
+from trainkit.checkpoint import CheckpointManager, load_checkpoint, restore_training_state, save_checkpoint, training_state
+from trainkit.cli import prepare_run_dir
+from trainkit.config import config_to_dict, save_config
+from trainkit.device import check_precision, make_grad_scaler, resolve_device, seed_everything
+from trainkit.distributed import GracefulStop
+from trainkit.errors import UserError
+from trainkit.progress import progress
+from trainkit.step import OptimizerStep
+from trainkit.tracking import Tracker
+
+from .cache import LRUCache, VideoWork, content_hash
+from .config import TrainConfig
+from .evaluate import evaluate_scores, policy_probs, score_videos
+from .model import build_model, count_parameters
+from .reward import batched_reward
+
+CHECKPOINT_NAME = "dsn_checkpoint_ep{epoch}.pt"
+
+
+def checkpoint_payload(model, cfg: TrainConfig, *, epoch: int, train_state: dict | None = None) -> dict:
+    """The guide's formats: baseline ``{"encoder", "policy", ...}``, advanced ``{"model", "config", "model_type"}``.
+
+    ``config`` is the model's DSNConfig as a plain dict (``torch.load`` with ``weights_only=True`` reads it);
+    the run's full config and trainkit's resume state ride along under extra keys.
+    """
+    if cfg.model.model_type == "baseline":
+        payload = {"encoder": model.encoder.state_dict(), "policy": model.policy.state_dict()}
+    else:
+        payload = {"model": model.state_dict()}
+    payload.update({"config": config_to_dict(cfg.model), "model_type": cfg.model.model_type, "epoch": int(epoch),
+                    "train_config": config_to_dict(cfg)})
+    if train_state is not None:
+        payload["train_state"] = train_state
+    return payload
+
+
+def reinforce_step(model, keys: list[str], feats: dict, digests: dict, work: VideoWork, baselines: dict,
+                   cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss for a batch of videos (mean over videos) and the batch's statistics."""
+    probs = policy_probs(model, [feats[k] for k in keys], [digests[k] for k in keys], work, cfg.precision)
+    losses, rewards_all, sel, ent, mean_p = [], [], [], [], []
+    for i, key in enumerate(keys):
+        p = probs[i, : feats[key].shape[0]]
+        dist = Bernoulli(probs=p)
+        actions = dist.sample((cfg.num_episodes,))  # [N, T]
+        log_probs = dist.log_prob(actions).mean(1)  # [N]
+        div_mat, rep_mat = work.reward_matrices(digests[key], feats[key], cfg.temporal_cutoff, cfg.rep_squared)
+        rewards = batched_reward(div_mat, rep_mat, actions)
+        advantage = rewards - baselines[key]
+        entropy = dist.entropy().mean()
+        loss = -(log_probs * advantage).sum() + cfg.budget_beta * (p.mean() - cfg.budget_ratio) ** 2
+        if cfg.entropy_coef:
+            loss = loss - cfg.entropy_coef * entropy
+        losses.append(loss)
+        baselines[key] = cfg.baseline_momentum * baselines[key] + (1 - cfg.baseline_momentum) * float(rewards.mean())
+        rewards_all.append(float(rewards.mean()))
+        sel.append(float(actions.mean()))
+        ent.append(float(entropy.detach()))
+        mean_p.append(float(p.detach().mean()))
+    stats = {"train/mean_reward": float(np.mean(rewards_all)), "train/sel_ratio": float(np.mean(sel)),
+             "train/entropy": float(np.mean(ent)), "train/mean_prob": float(np.mean(mean_p))}
+    return torch.stack(losses).mean(), stats
+
+
+def load_training_data(cfg: TrainConfig):
+    """(dataset_root, videos, train_keys, test_keys) for the configured split."""
+    from .data import ensure_default_dataset, load_splits, load_videos
+
+    root = Path(cfg.dataset_root) if cfg.dataset_root else ensure_default_dataset()
+    splits = load_splits(root)
+    if not 0 <= cfg.split_index < len(splits):
+        raise UserError(f"split index {cfg.split_index} out of range", "--split_index",
+                        f"expected 0..{len(splits) - 1} ({len(splits)} splits in {root})")
+    train_keys = list(splits[cfg.split_index]["train_keys"])
+    test_keys = list(splits[cfg.split_index]["test_keys"])
+    videos = load_videos(root, keys=train_keys + test_keys)
+    if not train_keys:
+        raise UserError("split has no training videos", f"{root} split {cfg.split_index}", "expected train_keys")
+    dims = {v.features.shape[1] for v in videos.values()}
+    if len(dims) != 1:
+        raise UserError(f"videos have different feature sizes {sorted(dims)}", str(root), "expected one D for all")
+    return root, videos, train_keys, test_keys
+
+
+def train(cfg: TrainConfig, *, resume: str | None = None, log=print) -> dict[str, Any]:
+    """Train; returns a summary (final validation metrics, parameter count, timing, cache stats, paths)."""
+    # ---------------------------------------------------------------- setup
+    device = resolve_device(cfg.device)
+    check_precision(cfg.precision)
+    if device.type == "cpu" and cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    seed_everything(cfg.seed)
+    root, videos, train_keys, test_keys = load_training_data(cfg)
+    in_dim = next(iter(videos.values())).features.shape[1]
+    if cfg.model.in_dim not in (0, in_dim):
+        raise UserError(f"model.in_dim={cfg.model.in_dim}", str(root), f"expected {in_dim} (the dataset's feature size)")
+    cfg.model.in_dim = in_dim
+    run_dir = prepare_run_dir(cfg.save_dir, resume=resume)
+
+    model = build_model(cfg.model, init_prob=cfg.budget_ratio).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    stepper = OptimizerStep(model, optimizer, scaler=make_grad_scaler(device, cfg.precision), grad_clip=cfg.grad_clip)
+    cache = LRUCache(cfg.cache_size) if cfg.use_cache else None
+    work = VideoWork(cache)
+    feats = {k: torch.from_numpy(np.ascontiguousarray(v.features, dtype=np.float32)).to(device) for k, v in videos.items()}
+    digests = {k: content_hash(f) for k, f in feats.items()}
+    baselines = {k: 0.0 for k in train_keys}
+    manager = CheckpointManager(run_dir, keep_last=cfg.keep_last, filename=CHECKPOINT_NAME)
+
+    start_epoch, step, epoch_pos, partial = 0, 0, 0, None
+    resume_path = manager.resolve_resume(resume) if resume else None
+    if resume and resume_path is None:
+        log(f"no checkpoint to resume in {run_dir}; starting from scratch")
+    if resume_path is not None:
+        ckpt = load_checkpoint(resume_path)
+        if "train_state" not in ckpt:
+            raise UserError("checkpoint has no training state", str(resume_path), "expected a dsn training checkpoint")
+        meta = restore_training_state(ckpt["train_state"], model=model, optimizer=optimizer, where=str(resume_path))
+        extra = meta["extra"] or {}
+        stepper.load_state_dict(extra["stepper"])
+        baselines.update({k: float(v) for k, v in extra["baselines"].items()})
+        start_epoch, step = int(meta["epoch"]), int(meta["step"])
+        epoch_pos, partial = int(extra.get("epoch_pos", 0)), extra.get("partial")
+        log(f"resumed from {resume_path} (epoch {start_epoch}, step {step})")
+    save_config(cfg, run_dir)
+    num_params = count_parameters(model)
+    log(f"{cfg.model.model_type} model: {num_params:,} parameters; {len(train_keys)} train / {len(test_keys)} test "
+        f"videos from {root}; device {device}")
+
+    tracker = Tracker(run_dir, config=config_to_dict(cfg), wandb_project=cfg.wandb_project,
+                      purge_step=start_epoch + 1 if resume_path is not None else None)
+    stop = GracefulStop()
+    test_videos = [videos[k] for k in test_keys]
+    has_frames = any(v.frames is not None for v in test_videos)
+    if cfg.eval_ms_swd and test_videos and not has_frames:
+        log("note: MS_SWD skipped (the dataset has no thumbnails)")
+
+    def state_for_checkpoint(epoch_done: int, pos: int = 0, part: dict | None = None) -> dict:
+        extra = {"stepper": stepper.state_dict(), "baselines": dict(baselines), "epoch_pos": pos}
+        if part is not None:
+            extra["partial"] = part
+        return training_state(model=model, optimizer=optimizer, step=step, epoch=epoch_done,
+                              config=config_to_dict(cfg), extra=extra)
+
+    # ---------------------------------------------------------------- loop
+    val: dict[str, float | None] = {}
+    train_time = 0.0
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            t0 = time.perf_counter()
+            # The order depends only on (seed, epoch), so a resumed run sees the same order.
+            order = torch.randperm(len(train_keys), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch)).tolist()
+            batches = [[train_keys[i] for i in order[j : j + cfg.batch_size]] for j in range(0, len(order), cfg.batch_size)]
+            sums = dict(partial) if partial else {}
+            partial = None
+            bar = progress(range(epoch_pos, len(batches)), total=len(batches), initial=epoch_pos,
+                           desc=f"epoch {epoch + 1}/{cfg.epochs}", quiet=cfg.quiet)
+            for b in bar:
+                with stepper.micro_batch():
+                    loss, stats = reinforce_step(model, batches[b], feats, digests, work, baselines, cfg)
+                    out = stepper.backward(loss)
+                step += 1
+                stats["train/loss"] = float(loss.detach())
+                stats["train/grad_norm"] = out.grad_norm if out.grad_norm is not None else 0.0
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                sums["_n"] = sums.get("_n", 0) + 1
+                bar.set_postfix(reward=f"{stats['train/mean_reward']:.4f}", sel=f"{stats['train/sel_ratio']:.3f}")
+                if stop.should_stop() and b + 1 < len(batches):
+                    # Mid-epoch: save where we are (latest.pt) so --resume auto continues from this video.
+                    save_checkpoint(run_dir / CheckpointManager.LATEST,
+                                    checkpoint_payload(model, cfg, epoch=epoch,
+                                                       train_state=state_for_checkpoint(epoch, b + 1, sums)))
+                    log(f"stopped by signal at epoch {epoch + 1}, video batch {b + 1}/{len(batches)}; "
+                        f"saved {run_dir / CheckpointManager.LATEST} (resume with --resume auto)")
+                    return {"stopped": True, "run_dir": str(run_dir)}
+            epoch_pos = 0
+            train_time += time.perf_counter() - t0
+            n = sums.pop("_n")
+            scalars = {k: v / n for k, v in sums.items()}
+            scalars["time/epoch_s"] = time.perf_counter() - t0
+            if cache is not None:
+                scalars.update(cache.stats())
+
+            if test_videos and cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+                scores = score_videos(model, test_videos, work, device=device, precision=cfg.precision,
+                                      digests=digests)
+                val = evaluate_scores(test_videos, scores, budget_ratio=cfg.budget_ratio, proportion=cfg.summary_proportion,
+                                      f_mode=cfg.f_mode, ms_swd=cfg.eval_ms_swd, selection=cfg.keyframe_selection)
+                names = {"RecErr": "val/RecErr_mean", "Diversity": "val/Diversity_mean", "MS_SWD": "val/MS_SWD_mean",
+                         "F": "val/F", "kendall_tau": "val/kendall_tau", "spearman_rho": "val/spearman_rho"}
+                scalars.update({names[k]: v for k, v in val.items() if v is not None})
+            tracker.log_scalars(scalars, step=epoch + 1)
+            path = manager.save(checkpoint_payload(model, cfg, epoch=epoch + 1, train_state=state_for_checkpoint(epoch + 1)),
+                                step=step, epoch=epoch + 1)
+            if not cfg.quiet:
+                shown = {k.split("/")[-1]: round(v, 4) for k, v in scalars.items()
+                         if k.startswith(("train/mean_reward", "train/sel_ratio", "val/", "cache/hit_rate"))}
+                log(f"epoch {epoch + 1}/{cfg.epochs} {shown} -> {path}")
+            if stop.should_stop() and epoch + 1 < cfg.epochs:
+                log(f"stopped by signal after epoch {epoch + 1}; resume with --resume auto")
+                return {"stopped": True, "run_dir": str(run_dir)}
+    finally:
+        # Also on errors: put the signal handlers back and flush the event files.
+        stop.restore()
+        tracker.close()
+    return {
+        "stopped": False, "run_dir": str(run_dir), "dataset_root": str(root), "num_params": num_params,
+        "train_time_s": train_time, "val": val, "cache": cache.stats() if cache is not None else None,
+        "checkpoint": str(manager.periodic_files()[-1]) if manager.periodic_files() else None,
+    }

@@ -1,0 +1,100 @@
+"""Policy networks: shapes, parameter counts, padding masks, multi-scale inputs, config checks."""
+import pytest
+import torch
+
+torch.set_num_threads(1)  # the shared 2-core machine: tiny ops are much slower with thread contention
+
+from dsn import DSNAdvanced, DSNBaseline, DSNConfig
+from dsn.cache import VideoWork
+from dsn.evaluate import collate_pyramids
+from dsn.model import build_model, count_parameters, pool_pyramid
+from trainkit.errors import UserError
+
+
+def test_baseline_parameter_count_matches_formula():
+    # One BiLSTM layer 64 -> 128 per direction + Linear(256, 1): the note's ~200K baseline.
+    m = DSNBaseline(DSNConfig(model_type="baseline", in_dim=64, enc_hidden=128))
+    lstm = 2 * 4 * (64 * 128 + 128 * 128 + 2 * 128)
+    assert count_parameters(m) == lstm + 257 == 198_913
+    assert set(dict(m.named_children())) == {"encoder", "policy"}
+    # The original DSN (1024 -> 256): 2,626,049 parameters.
+    assert count_parameters(DSNBaseline(DSNConfig(model_type="baseline", in_dim=1024, enc_hidden=256))) == 2_626_049
+
+
+@pytest.mark.parametrize("pos", ["sinusoidal", "learned", "none"])
+@pytest.mark.parametrize("lstm", [False, True])
+def test_advanced_outputs_probabilities(pos, lstm):
+    cfg = DSNConfig(in_dim=12, enc_hidden=16, num_attn_heads=4, num_attn_layers=1, num_scales=3,
+                    pos_encoding_type=pos, use_lstm_in_advanced=lstm)
+    m = DSNAdvanced(cfg, init_prob=0.06)
+    p = m(torch.randn(2, 23, 12))
+    assert p.shape == (2, 23)
+    assert torch.all((p > 0) & (p < 1))
+    # The head starts at the budget so the selection ratio need not walk down from 0.5.
+    assert abs(p.mean().item() - 0.06) < 0.04
+    p.sum().backward()
+    assert all(q.grad is not None for q in m.parameters())
+
+
+@pytest.mark.parametrize("model_type", ["baseline", "advanced"])
+def test_padding_mask_makes_batching_invisible(model_type):
+    torch.manual_seed(0)
+    cfg = DSNConfig(model_type=model_type, in_dim=8, enc_hidden=16, num_attn_heads=2, num_attn_layers=2,
+                    num_scales=3, pos_encoding_type="learned", use_lstm_in_advanced=True)
+    m = build_model(cfg).eval()
+    a, b = torch.randn(1, 19, 8), torch.randn(1, 11, 8)
+    x = torch.zeros(2, 19, 8)
+    x[0], x[1, :11] = a[0], b[0]
+    x[1, 11:] = 100.0  # garbage in the padding must not leak
+    mask = torch.zeros(2, 19, dtype=torch.bool)
+    mask[0], mask[1, :11] = True, True
+    with torch.no_grad():
+        batched = m(x, mask)
+        alone_a, alone_b = m(a), m(b)
+    torch.testing.assert_close(batched[0], alone_a[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched[1, :11], alone_b[0], atol=1e-5, rtol=1e-5)
+    assert torch.all(batched[1, 11:] == 0)
+
+
+def test_pyramid_hand_computed_and_cached_collation_matches():
+    x = torch.arange(5, dtype=torch.float32).view(1, 5, 1)
+    levels = pool_pyramid(x, None, 3)
+    assert levels[1][0].flatten().tolist() == [0.5, 2.5, 4.0]  # windows {0,1},{2,3},{4}
+    assert levels[2][0].flatten().tolist() == [1.5, 4.0]
+    # Per-video pyramids (what the cache stores) collate to exactly the batched pooling.
+    feats = [torch.randn(9, 4), torch.randn(6, 4)]
+    work = VideoWork(None)
+    collated = collate_pyramids([work.pyramid(str(i), f, 3) for i, f in enumerate(feats)])
+    x = torch.zeros(2, 9, 4)
+    x[0], x[1, :6] = feats[0], feats[1]
+    mask = torch.zeros(2, 9, dtype=torch.bool)
+    mask[0], mask[1, :6] = True, True
+    for (cx, cm), (bx, bm) in zip(collated, pool_pyramid(x, mask, 3)):
+        assert torch.equal(cm, bm)
+        assert torch.equal(cx, bx)
+
+
+def test_ablation_variants_build_and_run():
+    for over in ({"num_attn_layers": 0}, {"num_scales": 1}, {"num_scales": 4, "num_attn_layers": 3}):
+        m = DSNAdvanced(DSNConfig(in_dim=6, enc_hidden=8, num_attn_heads=2, **over))
+        assert m(torch.randn(1, 13, 6)).shape == (1, 13)
+    assert len(DSNAdvanced(DSNConfig(in_dim=6, enc_hidden=8, num_attn_heads=2, num_attn_layers=0)).attn_layers) == 0
+
+
+def test_accepts_plain_dict_config():
+    cfg = DSNConfig(in_dim=6, enc_hidden=8, num_attn_heads=2)
+    m = DSNAdvanced(cfg.to_dict())
+    assert m.config == cfg
+    with pytest.raises(UserError, match="unknown config key 'nonsense'"):
+        DSNAdvanced({**cfg.to_dict(), "nonsense": 1})
+
+
+@pytest.mark.parametrize("kwargs,where", [
+    ({"enc_hidden": 10, "num_attn_heads": 4}, "--num_attn_heads"),
+    ({"num_scales": 0}, "--num_scales"),
+    ({"num_attn_layers": -1}, "--num_attn_layers"),
+])
+def test_config_validation(kwargs, where):
+    with pytest.raises(UserError) as err:
+        DSNConfig(**kwargs)
+    assert err.value.where == where

@@ -1,0 +1,239 @@
+"""Benchmarks for the dsn package; prints one JSON object per part (figures go in packages/dsn/README.md).
+
+    uv run python tools/bench_dsn.py reward      # batched reward vs a per-episode loop (5 episodes, T = 1000)
+    uv run python tools/bench_dsn.py cache       # advanced-model epoch time with vs without the cache (held frames)
+    uv run python tools/bench_dsn.py overhead    # trainkit's OptimizerStep vs a hand-written step
+    uv run python tools/bench_dsn.py quality     # baseline + advanced on the 5 default splits vs random/uniform
+
+Everything runs on one CPU thread (``--threads``) so that figures are comparable on a shared machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _timeit(fn, repeat: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_reward(args) -> dict:
+    from dsn.reward import batched_reward, reward_loop, reward_matrices
+
+    g = torch.Generator().manual_seed(0)
+    out = {"part": "reward", "T": args.T, "episodes": args.episodes, "budget": 0.06, "cases": []}
+    for D in args.dims:
+        x = torch.nn.functional.normalize(torch.randn(args.T, D, generator=g), dim=1)
+        actions = (torch.rand(args.episodes, args.T, generator=g) < 0.06).float()
+        mats = reward_matrices(x)
+        loop = _timeit(lambda: reward_loop(x, actions), args.repeat)
+        batched = _timeit(lambda: batched_reward(*reward_matrices(x), actions), args.repeat)
+        cached = _timeit(lambda: batched_reward(*mats, actions), args.repeat)
+        diff = (reward_loop(x, actions) - batched_reward(*mats, actions)).abs().max().item()
+        out["cases"].append({
+            "D": D, "loop_ms": round(loop * 1e3, 3), "batched_ms": round(batched * 1e3, 3),
+            "batched_cached_matrices_ms": round(cached * 1e3, 3), "speedup_batched": round(loop / batched, 2),
+            "speedup_batched_cached": round(loop / cached, 2), "max_abs_diff": diff,
+        })
+    return out
+
+
+def _held_dataset(src_root: Path, out: Path, hold: int) -> Path:
+    """The default videos re-sampled as if each step were held for ``hold`` steps (animation on threes)."""
+    from dsn.data import load_splits, load_videos, write_dataset
+
+    videos = load_videos(src_root)
+    held = []
+    for v in videos.values():
+        rep = lambda a: None if a is None else np.repeat(a, hold, axis=0)
+        n_frames = int(v.n_frames)
+        picks = np.repeat(v.picks, hold) + np.tile(np.arange(hold), v.n_steps) * max(1, int(np.min(np.diff(v.picks))) // hold)
+        v.features, v.frames, v.picks = rep(v.features), rep(v.frames), np.minimum(picks, n_frames - 1)
+        v.gtscore = rep(v.gtscore)
+        held.append(v)
+    return write_dataset(out, held, load_splits(src_root))
+
+
+def bench_cache(args) -> dict:
+    """Epoch time of the advanced model with vs without the cache, on the default videos held on threes.
+
+    Epochs of the two settings are interleaved (same process, own model/optimizer each) so that load
+    from other jobs on a shared machine hits both alike; the figure is the median over rounds after the
+    first (which fills the cache). Two full ``train`` runs check that the parameters come out identical.
+    """
+    from dsn.cache import LRUCache, VideoWork, content_hash
+    from dsn.config import DSNConfig, TrainConfig
+    from dsn.data import ensure_default_dataset, load_splits, load_videos
+    from dsn.model import build_model
+    from dsn.train import reinforce_step, train
+    from trainkit.step import OptimizerStep
+
+    src = Path(args.dataset_root) if args.dataset_root else ensure_default_dataset()
+    work_dir = Path(tempfile.mkdtemp(prefix="bench-dsn-"))
+    root = _held_dataset(src, work_dir / "held", args.hold) if args.hold > 1 else src
+    videos = load_videos(root)
+    keys = load_splits(root)[0]["train_keys"]
+    feats = {k: torch.from_numpy(videos[k].features) for k in keys}
+    digests = {k: content_hash(f) for k, f in feats.items()}
+    cfg = TrainConfig(model=DSNConfig(model_type="advanced", in_dim=next(iter(feats.values())).shape[1]))
+    setups = {}
+    for mode in ("without_cache", "with_cache"):
+        torch.manual_seed(0)
+        model = build_model(cfg.model, init_prob=cfg.budget_ratio)
+        stepper = OptimizerStep(model, torch.optim.Adam(model.parameters(), lr=cfg.lr), grad_clip=cfg.grad_clip)
+        work = VideoWork(LRUCache(cfg.cache_size) if mode == "with_cache" else None)
+        setups[mode] = (model, stepper, work, dict.fromkeys(keys, 0.0), [])
+    for _ in range(args.epochs + 1):
+        for mode, (model, stepper, work, baselines, times) in setups.items():
+            t0 = time.perf_counter()
+            for k in keys:
+                with stepper.micro_batch():
+                    loss, _ = reinforce_step(model, [k], feats, digests, work, baselines, cfg)
+                    stepper.backward(loss)
+            times.append(time.perf_counter() - t0)
+    res = {"part": "cache", "dataset": str(src), "hold": args.hold, "train_videos": len(keys),
+           "mean_steps": round(float(np.mean([f.shape[0] for f in feats.values()])), 1), "rounds": args.epochs}
+    for mode, (_, _, work, _, times) in setups.items():
+        res[mode] = {"epoch_s": [round(t, 3) for t in times], "median_epoch_s_after_first": round(statistics.median(times[1:]), 3)}
+        if work.cache is not None:
+            res[mode].update({k.split("/")[1]: v for k, v in work.stats().items()})
+    res["speedup"] = round(res["without_cache"]["median_epoch_s_after_first"] / res["with_cache"]["median_epoch_s_after_first"], 3)
+    # Where the time goes: the cacheable work vs one policy forward/backward, on the longest video.
+    x = max(feats.values(), key=len)
+    direct = VideoWork(None)
+    model = setups["with_cache"][0]
+    res["longest_video_steps"] = int(x.shape[0])
+    res["cacheable_work_ms"] = round(1e3 * _timeit(lambda: (direct.reward_matrices("k", x, 20, True), direct.pyramid("k", x, 3)), 5), 2)
+    res["policy_forward_backward_ms"] = round(1e3 * _timeit(lambda: model(x[None]).sum().backward(), 5), 2)
+    params = {}
+    for use_cache in (False, True):
+        tcfg = TrainConfig(model=DSNConfig(model_type="advanced"), dataset_root=str(root), save_dir=str(work_dir / f"run{int(use_cache)}"),
+                           epochs=2, device="cpu", use_cache=use_cache, eval_every=0, quiet=True)
+        params[use_cache] = torch.load(train(tcfg, log=lambda m: None)["checkpoint"])["model"]
+    res["identical_parameters_after_training"] = all(torch.equal(params[True][k], params[False][k]) for k in params[True])
+    return res
+
+
+def bench_overhead(args) -> dict:
+    from dsn.cache import LRUCache, VideoWork, content_hash
+    from dsn.config import DSNConfig, TrainConfig
+    from dsn.model import build_model
+    from dsn.train import reinforce_step
+    from trainkit.step import OptimizerStep
+
+    g = torch.Generator().manual_seed(0)
+    feats = {f"v{i}": torch.nn.functional.normalize(torch.randn(args.T_overhead, 484, generator=g), dim=1) for i in range(4)}
+    digests = {k: content_hash(f) for k, f in feats.items()}
+    cfg = TrainConfig(model=DSNConfig(in_dim=484))
+    work = VideoWork(LRUCache(100))
+
+    def run(use_trainkit: bool) -> float:
+        torch.manual_seed(0)
+        model = build_model(cfg.model, init_prob=cfg.budget_ratio)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        stepper = OptimizerStep(model, opt, grad_clip=cfg.grad_clip)
+        baselines = dict.fromkeys(feats, 0.0)
+        keys = list(feats)
+
+        def one_epoch():
+            for k in keys:
+                if use_trainkit:
+                    with stepper.micro_batch():
+                        loss, _ = reinforce_step(model, [k], feats, digests, work, baselines, cfg)
+                        stepper.backward(loss)
+                else:
+                    loss, _ = reinforce_step(model, [k], feats, digests, work, baselines, cfg)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+
+        return _timeit(one_epoch, args.repeat)
+
+    # Interleave to spread machine noise over both.
+    raw, tk = [], []
+    for _ in range(3):
+        raw.append(run(False))
+        tk.append(run(True))
+    raw_s, tk_s = statistics.median(raw), statistics.median(tk)
+    return {"part": "overhead", "steps_per_epoch": len(feats), "T": args.T_overhead, "raw_epoch_s": round(raw_s, 4),
+            "trainkit_epoch_s": round(tk_s, 4), "overhead_ratio": round(tk_s / raw_s, 4)}
+
+
+def bench_quality(args) -> dict:
+    from dsn.config import DSNConfig, TrainConfig
+    from dsn.data import ensure_default_dataset, load_splits
+    from dsn.evaluate import METRIC_KEYS, evaluate_checkpoint
+    from dsn.train import train
+
+    root = Path(args.dataset_root) if args.dataset_root else ensure_default_dataset()
+    out_dir = Path(args.out)
+    splits = range(len(load_splits(root))) if args.splits is None else range(args.splits)
+    per = {"baseline": [], "advanced": [], "random": [], "uniform": []}
+    for k in splits:
+        for model_type in ("baseline", "advanced"):
+            run_dir = out_dir / f"{model_type}_split{k}"
+            cfg = TrainConfig(model=DSNConfig(model_type=model_type), dataset_root=str(root), save_dir=str(run_dir),
+                              split_index=k, epochs=args.epochs, device="cpu", eval_every=args.eval_every, quiet=True,
+                              seed=args.seed)
+            t0 = time.perf_counter()
+            summary = train(cfg, resume="auto", log=lambda m: None)
+            result = evaluate_checkpoint(summary["checkpoint"], root, split_index=k)
+            per[model_type].append(result["model"])
+            if model_type == "baseline":
+                per["random"].append(result["random"])
+                per["uniform"].append(result["uniform"])
+            print(json.dumps({"split": k, "model": model_type, "seconds": round(time.perf_counter() - t0, 1),
+                              **{m: result["model"][m] for m in METRIC_KEYS}}), file=sys.stderr, flush=True)
+
+    def mean(rows, m):
+        vals = [r[m] for r in rows if r[m] is not None]
+        return round(float(np.mean(vals)), 4) if vals else None
+
+    table = {name: {m: mean(rows, m) for m in METRIC_KEYS} for name, rows in per.items()}
+    return {"part": "quality", "dataset": str(root), "splits": len(list(splits)), "epochs": args.epochs, "mean": table,
+            "per_split": per}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("parts", nargs="*", default=["reward", "cache", "overhead"],
+                   choices=["reward", "cache", "overhead", "quality"])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--T", type=int, default=1000)
+    p.add_argument("--episodes", type=int, default=5)
+    p.add_argument("--dims", type=int, nargs="+", default=[484, 1024])
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--dataset_root", default=None)
+    p.add_argument("--hold", type=int, default=3, help="cache part: repeat each step this many times (held frames)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--T_overhead", type=int, default=250)
+    p.add_argument("--splits", type=int, default=None, help="quality part: first N splits (default all)")
+    p.add_argument("--eval_every", type=int, default=0)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", default="runs/bench_dsn_quality")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    for part in args.parts:
+        if args.epochs is None:
+            args.epochs = 20 if part == "quality" else 3
+        fn = {"reward": bench_reward, "cache": bench_cache, "overhead": bench_overhead, "quality": bench_quality}[part]
+        print(json.dumps(fn(args)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
