@@ -45,3 +45,26 @@ def test_prepare_run_dir_refuses_existing_run(tmp_path):
 def test_common_options_are_real_options():
     result = CliRunner().invoke(cmd, ["--precision", "fp64"])
     assert result.exit_code == 2 and "fp64" in result.output
+
+
+def test_group_turns_click_usage_errors_into_one_line():
+    from trainkit.cli import Group
+
+    @click.group(cls=Group)
+    def tool():
+        pass
+
+    @tool.command()
+    @click.option("--n", type=int, required=True)
+    def run(n):
+        click.echo(f"n={n}")
+
+    runner = CliRunner()
+    ok = runner.invoke(tool, ["run", "--n", "3"])
+    assert ok.exit_code == 0 and ok.output == "n=3\n"
+    for argv, fragment in ((["run", "--n", "x"], "'x' is not a valid integer"), (["run", "--bogus"], "No such option"),
+                           (["run"], "Missing option '--n'")):
+        result = runner.invoke(tool, argv)
+        assert result.exit_code == 2, argv
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.output

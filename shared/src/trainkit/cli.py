@@ -42,3 +42,29 @@ def prepare_run_dir(path: str | Path, *, resume: str | None, markers=RUN_MARKERS
                         "pass --resume auto to continue it, or choose a new --save_dir")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+class Group(click.Group):
+    """A click group whose own usage errors (unknown flag, bad choice, missing option) are also one
+    ``error: ...`` line with exit code 2, like a UserError, instead of click's multi-line usage block."""
+
+    def main(self, *args, **kwargs):
+        import sys
+
+        kwargs.setdefault("standalone_mode", False)
+        no_args = getattr(click.exceptions, "NoArgsIsHelpError", ())
+        try:
+            rv = super().main(*args, **kwargs)
+        except no_args as err:
+            click.echo(err.ctx.get_help())
+            sys.exit(0)
+        except click.UsageError as err:
+            path = err.ctx.command_path if err.ctx else self.name
+            click.echo(f"error: {' '.join(err.format_message().split())} ({path}): see '{path} --help'", err=True)
+            sys.exit(2)
+        except click.exceptions.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+        return rv

@@ -6,11 +6,10 @@ build the config, call one function. User mistakes print one ``error:`` line and
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
-from trainkit.cli import common_options
+from trainkit.cli import Group, common_options
 from trainkit.config import explicit_cli_values, load_config
 from trainkit.errors import UserError, handle_user_errors
 
@@ -28,30 +27,7 @@ TRAIN_FLAGS = {
 }
 
 
-class _Group(click.Group):
-    """Click's own usage errors (unknown flag, bad choice) also become one line + exit 2."""
-
-    def main(self, *args, **kwargs):
-        kwargs.setdefault("standalone_mode", False)
-        no_args = getattr(click.exceptions, "NoArgsIsHelpError", ())
-        try:
-            rv = super().main(*args, **kwargs)
-        except no_args as err:
-            click.echo(err.ctx.get_help())
-            sys.exit(0)
-        except click.UsageError as err:
-            path = err.ctx.command_path if err.ctx else "dsn"
-            click.echo(f"error: {' '.join(err.format_message().split())} ({path}): see '{path} --help'", err=True)
-            sys.exit(2)
-        except click.exceptions.Abort:
-            click.echo("error: aborted", err=True)
-            sys.exit(1)
-        if isinstance(rv, int) and rv:
-            sys.exit(rv)
-        return rv
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """DSN: unsupervised keyframe selection trained with REINFORCE (baseline BiLSTM or advanced model)."""
 
