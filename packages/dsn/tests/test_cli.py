@@ -220,3 +220,14 @@ def test_extract_features_and_summarize_video(trained, tmp_path):
     result = run("summarize", "--checkpoint", trained / "dsn_checkpoint_ep2.pt", "--video", clip, "--out", tmp_path / "s")
     assert result.exit_code == 2
     assert f"has {video.features.shape[1]}-d features" in result.stderr and "expected 16-d features" in result.stderr
+
+
+def test_train_under_multi_process_torchrun_is_refused(monkeypatch):
+    from click.testing import CliRunner
+
+    from dsn.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = CliRunner().invoke(main, ["train", "--epochs", "1"])
+    assert result.exit_code == 2
+    assert "dsn train runs in one process" in result.output

@@ -6,6 +6,7 @@ build the config, call one function. User mistakes print one ``error:`` line and
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -64,6 +65,11 @@ def train(ctx, resume, config_path, overrides, **_):
     """Train a policy with REINFORCE (the guide's flags)."""
     from .train import train as run_train
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # REINFORCE here steps once per video with a per-video reward baseline; a model this small gains
+        # nothing from data parallelism, and N independent copies would fight over one run directory.
+        raise UserError(f"dsn train runs in one process, but torchrun started {os.environ['WORLD_SIZE']}",
+                        "WORLD_SIZE", "launch it without torchrun (or with --nproc_per_node=1)")
     values = explicit_cli_values(ctx, TRAIN_FLAGS)
     for key in ("use_cache", "model.use_lstm_in_advanced"):
         if key in values:
