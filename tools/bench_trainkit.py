@@ -85,9 +85,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bare_loop(data, 20, args.accum, Path(tmp) / "warm_bare")  # warm-up (allocator, TB import)
         trainkit_loop(data, 20, args.accum, Path(tmp) / "warm_kit")
-        for r in range(args.rounds):  # alternate so drift in machine load hits both equally
-            bare.append(bare_loop(data, args.steps, args.accum, Path(tmp) / f"bare{r}"))
-            kit.append(trainkit_loop(data, args.steps, args.accum, Path(tmp) / f"kit{r}"))
+        for r in range(args.rounds):  # alternate (ABBA) so drift in machine load and order effects hit both equally
+            first, second = (bare_loop, trainkit_loop) if r % 2 == 0 else (trainkit_loop, bare_loop)
+            for loop in (first, second):
+                rate = loop(data, args.steps, args.accum, Path(tmp) / f"{loop.__name__}{r}")
+                (bare if loop is bare_loop else kit).append(rate)
     result = {
         "steps_per_round": args.steps, "rounds": args.rounds, "accum": args.accum, "threads": args.threads,
         "bare_steps_per_s": round(statistics.median(bare), 2),
