@@ -1,1 +1,3 @@
-"""placeholder"""
+"""DDIM diffusion over UI action sequences [x, y, press]."""
+
+__version__ = "0.1.0"

@@ -1,2 +1,154 @@
+"""`action-ddim`: train, evaluate, sample, reconstruct, generate-data."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from trainkit.cli import common_options
+from trainkit.config import explicit_cli_values, load_config
+from trainkit.errors import UserError, handle_user_errors
+
+from .config import TRAIN_FLAGS, Config
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main():
-    raise SystemExit(0)
+    """DDIM diffusion over UI action sequences [x, y, press]."""
+
+
+@main.command()
+@click.option("--data_dir", "--data-dir", "data_dir", default=None,
+              help="Directory of *_actions.npy training files (default: generated dataset in the cache).")
+@click.option("--val_data_dir", "--val-data-dir", "val_data_dir", default=None, help="Validation directory.")
+@click.option("--seq_len", type=int, default=None, help="Steps per sequence when the data has no metadata.json [64].")
+@click.option("--d_model", type=int, default=None, help="Transformer width [128].")
+@click.option("--num_layers", type=int, default=None, help="Encoder layers [4].")
+@click.option("--nhead", type=int, default=None, help="Attention heads; must divide d_model [4].")
+@click.option("--dropout", type=float, default=None, help="Dropout [0.0].")
+@click.option("--batch_size", type=int, default=None, help="Sequences per step [32].")
+@click.option("--num_epochs", type=int, default=None, help="Epochs [50].")
+@click.option("--lr", type=float, default=None, help="Peak AdamW learning rate [1e-4].")
+@click.option("--warmup_steps", type=int, default=None, help="Linear LR warmup steps before cosine annealing [500].")
+@click.option("--grad_clip", type=float, default=None, help="Gradient-norm clip, 0 = off [1.0].")
+@click.option("--ema_decay", type=float, default=None, help="EMA decay ceiling (with warmup) [0.9995].")
+@click.option("--schedule", type=click.Choice(["cosine", "linear"]), default=None, help="Noise schedule [cosine].")
+@click.option("--num_train_timesteps", type=int, default=None, help="Diffusion steps T [1000].")
+@click.option("--prediction_type", type=click.Choice(["epsilon", "v", "x0"]), default=None,
+              help="What the network predicts [v].")
+@click.option("--num_inference_steps", type=int, default=None, help="DDIM steps for validation/sampling [50].")
+@click.option("--eta", type=float, default=None, help="DDIM eta for sampling: 0 deterministic, 1 DDPM [0.0].")
+@click.option("--wandb_project", "--wandb-project", "wandb_project", default=None,
+              help="Log to this W&B project (offline without key/network). Off when not given.")
+@click.option("--save_dir", "--save-dir", "save_dir", default=None, help="Run directory [checkpoints].")
+@click.option("--resume", default=None, help="Checkpoint path, or 'auto' for the newest in --save_dir.")
+@click.option("--save_every", type=int, default=None, help="Checkpoint every N epochs (and at the end) [20].")
+@click.option("--plot_every", type=int, default=None, help="Plots every N epochs (and at the end) [10].")
+@click.option("--val_every", type=int, default=None, help="Validate every N epochs (and at the end) [1].")
+@click.option("--val_subset", type=int, default=None,
+              help="Validation sequences per epoch, 0 = all; the last epoch uses all [64].")
+@common_options
+@click.pass_context
+@handle_user_errors
+def train(ctx, config_path, overrides, **_):
+    """Train the denoiser (the guide's train_diffusion_ddim.py)."""
+    cfg = load_config(Config, config_path, overrides, explicit_cli_values(ctx, TRAIN_FLAGS))
+    from .train import train as run
+
+    run(cfg, log=_log)
+
+
+def _log(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def inference_options(fn):
+    """--config/--set (applied over the checkpoint's config), --device, --precision."""
+    for option in reversed([
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                     help="YAML applied over the checkpoint's config."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override a config key of the checkpoint, e.g. --set diffusion.spacing=trailing."),
+        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps"),
+        click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]),
+                     help="Autocast precision for the network."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+@main.command()
+@click.option("--checkpoint", required=True, help="A checkpoint from `action-ddim train`.")
+@click.option("--data_dir", "--data-dir", "data_dir", required=True, help="Directory of *_actions.npy files.")
+@click.option("--num_inference_steps", type=int, default=None, help="DDIM steps each way [the checkpoint's].")
+@click.option("--num_gen_samples", type=int, default=None, help="Unconditional samples for val/gen/* [checkpoint's].")
+@click.option("--seq_len", type=int, default=None, help="Steps per sequence without metadata.json [checkpoint's].")
+@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object (tag -> value).")
+@inference_options
+@handle_user_errors
+def evaluate(checkpoint, data_dir, num_inference_steps, num_gen_samples, seq_len, as_json, config_path, overrides,
+             device, precision):
+    """Print every validation metric for a checkpoint on a data directory."""
+    from .evaluate import evaluate_checkpoint, format_metrics, metrics_json
+
+    m = evaluate_checkpoint(checkpoint, data_dir, num_inference_steps, device, seq_len, num_gen_samples,
+                            config_path=config_path, overrides=overrides, precision=precision)
+    click.echo(metrics_json(m) if as_json else format_metrics(m))
+
+
+@main.command()
+@click.option("--checkpoint", required=True)
+@click.option("--num_samples", type=int, required=True)
+@click.option("--out", required=True, help="Output .npy ([N*seq_len, 3], press in {0,1}); a PNG is written beside it.")
+@click.option("--num_inference_steps", type=int, default=None, help="DDIM steps [the checkpoint's].")
+@click.option("--eta", type=float, default=None, help="0 deterministic ... 1 DDPM [the checkpoint's].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@inference_options
+@handle_user_errors
+def sample(checkpoint, num_samples, out, num_inference_steps, eta, seed, config_path, overrides, device, precision):
+    """Draw unconditional sequences with DDIM."""
+    from .evaluate import sample_to_file
+
+    path, png = sample_to_file(checkpoint, num_samples, out, num_inference_steps, eta, seed, device,
+                               config_path=config_path, overrides=overrides, precision=precision)
+    click.echo(f"wrote {path} and {png}")
+
+
+@main.command()
+@click.option("--checkpoint", required=True)
+@click.option("--input", "input_path", required=True, help="A *_actions.npy file to reconstruct.")
+@click.option("--out", required=True, help="Output .npy in the dataset format.")
+@click.option("--num_inference_steps", type=int, default=None, help="DDIM steps each way [the checkpoint's].")
+@inference_options
+@handle_user_errors
+def reconstruct(checkpoint, input_path, out, num_inference_steps, config_path, overrides, device, precision):
+    """DDIM-invert then decode every sequence of a file."""
+    from .evaluate import reconstruct_file
+
+    path, m = reconstruct_file(checkpoint, input_path, out, num_inference_steps, device,
+                               config_path=config_path, overrides=overrides, precision=precision)
+    click.echo(f"wrote {path} | mse {m['mse']:.6g} coord_mse {m['coord_mse']:.6g} "
+               f"press_accuracy {m['press_accuracy']:.4f} mean_snr_db {m['mean_snr_db']:.2f}")
+
+
+@main.command("generate-data")
+@click.option("--out_dir", "--out-dir", "out_dir", required=True)
+@click.option("--num_train", type=int, default=5000, show_default=True)
+@click.option("--num_val", type=int, default=1000, show_default=True)
+@click.option("--seq_len", type=int, default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@handle_user_errors
+def generate_data(out_dir, num_train, num_val, seq_len, seed):
+    """Write the synthetic gesture dataset (train/ and val/ with metadata.json)."""
+    for name, v, lo in (("--num_train", num_train, 1), ("--num_val", num_val, 1), ("--seq_len", seq_len, 4)):
+        if v < lo:
+            raise UserError(f"{name.lstrip('-')}={v}", name, f"an integer >= {lo}")
+    from .augmentation import generate_click_dataset
+
+    root = generate_click_dataset(out_dir, num_train=num_train, num_val=num_val, seq_len=seq_len, seed=seed)
+    click.echo(f"wrote {num_train} train and {num_val} val sequences of {seq_len} steps to {root}/train and {root}/val")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

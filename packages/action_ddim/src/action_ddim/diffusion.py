@@ -1,0 +1,177 @@
+"""Noise schedules, the DDPM training loss and the DDIM sampler / inverter (Song et al., 2021).
+
+Notation: abar_t = prod_{s<=t}(1 - beta_s) for integer t in [0, T). The forward marginal is
+x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps. One DDIM step from t to an earlier kept step s:
+
+    x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)
+    sigma  = eta * sqrt((1 - abar_s) / (1 - abar_t)) * sqrt(1 - abar_t / abar_s)
+    x_s    = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_hat + sigma z
+
+The last step of sampling goes to abar = 1 (the clean data), as in the paper's code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from trainkit.errors import UserError
+
+SCHEDULES = ("cosine", "linear")
+PREDICTION_TYPES = ("epsilon", "v", "x0")
+SPACINGS = ("leading", "trailing")
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_alphas_cumprod(schedule: str, num_train_timesteps: int, *, force: bool = False) -> torch.Tensor:
+    """abar_t for t = 0..T-1 as float64."""
+    T = num_train_timesteps
+    if T < 2:
+        raise UserError(f"num_train_timesteps={T}", "--num_train_timesteps", "at least 2")
+    if schedule == "cosine":
+        # Nichol & Dhariwal (2021); betas capped at 0.999 so the last step stays finite.
+        s = 0.008
+        f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+        betas = torch.tensor([min(1 - f(i + 1) / f(i), 0.999) for i in range(T)], dtype=torch.float64)
+    elif schedule == "linear":
+        # Ho et al. (2020) endpoints, unscaled: with T < 1000 the last abar is far from 0
+        # (T=100 ends at abar=0.36), so sampling from N(0, I) would start off-distribution.
+        if T < 1000 and not force:
+            raise UserError(f"linear schedule with num_train_timesteps={T}", "--schedule linear",
+                            "num_train_timesteps >= 1000 (its final abar is far from 0 below that; "
+                            "use --schedule cosine, or --set diffusion.force_schedule=true)")
+        betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+    else:
+        raise UserError(f"unknown schedule {schedule!r}", "--schedule", f"one of {', '.join(SCHEDULES)}")
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "leading") -> list[int]:
+    """The S kept timesteps in the order sampling visits them (descending, unique)."""
+    T, S = num_train_timesteps, num_steps
+    if not 1 <= S <= T:
+        raise UserError(f"{S} inference steps", "--num_inference_steps", f"between 1 and num_train_timesteps={T}")
+    if spacing == "leading":
+        ts = [i * (T // S) for i in range(S)]
+    elif spacing == "trailing":
+        ts = [int(round(T - i * T / S)) - 1 for i in range(S)][::-1]
+    else:
+        raise UserError(f"unknown spacing {spacing!r}", "diffusion.spacing", f"one of {', '.join(SPACINGS)}")
+    return sorted(set(ts), reverse=True)
+
+
+class Diffusion:
+    """Schedule + parameterisation; stateless apart from the abar table."""
+
+    def __init__(self, schedule: str = "cosine", num_train_timesteps: int = 1000,
+                 prediction_type: str = "epsilon", *, force_schedule: bool = False):
+        if prediction_type not in PREDICTION_TYPES:
+            raise UserError(f"unknown prediction type {prediction_type!r}", "--prediction_type",
+                            f"one of {', '.join(PREDICTION_TYPES)}")
+        self.schedule = schedule
+        self.T = num_train_timesteps
+        self.prediction_type = prediction_type
+        self.alphas_cumprod = make_alphas_cumprod(schedule, num_train_timesteps, force=force_schedule)
+
+    # --- training ---------------------------------------------------------------------------
+    def abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        a = self.alphas_cumprod.to(like.device)[t].to(like.dtype)
+        return a.view(-1, *([1] * (like.dim() - 1)))
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        a = self.abar(t, x0)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        if self.prediction_type == "epsilon":
+            return noise
+        if self.prediction_type == "x0":
+            return x0
+        a = self.abar(t, x0)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+    def loss(self, model: Denoiser, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The DDPM simple loss: MSE between the model output and its target at a uniform random t."""
+        t = torch.randint(0, self.T, (x0.shape[0],), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        out = model(self.q_sample(x0, t, noise), t)
+        return F.mse_loss(out.float(), self.target(x0, t, noise).float())
+
+    # --- sampling ---------------------------------------------------------------------------
+    def split_output(self, out: torch.Tensor, x: torch.Tensor, a: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model output at a point x with abar = a -> (x0_hat, eps_hat)."""
+        a = torch.as_tensor(a, dtype=x.dtype, device=x.device)
+        if self.prediction_type == "epsilon":
+            return (x - (1 - a).sqrt() * out) / a.sqrt(), out
+        if self.prediction_type == "x0":
+            return out, (x - a.sqrt() * out) / (1 - a).sqrt()
+        return a.sqrt() * x - (1 - a).sqrt() * out, a.sqrt() * out + (1 - a).sqrt() * x
+
+    def _levels(self, num_steps: int, spacing: str) -> tuple[list[int], list[float]]:
+        """Kept timesteps (descending) and abar after each step (the last is 1.0)."""
+        ts = ddim_timesteps(self.T, num_steps, spacing)
+        prev = [float(self.alphas_cumprod[t]) for t in ts[1:]] + [1.0]
+        return ts, prev
+
+    @staticmethod
+    def sigma(a_t: float, a_s: float, eta: float) -> float:
+        return eta * math.sqrt((1 - a_s) / (1 - a_t)) * math.sqrt(max(1 - a_t / a_s, 0.0))
+
+    def step(self, out: torch.Tensor, x: torch.Tensor, a_t: float, a_s: float, eta: float = 0.0,
+             clip: bool = False, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One DDIM update x_t -> x_s; returns (x_s, x0_hat)."""
+        x0, eps = self.split_output(out, x, a_t)
+        if clip:
+            x0 = x0.clamp(-1.0, 1.0)
+        sig = self.sigma(a_t, a_s, eta)
+        x_s = math.sqrt(a_s) * x0 + math.sqrt(max(1 - a_s - sig**2, 0.0)) * eps
+        if sig > 0:
+            if noise is None:
+                raise ValueError("eta > 0 needs noise")
+            x_s = x_s + sig * noise
+        return x_s, x0
+
+    @torch.no_grad()
+    def sample(self, model: Denoiser, shape: tuple[int, ...], num_steps: int = 50, *, eta: float = 0.0,
+               spacing: str = "leading", clip: bool = True, x_T: torch.Tensor | None = None,
+               generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+        """DDIM from x_T ~ N(0, I) (or the given x_T) to x_0."""
+        x = x_T if x_T is not None else torch.randn(shape, generator=generator, device=device)
+        ts, prev = self._levels(num_steps, spacing)
+        for t, a_s in zip(ts, prev):
+            a_t = float(self.alphas_cumprod[t])
+            tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+            noise = None
+            if eta > 0:
+                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x, _ = self.step(model(x, tt).to(x.dtype), x, a_t, a_s, eta, clip, noise)
+        return x
+
+    @torch.no_grad()
+    def invert(self, model: Denoiser, x0: torch.Tensor, num_steps: int = 50, *,
+               spacing: str = "leading") -> torch.Tensor:
+        """Deterministic DDIM encoding x_0 -> x_T: the eta=0 update run forwards, never clipped.
+
+        Each step from level abar_prev to abar_t evaluates the model at the current point with the
+        target timestep t (the usual x_{t-1} ~ x_t approximation; exact as S grows).
+        """
+        ts, prev = self._levels(num_steps, spacing)
+        x = x0
+        for t, a_prev in zip(reversed(ts), reversed(prev)):
+            a_t = float(self.alphas_cumprod[t])
+            tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+            out = model(x, tt).to(x.dtype)
+            _, eps = self.split_output(out, x, a_t)
+            x0_hat = (x - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
+            x = math.sqrt(a_t) * x0_hat + math.sqrt(1 - a_t) * eps
+        return x
+
+    def reconstruct(self, model: Denoiser, x0: torch.Tensor, num_steps: int = 50, *, spacing: str = "leading",
+                    clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Invert then decode with eta = 0 and the same step count; returns (x_T, x0_rec)."""
+        xT = self.invert(model, x0, num_steps, spacing=spacing)
+        return xT, self.sample(model, x0.shape, num_steps, eta=0.0, spacing=spacing, clip=clip, x_T=xT)

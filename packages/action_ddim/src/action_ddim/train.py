@@ -1,0 +1,274 @@
+"""`action-ddim train`: the training loop, top to bottom."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from trainkit.checkpoint import CheckpointManager, load_checkpoint, restore_training_state, training_state
+from trainkit.cli import prepare_run_dir
+from trainkit.config import config_to_dict, save_config
+from trainkit.device import autocast, make_grad_scaler, seed_everything
+from trainkit.distributed import GracefulStop, barrier, cleanup, init_distributed, wrap_ddp
+from trainkit.ema import EMA
+from trainkit.errors import UserError
+from trainkit.progress import progress
+from trainkit.step import OptimizerStep
+from trainkit.tracking import Tracker
+
+from .config import Config
+from .data import ActionDataset, Normalizer, ensure_default_dataset
+from .diffusion import Diffusion
+from .evaluate import validate
+from .model import ActionDenoiser, count_parameters
+from .plots import plot_reconstructions, plot_samples
+
+
+def build_model(cfg: Config, seq_len: int) -> ActionDenoiser:
+    m = cfg.model
+    return ActionDenoiser(seq_len=seq_len, d_model=m.d_model, num_layers=m.num_layers, nhead=m.nhead, dropout=m.dropout)
+
+
+def build_diffusion(cfg: Config) -> Diffusion:
+    d = cfg.diffusion
+    return Diffusion(d.schedule, d.num_train_timesteps, d.prediction_type, force_schedule=d.force_schedule)
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
+    """Linear warmup to the peak, then cosine annealing to ``min_ratio`` of it at ``total_steps``."""
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress_ = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress_))
+    return f
+
+
+def resolve_data(cfg: Config, log) -> tuple[Path, Path]:
+    d = cfg.data
+    if d.data_dir is None and d.val_data_dir is None:
+        return ensure_default_dataset(d.num_train, d.num_val, d.seq_len, d.data_seed, log=log)
+    if d.data_dir is None or d.val_data_dir is None:
+        missing = "--data_dir" if d.data_dir is None else "--val_data_dir"
+        raise UserError(f"{missing} is missing", missing,
+                        "give both --data_dir and --val_data_dir, or neither (to use the generated default dataset)")
+    return Path(d.data_dir), Path(d.val_data_dir)
+
+
+def train(cfg: Config, log=print) -> dict:
+    """Train; returns the last validation metrics (``val/...`` keys)."""
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    info = init_distributed(t.device)
+    device = info.device
+    say = log if info.is_main else (lambda *a, **k: None)
+
+    # ---- data ----
+    train_dir, val_dir = resolve_data(cfg, say)
+    normalizer = Normalizer()
+    train_set = ActionDataset(train_dir, cfg.data.seq_len, flag="--data_dir", normalizer=normalizer)
+    val_set = ActionDataset(val_dir, cfg.data.seq_len, flag="--val_data_dir", normalizer=normalizer)
+    if val_set.seq_len != train_set.seq_len:
+        raise UserError(f"validation seq_len {val_set.seq_len} != training seq_len {train_set.seq_len}",
+                        f"--val_data_dir {val_dir}", "sequences of the same length as the training data")
+    seq_len = train_set.seq_len
+    # A fixed, seeded subset keeps per-epoch validation comparable across epochs and resumes.
+    val_order = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(0)).tolist()
+    val_subset = val_order[: t.val_subset] if t.val_subset else val_order
+    sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=t.seed, drop_last=False)
+    loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
+                        drop_last=False, persistent_workers=cfg.data.num_workers > 0)
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * t.num_epochs
+
+    # ---- model, optimiser, schedule ----
+    seed_everything(t.seed)
+    diffusion = build_diffusion(cfg)
+    raw_model = build_model(cfg, seq_len).to(device)
+    ema = EMA(raw_model, decay=t.ema_decay, warmup=t.ema_warmup)
+    model = wrap_ddp(raw_model, info)
+    optimizer = torch.optim.AdamW(raw_model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.warmup_steps, total_steps, t.min_lr_ratio))
+    scaler = make_grad_scaler(device, t.precision)
+    stepper = OptimizerStep(model, optimizer, scaler=scaler, grad_clip=t.grad_clip)
+
+    # ---- run directory, resume ----
+    run_dir = prepare_run_dir(t.save_dir, resume=t.resume) if info.is_main else Path(t.save_dir)
+    barrier()
+    ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=t.keep_last, filename="epoch{epoch:04d}.pt",
+                              best_metric="val/mse", best_mode="min", enabled=info.is_main)
+    step, start_epoch = 0, 0
+    resume_path = ckpts.resolve_resume(t.resume)
+    if t.resume and resume_path is None:
+        raise UserError("no checkpoint to resume from", f"--resume {t.resume}",
+                        f"a checkpoint file, or 'auto' with checkpoints in {run_dir / 'checkpoints'}")
+    if resume_path is not None:
+        state = load_checkpoint(resume_path, map_location=device)
+        rest = restore_training_state(state, model=raw_model, optimizer=optimizer, scheduler=scheduler,
+                                      scaler=scaler, ema=ema, where=str(resume_path))
+        stepper.load_state_dict((rest.get("extra") or {}).get("stepper", {}))
+        ckpts.load_manager_state(state)
+        step, start_epoch = int(rest["step"]), int(rest["epoch"])
+        say(f"resumed from {resume_path} at epoch {start_epoch}, step {step}")
+    if info.is_main:
+        save_config(cfg, run_dir)
+    tracker = Tracker(run_dir, config=config_to_dict(cfg), wandb_project=t.wandb_project,
+                      resume_step=step if resume_path is not None else None)
+    say(f"run {run_dir} | {len(train_set)} train / {len(val_set)} val sequences of {seq_len} steps | "
+        f"{count_parameters(raw_model):,} parameters | device {device} | {steps_per_epoch} steps/epoch")
+
+    def save(epoch: int, metrics: dict | None) -> None:
+        payload = training_state(model=raw_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
+                                 step=step, epoch=epoch, config=config_to_dict(cfg),
+                                 extra={"normalizer": normalizer.to_dict(), "seq_len": seq_len,
+                                        "stepper": stepper.state_dict()})
+        path = ckpts.save(payload, step=step, epoch=epoch, metrics=metrics)
+        if path is not None:
+            say(f"saved {path}")
+
+    # ---- loop ----
+    stop = GracefulStop()
+    metrics: dict = {}
+    last_epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, t.num_epochs):
+            model.train()
+            sampler.set_epoch(epoch)
+            t0 = time.time()
+            loss_sum, n_batches = torch.zeros((), device=device), 0
+            bar = progress(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{t.num_epochs}", quiet=t.quiet)
+            for x0 in bar:
+                x0 = x0.to(device, non_blocking=True)
+                with stepper.micro_batch():
+                    with autocast(device, t.precision):
+                        loss = diffusion.loss(model, x0)
+                    out = stepper.backward(loss)
+                if out.stepped:
+                    scheduler.step()
+                    ema.update(raw_model)
+                step += 1
+                loss_sum += loss.detach()
+                n_batches += 1
+                if step % 10 == 0:
+                    tracker.log_scalars({"train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"],
+                                         "train/grad_norm": out.grad_norm or 0.0}, step)
+                if stop.should_stop():
+                    break
+            train_time = time.time() - t0
+            last_epoch = epoch + 1
+            if stop.should_stop():
+                # Mid-epoch: the checkpoint records the epoch as unfinished, so a resume redoes it.
+                say(f"stopping on {stop.signal_name}: saving a checkpoint after step {step}; "
+                    f"resume with --resume auto (epoch {epoch + 1} restarts)")
+                save(epoch, None)
+                break
+            epoch_loss = (loss_sum / max(n_batches, 1)).item()
+            scalars = {"train/epoch_loss": epoch_loss, "train/epoch": last_epoch, "train/epoch_time_s": train_time,
+                       "train/ema_decay": ema.current_decay}
+            is_last = last_epoch == t.num_epochs
+            if info.is_main and (last_epoch % t.val_every == 0 or is_last):
+                v0 = time.time()
+                idx = val_order if (is_last and t.val_full_at_end) else val_subset
+                metrics = validate(ema.module, diffusion, val_set, idx, cfg, device)
+                scalars.update(metrics)
+                scalars["val/time_s"] = time.time() - v0
+                scalars["val/num_sequences"] = len(idx)
+            tracker.log_scalars(scalars, step)
+            if info.is_main and (last_epoch % t.plot_every == 0 or is_last):
+                make_plots(tracker, ema.module, diffusion, val_set, val_subset, cfg, device, step, last_epoch)
+            say(f"epoch {last_epoch}/{t.num_epochs} step {step} loss {epoch_loss:.4f} ({train_time:.1f}s)"
+                + (f" | val/mse {metrics['val/mse']:.5f} coord_mse {metrics['val/coord_mse']:.5f} "
+                   f"press_acc {metrics['val/press_accuracy']:.4f} snr {metrics['val/mean_snr_db']:.2f}dB"
+                   if "val/mse" in scalars else ""))
+            pause = bool(t.stop_after_epoch) and last_epoch >= t.stop_after_epoch and not is_last
+            if last_epoch % t.save_every == 0 or is_last or pause:
+                save(last_epoch, {k: v for k, v in scalars.items() if k.startswith("val/")})
+            if pause:
+                say(f"stopping after epoch {last_epoch} (train.stop_after_epoch); continue with --resume auto")
+                break
+    finally:
+        tracker.close()
+        stop.restore()
+        cleanup()
+    return metrics
+
+
+def make_plots(tracker, model, diffusion, val_set, val_subset, cfg: Config, device, step: int, epoch: int) -> None:
+    d = cfg.diffusion
+    idx = val_subset[:4]
+    x0 = torch.stack([val_set[i] for i in idx]).to(device)
+    t_star = min(diffusion.T - 1, int(round(d.plot_t_fraction * diffusion.T)) - 1)
+    g = torch.Generator(device="cpu").manual_seed(1234)
+    noised = diffusion.q_sample(x0, torch.full((len(idx),), t_star, device=device),
+                                torch.randn(x0.shape, generator=g).to(device))
+    _, rec = diffusion.reconstruct(model, x0, d.num_inference_steps, spacing=d.spacing, clip=d.clip_reconstruction)
+    norm = val_set.normalizer
+    fig = plot_reconstructions(norm.decode_continuous(x0).cpu().numpy(), norm.decode_continuous(noised).cpu().numpy(),
+                               norm.decode_continuous(rec).cpu().numpy(), t_star, d.num_inference_steps)
+    tracker.log_figure(f"val/reconstructions_epoch_{epoch}", fig, step)
+    samples = diffusion.sample(model, (8, x0.shape[1], x0.shape[2]), d.num_inference_steps, eta=d.eta, spacing=d.spacing,
+                               clip=d.clip_sample, generator=torch.Generator().manual_seed(4321), device=device)
+    fig = plot_samples(norm.decode(samples).cpu().numpy(), title=f"unconditional samples, epoch {epoch}")
+    tracker.log_figure(f"val/samples_epoch_{epoch}", fig, step)
+
+
+def load_for_inference(path: str | Path, device, config_path: str | None = None, overrides=()
+                       ) -> tuple[torch.nn.Module, Diffusion, Normalizer, Config, int]:
+    """EMA model (falls back to raw weights), diffusion, normaliser, config and seq_len from a checkpoint.
+
+    ``config_path`` / ``overrides`` (``--config`` / ``--set``) are applied on top of the checkpoint's
+    config, e.g. ``--set diffusion.spacing=trailing``.
+    """
+    import yaml
+
+    from trainkit.config import config_from_dict, parse_override
+
+    state = load_checkpoint(path, map_location=device)
+    if "config" not in state or "extra" not in state:
+        raise UserError("not an action-ddim checkpoint", str(path), "a file written by `action-ddim train`")
+    cfg = config_from_dict(Config, state["config"], where=str(path))
+    if config_path or overrides:
+        merged = config_to_dict(cfg)
+        where = "--set"
+        if config_path:
+            where = str(config_path)
+            try:
+                loaded = yaml.safe_load(Path(config_path).read_text()) or {}
+            except (OSError, yaml.YAMLError) as e:
+                raise UserError("unreadable config file", str(config_path), f"a YAML mapping ({e})")
+            if not isinstance(loaded, dict):
+                raise UserError("config file must hold a mapping", str(config_path), "key: value pairs")
+            for section, values in loaded.items():
+                if isinstance(values, dict) and isinstance(merged.get(section), dict):
+                    merged[section].update(values)
+                else:
+                    merged[section] = values
+        for text in overrides:
+            key, value = parse_override(text)
+            node = merged
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise UserError(f"cannot set '{key}'", f"--set {text}", f"'{part}' is not a section")
+            node[leaf] = value
+            where = f"--set {text}"
+        cfg = config_from_dict(Config, merged, where=where)
+    seq_len = int(state["extra"]["seq_len"])
+    model = build_model(cfg, seq_len).to(device)
+    weights = state["ema"]["module"] if "ema" in state else state["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise UserError("checkpoint weights do not match its config", str(path), " ".join(str(e).split())[:200])
+    model.eval()
+    return model, build_diffusion(cfg), Normalizer.from_dict(state["extra"]["normalizer"]), cfg, seq_len
+
+
+__all__ = ["train", "load_for_inference", "build_model", "build_diffusion", "lr_lambda"]

@@ -1,0 +1,65 @@
+"""The synthetic gesture generator: realistic statistics, on-disk format, determinism."""
+import json
+
+import numpy as np
+
+from action_ddim.augmentation import generate_click_dataset, generate_sequence, generate_sequences, minimum_jerk
+from action_ddim.metrics import press_run_lengths
+
+
+def test_minimum_jerk_is_bell_shaped():
+    s = minimum_jerk(101)
+    v = np.diff(s)
+    assert s[0] == 0 and abs(s[-1] - 1) < 1e-12
+    assert abs(np.argmax(v) - 50) <= 1
+    assert np.isclose(v.max() * 100, 1.875, atol=0.01)  # peak speed 1.875 A / D
+
+
+def test_sequences_are_valid_and_deterministic():
+    a = generate_sequences(300, seed=7)
+    b = generate_sequences(300, seed=7)
+    c = generate_sequences(300, seed=8)
+    assert a.shape == (300, 64, 3) and a.dtype == np.float32
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a[..., :2].min() >= 0 and a[..., :2].max() <= 1
+    assert set(np.unique(a[..., 2])) <= {0.0, 1.0}
+    rate = a[..., 2].mean()
+    assert 0.15 < rate < 0.6  # presses are common but not the majority state
+    # Every trace moves: taps are reached by aimed movements.
+    assert (a[..., :2].std(axis=1).max(axis=-1) > 0.01).mean() > 0.95
+
+
+def test_press_runs_and_speed_profiles_are_plausible():
+    rng = np.random.default_rng(0)
+    tap_like, long_like, peak_pos, n_moves = [], [], [], 0
+    for _ in range(300):
+        seq, events = generate_sequence(rng, return_events=True)
+        for kind, start, end in events:
+            if kind == "press" and end - start >= 2 and end < 64:
+                (long_like if end - start >= 12 else tap_like).append(end - start)
+            if kind == "move" and end - start >= 10 and end < 64 and start > 0:
+                # Bell-shaped speed: the peak sits in the middle third, the ends are slow.
+                p = seq[start - 1:end, :2]
+                speed = np.linalg.norm(np.diff(p, axis=0), axis=1)
+                peak_pos.append(np.argmax(speed) / (len(speed) - 1))
+                assert speed[0] < 0.6 * speed.max() and speed[-1] < 0.6 * speed.max()
+                n_moves += 1
+    assert n_moves > 100
+    assert 0.3 < np.median(peak_pos) < 0.7
+    assert np.mean((np.array(peak_pos) > 0.2) & (np.array(peak_pos) < 0.8)) > 0.9
+    assert set(tap_like) <= {2, 3, 4} and len(tap_like) > 50
+    assert min(long_like) >= 12 and max(long_like) <= 24 and len(long_like) > 20
+    runs = press_run_lengths(generate_sequences(300, seed=1)[..., 2])
+    assert runs.min() >= 1 and np.median(runs) <= 12
+
+
+def test_dataset_files_and_metadata(tmp_path):
+    root = generate_click_dataset(tmp_path, num_train=30, num_val=12, seq_len=32, seed=3, sequences_per_file=20)
+    train = sorted((root / "train").glob("*_actions.npy"))
+    assert [f.name for f in train] == ["part000_actions.npy", "part001_actions.npy"]
+    arr = np.concatenate([np.load(f) for f in train])
+    assert arr.shape == (30 * 32, 3) and arr.dtype == np.float32
+    meta = json.loads((root / "val" / "metadata.json").read_text())
+    assert meta["seq_len"] == 32 and meta["num_sequences"] == 12
+    val = np.load(root / "val" / "part000_actions.npy")
+    assert not np.array_equal(val[:32], arr[:32])  # val is an independent stream
