@@ -6,14 +6,14 @@ import sys
 
 import click
 
-from trainkit.cli import common_options
+from trainkit.cli import Group, common_options
 from trainkit.config import explicit_cli_values, load_config
 from trainkit.errors import UserError, handle_user_errors
 
 from .config import TRAIN_FLAGS, Config
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """DDIM diffusion over UI action sequences [x, y, press]."""
 
