@@ -97,3 +97,12 @@ def test_explicit_cli_values_only_typed_flags():
 
     assert CliRunner().invoke(cmd, ["--lr", "0.01"]).exit_code == 0
     assert seen == {"optim.lr": 0.01}
+
+
+def test_base_config_layers_under_file_and_overrides(tmp_path):
+    saved = config_to_dict(load_config(Cfg, None, overrides=["epochs=9", "optim.lr=0.5"]))  # e.g. from a checkpoint
+    p = write(tmp_path, "name: from-file\n")
+    cfg = load_config(Cfg, p, overrides=["optim.betas=[0.8, 0.9]"], base=saved)
+    assert (cfg.epochs, cfg.optim.lr, cfg.name, cfg.optim.betas) == (9, 0.5, "from-file", [0.8, 0.9])
+    with pytest.raises(UserError, match="unknown config key 'optim.lrr'"):
+        load_config(Cfg, None, overrides=["optim.lrr=1"], base=saved)

@@ -173,9 +173,13 @@ def _check_key_path(cls, dotted: str, where: str) -> None:
         node = types_[part]
 
 
-def load_config(cls, path: str | Path | None = None, overrides: Iterable[str] = (), cli_values: Mapping[str, Any] | None = None):
-    """Build ``cls`` from its defaults, a YAML file, explicit CLI flags and ``--set`` overrides (in that order)."""
-    data: dict = {}
+def load_config(cls, path: str | Path | None = None, overrides: Iterable[str] = (), cli_values: Mapping[str, Any] | None = None,
+                base: Mapping[str, Any] | None = None):
+    """Build ``cls`` from its defaults, a YAML file, explicit CLI flags and ``--set`` overrides (in that order).
+
+    ``base`` (e.g. a checkpoint's saved config dict) replaces the dataclass defaults as the bottom layer.
+    """
+    data: dict = _merge({}, base) if base else {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -186,9 +190,9 @@ def load_config(cls, path: str | Path | None = None, overrides: Iterable[str] = 
             raise UserError("config file is not valid YAML", str(path), str(err).splitlines()[0])
         if not isinstance(loaded, dict):
             raise UserError("config file must hold a mapping", str(path), "expected key: value pairs")
-        data = loaded
-    where = str(path) if path is not None else "defaults"
-    # Validate the file alone first so its errors name the file.
+        _build(cls, loaded, str(path))  # validate the file alone first so its errors name the file
+        data = _merge(data, loaded)
+    where = str(path) if path is not None else ("base config" if base else "defaults")
     _build(cls, data, where)
     for key, value in (cli_values or {}).items():
         _check_key_path(cls, key, "command line")

@@ -225,41 +225,12 @@ def load_for_inference(path: str | Path, device, config_path: str | None = None,
     ``config_path`` / ``overrides`` (``--config`` / ``--set``) are applied on top of the checkpoint's
     config, e.g. ``--set diffusion.spacing=trailing``.
     """
-    import yaml
-
-    from trainkit.config import config_from_dict, parse_override
+    from trainkit.config import load_config
 
     state = load_checkpoint(path, map_location=device)
     if "config" not in state or "extra" not in state:
         raise UserError("not an action-ddim checkpoint", str(path), "a file written by `action-ddim train`")
-    cfg = config_from_dict(Config, state["config"], where=str(path))
-    if config_path or overrides:
-        merged = config_to_dict(cfg)
-        where = "--set"
-        if config_path:
-            where = str(config_path)
-            try:
-                loaded = yaml.safe_load(Path(config_path).read_text()) or {}
-            except (OSError, yaml.YAMLError) as e:
-                raise UserError("unreadable config file", str(config_path), f"a YAML mapping ({e})")
-            if not isinstance(loaded, dict):
-                raise UserError("config file must hold a mapping", str(config_path), "key: value pairs")
-            for section, values in loaded.items():
-                if isinstance(values, dict) and isinstance(merged.get(section), dict):
-                    merged[section].update(values)
-                else:
-                    merged[section] = values
-        for text in overrides:
-            key, value = parse_override(text)
-            node = merged
-            *parents, leaf = key.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-                if not isinstance(node, dict):
-                    raise UserError(f"cannot set '{key}'", f"--set {text}", f"'{part}' is not a section")
-            node[leaf] = value
-            where = f"--set {text}"
-        cfg = config_from_dict(Config, merged, where=where)
+    cfg = load_config(Config, config_path, overrides, base=state["config"])
     seq_len = int(state["extra"]["seq_len"])
     model = build_model(cfg, seq_len).to(device)
     weights = state["ema"]["module"] if "ema" in state else state["model"]
