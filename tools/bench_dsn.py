@@ -4,6 +4,7 @@
     uv run python tools/bench_dsn.py cache       # advanced-model epoch time with vs without the cache (held frames)
     uv run python tools/bench_dsn.py overhead    # trainkit's OptimizerStep vs a hand-written step
     uv run python tools/bench_dsn.py quality     # baseline + advanced on the 5 default splits vs random/uniform
+    uv run python tools/bench_dsn.py validate --set model.pos_scale=0.1   # tuning: folds of split 0's TRAIN keys
 
 Everything runs on one CPU thread (``--threads``) so that figures are comparable on a shared machine.
 """
@@ -209,10 +210,53 @@ def bench_quality(args) -> dict:
             "per_split": per}
 
 
+def bench_validate(args) -> dict:
+    """Hyper-parameter check without the test videos: 4 folds (12 train / 4 validation) of split 0's train keys.
+
+    The folds live in their own dataset folder (a link to the h5 + a splits.json), so training and
+    scoring are the package's own ``train`` and ``evaluate_checkpoint``; split 0's test videos are never read.
+    """
+    import random
+
+    from dsn.data import ensure_default_dataset, find_h5, load_splits
+    from dsn.evaluate import evaluate_checkpoint
+    from dsn.train import train
+    from trainkit.config import load_config
+    from dsn.config import TrainConfig
+
+    src = Path(args.dataset_root) if args.dataset_root else ensure_default_dataset()
+    out_dir = Path(args.out if args.out != "runs/bench_dsn_quality" else "runs/bench_dsn_validate")
+    data = out_dir / "folds"
+    data.mkdir(parents=True, exist_ok=True)
+    h5 = find_h5(src)
+    if not (data / h5.name).exists():
+        (data / h5.name).symlink_to(h5.resolve())
+    keys = sorted(load_splits(src)[0]["train_keys"])
+    random.Random(123).shuffle(keys)
+    folds = [keys[i::4] for i in range(4)]
+    (data / "splits.json").write_text(json.dumps([{"train_keys": [k for k in keys if k not in f], "test_keys": f}
+                                                  for f in folds], indent=1))
+    rows = []
+    for k in range(len(folds)):
+        cfg = load_config(TrainConfig, None, args.set, {"seed": args.seed})
+        cfg.dataset_root, cfg.split_index, cfg.device, cfg.quiet = str(data), k, "cpu", True
+        cfg.eval_every, cfg.eval_ms_swd = 0, False
+        cfg.epochs = args.epochs
+        cfg.save_dir = str(out_dir / f"{'_'.join(args.set) or 'defaults'}_seed{args.seed}_fold{k}")
+        summary = train(cfg, resume="auto", log=lambda m: None)
+        r = evaluate_checkpoint(summary["checkpoint"], data, split_index=k, ms_swd=False)
+        rows.append({"fold": k, "F": r["model"]["F"], "kendall_tau": r["model"]["kendall_tau"], "random_F": r["random"]["F"]})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return {"part": "validate", "set": args.set, "seed": args.seed, "epochs": args.epochs,
+            "model_type": cfg.model.model_type,
+            "mean": {m: round(float(np.mean([r[m] for r in rows])), 4) for m in ("F", "kendall_tau", "random_F")},
+            "folds": rows}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("parts", nargs="*", default=["reward", "cache", "overhead"],
-                   choices=["reward", "cache", "overhead", "quality"])
+                   choices=["reward", "cache", "overhead", "quality", "validate"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--T", type=int, default=1000)
     p.add_argument("--episodes", type=int, default=5)
@@ -226,12 +270,15 @@ def main() -> None:
     p.add_argument("--eval_every", type=int, default=0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default="runs/bench_dsn_quality")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="validate part: TrainConfig override, e.g. model.model_type=baseline (repeatable)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     for part in args.parts:
         if args.epochs is None:
-            args.epochs = 20 if part == "quality" else 3
-        fn = {"reward": bench_reward, "cache": bench_cache, "overhead": bench_overhead, "quality": bench_quality}[part]
+            args.epochs = 20 if part in ("quality", "validate") else 3
+        fn = {"reward": bench_reward, "cache": bench_cache, "overhead": bench_overhead, "quality": bench_quality,
+              "validate": bench_validate}[part]
         print(json.dumps(fn(args)), flush=True)
 
 

@@ -7,7 +7,7 @@ torch.set_num_threads(1)  # the shared 2-core machine: tiny ops are much slower 
 from dsn import DSNAdvanced, DSNBaseline, DSNConfig
 from dsn.cache import VideoWork
 from dsn.evaluate import collate_pyramids
-from dsn.model import build_model, count_parameters, pool_pyramid
+from dsn.model import SinusoidalPositions, build_model, count_parameters, pool_pyramid
 from trainkit.errors import UserError
 
 
@@ -93,8 +93,37 @@ def test_accepts_plain_dict_config():
     ({"enc_hidden": 10, "num_attn_heads": 4}, "--num_attn_heads"),
     ({"num_scales": 0}, "--num_scales"),
     ({"num_attn_layers": -1}, "--num_attn_layers"),
+    ({"pos_scale": -0.5}, "model.pos_scale"),
 ])
 def test_config_validation(kwargs, where):
     with pytest.raises(UserError) as err:
         DSNConfig(**kwargs)
     assert err.value.where == where
+
+
+def test_sinusoidal_encoding_is_scaled_by_pos_scale():
+    import math
+
+    pe = SinusoidalPositions(4, scale=0.2)(3, "cpu", torch.float32)
+    # Row t = 0.2 * [sin(t), cos(t), sin(t / 100), cos(t / 100)] (10000 ** (2 / 4) = 100).
+    want = [0.2 * v for v in (math.sin(2), math.cos(2), math.sin(0.02), math.cos(0.02))]
+    assert pe[2].tolist() == pytest.approx(want, abs=1e-6)
+    # The scale is the only difference between the encodings: scale 0 is "none", with the same weights.
+    x = torch.randn(2, 11, 6)
+    base = dict(in_dim=6, enc_hidden=8, num_attn_heads=2, num_attn_layers=1, num_scales=2)
+    zero = DSNAdvanced(DSNConfig(**base, pos_encoding_type="sinusoidal", pos_scale=0.0))
+    none = DSNAdvanced(DSNConfig(**base, pos_encoding_type="none"))
+    none.load_state_dict(zero.state_dict())
+    assert torch.allclose(zero(x), none(x), atol=1e-6)
+    full = DSNAdvanced(DSNConfig(**base, pos_encoding_type="sinusoidal", pos_scale=1.0))
+    full.load_state_dict(zero.state_dict())
+    assert not torch.allclose(full(x), none(x), atol=1e-4)
+
+
+def test_default_pos_scale_and_old_checkpoint_configs():
+    # Default: the encoding's std (0.63 * scale) stays below the ~0.24 frame-to-frame std of the fused content.
+    assert DSNConfig().pos_scale == 0.1
+    # A config dict from a checkpoint saved before pos_scale existed keeps the scale it was trained with.
+    old = DSNConfig(in_dim=6, enc_hidden=8, num_attn_heads=2).to_dict()
+    del old["pos_scale"]
+    assert DSNConfig.from_any(old).pos_scale == 1.0

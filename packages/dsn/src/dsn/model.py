@@ -110,9 +110,12 @@ def pool_pyramid(x: torch.Tensor, mask: torch.Tensor | None, num_scales: int) ->
 
 
 class SinusoidalPositions(nn.Module):
-    def __init__(self, dim: int):
+    """The Transformer's sin/cos table times ``scale`` (its std is 0.63 * scale)."""
+
+    def __init__(self, dim: int, scale: float = 1.0):
         super().__init__()
         self.dim = dim
+        self.scale = scale
 
     def forward(self, T: int, device, dtype) -> torch.Tensor:
         pos = torch.arange(T, device=device, dtype=torch.float32).unsqueeze(1)
@@ -121,7 +124,7 @@ class SinusoidalPositions(nn.Module):
         pe = torch.zeros(T, self.dim, device=device)
         pe[:, 0::2] = torch.sin(angle)
         pe[:, 1::2] = torch.cos(angle[:, : self.dim // 2])
-        return pe.to(dtype)
+        return (self.scale * pe).to(dtype)
 
 
 class ScaleBranch(nn.Module):
@@ -147,7 +150,8 @@ class DSNAdvanced(nn.Module):
     * multi-scale: the features are average-pooled at strides 1, 2, 4, ... (``num_scales``), each
       resolution gets its own projection + temporal conv, is upsampled back to T by repetition, and
       the scales are fused by a linear layer over their concatenation;
-    * positional encoding is added to the fused sequence (inputs of attention), sinusoidal, learned or none;
+    * positional encoding is added to the fused sequence (inputs of attention), sinusoidal (scaled by
+      ``pos_scale``), learned or none;
     * ``num_attn_layers`` pre-norm Transformer encoder layers with ``num_attn_heads`` heads and key
       padding masks;
     * optional BiLSTM after attention (``use_lstm_in_advanced``);
@@ -169,7 +173,7 @@ class DSNAdvanced(nn.Module):
             self.pos = nn.Embedding(cfg.max_len, d)
             nn.init.normal_(self.pos.weight, std=0.02)
         elif cfg.pos_encoding_type == "sinusoidal":
-            self.pos = SinusoidalPositions(d)
+            self.pos = SinusoidalPositions(d, cfg.pos_scale)
         else:
             self.pos = None
         self.attn_layers = nn.ModuleList(
