@@ -124,7 +124,7 @@ def bench_cache(args) -> dict:
     for use_cache in (False, True):
         tcfg = TrainConfig(model=DSNConfig(model_type="advanced"), dataset_root=str(root), save_dir=str(work_dir / f"run{int(use_cache)}"),
                            epochs=2, device="cpu", use_cache=use_cache, eval_every=0, quiet=True)
-        params[use_cache] = torch.load(train(tcfg, log=lambda m: None)["checkpoint"])["model"]
+        params[use_cache] = torch.load(train(tcfg, log=lambda m: None)["checkpoint"], weights_only=True)["model"]
     res["identical_parameters_after_training"] = all(torch.equal(params[True][k], params[False][k]) for k in params[True])
     return res
 

@@ -78,13 +78,13 @@ def test_guide_key_arguments(data, tmp_path):
             "--pos_encoding_type", "learned", "--use_lstm_in_advanced", 1, "--lr", "1e-4", "--budget_ratio", 0.06,
             "--num_scales", 2, "--quiet")
     assert r.exit_code == 0, r.output
-    cfg = torch.load(tmp_path / "a" / "dsn_checkpoint_ep1.pt")["config"]
+    cfg = torch.load(tmp_path / "a" / "dsn_checkpoint_ep1.pt", weights_only=True)["config"]
     assert (cfg["enc_hidden"], cfg["num_attn_heads"], cfg["num_attn_layers"], cfg["num_scales"]) == (128, 2, 1, 2)
     assert cfg["pos_encoding_type"] == "learned" and cfg["use_lstm_in_advanced"] is True
     r = run("train", "--model_type", "baseline", "--dataset_root", data, "--save_dir", tmp_path / "b", "--epochs", 1,
             "--device", "cpu", "--enc_hidden", 32, "--set", "num_episodes=3", "--quiet")
     assert r.exit_code == 0, r.output
-    assert {"encoder", "policy"} <= set(torch.load(tmp_path / "b" / "dsn_checkpoint_ep1.pt"))
+    assert {"encoder", "policy"} <= set(torch.load(tmp_path / "b" / "dsn_checkpoint_ep1.pt", weights_only=True))
 
 
 @pytest.mark.parametrize("args,message", [
