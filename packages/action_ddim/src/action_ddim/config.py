@@ -78,9 +78,10 @@ class TrainConfig:
     stop_after_epoch: int = 0            # end this invocation (with a checkpoint) after this epoch; 0 = never.
                                          # The LR curve still spans num_epochs, so a later --resume continues it.
     quiet: bool = False
-    # torch CPU threads; 0 = torch's default (one per core). 1 by default: on a small shared CPU more
-    # threads thrash (2 cores, load 2.7: 171 ms/step with 1 thread vs 1060-1290 ms with 2).
-    threads: int = 1
+    # torch CPU threads; 0 = torch's default (one per core). On an idle 2-core CPU two threads train
+    # d64/L3 at batch 64 1.7x faster than one (64 vs 110 ms/step); on a CPU shared with other jobs,
+    # set 1: OpenMP threads thrash there (load 2.7: 171 ms/step with 1 thread vs ~1100 with 2).
+    threads: int = 0
 
 
 @dataclass

@@ -102,7 +102,7 @@ def train(cfg: Config, log=print) -> dict:
     run_dir = prepare_run_dir(t.save_dir, resume=t.resume) if info.is_main else Path(t.save_dir)
     barrier()
     ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=t.keep_last, filename="epoch{epoch:04d}.pt",
-                              best_metric="val/mse", best_mode="min", enabled=info.is_main)
+                              best_metric="val/loss", best_mode="min", enabled=info.is_main)
     step, start_epoch = 0, 0
     resume_path = ckpts.resolve_resume(t.resume)
     if t.resume and resume_path is None:
