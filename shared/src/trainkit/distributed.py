@@ -70,24 +70,25 @@ def _reduce_device() -> torch.device:
     return torch.device("cpu")
 
 
-def all_reduce_mean(metrics: Mapping[str, float]) -> dict[str, float]:
-    """Average each value over ranks (every rank must pass the same keys)."""
+def _all_reduce(metrics: Mapping[str, float], *, mean: bool) -> dict[str, float]:
     if not is_distributed() or not metrics:
         return {k: float(v) for k, v in metrics.items()}
     keys = sorted(metrics)
     values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=_reduce_device())
     dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    values /= dist.get_world_size()
+    if mean:
+        values /= dist.get_world_size()
     return {k: float(v) for k, v in zip(keys, values.tolist())}
+
+
+def all_reduce_mean(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Average each value over ranks (every rank must pass the same keys)."""
+    return _all_reduce(metrics, mean=True)
 
 
 def all_reduce_sum(metrics: Mapping[str, float]) -> dict[str, float]:
-    if not is_distributed() or not metrics:
-        return {k: float(v) for k, v in metrics.items()}
-    keys = sorted(metrics)
-    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=_reduce_device())
-    dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return {k: float(v) for k, v in zip(keys, values.tolist())}
+    """Sum each value over ranks (every rank must pass the same keys)."""
+    return _all_reduce(metrics, mean=False)
 
 
 def make_sampler(dataset, *, shuffle: bool, seed: int = 0, drop_last: bool = False):
