@@ -136,9 +136,12 @@ def test_crafted_pickle_is_refused_and_never_runs(tmp_path):
 def test_missing_and_garbage_files(tmp_path):
     with pytest.raises(UserError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "nope.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(UserError, match="corrupt or truncated"):
-        load_checkpoint(tmp_path / "junk.pt")
+    for i, junk in enumerate([b"not a checkpoint at all", b"junk\n", b"", b"\x80\x02}q\x00"]):
+        path = tmp_path / f"junk{i}.pt"
+        path.write_bytes(junk)
+        with pytest.raises(UserError, match="corrupt or truncated") as e:
+            load_checkpoint(path)
+        assert str(path) in str(e.value)
 
 
 def test_restore_into_wrong_model_is_user_error(tmp_path):

@@ -83,9 +83,10 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
             raise UserError(f"checkpoint refused: it needs an unsafe pickled global{what} that could run code",
                             str(path), "expected a checkpoint of plain tensors, numbers, strings, lists and dicts") from None
         raise UserError("checkpoint is corrupt or truncated", str(path), "the file cannot be unpickled") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as err:
-        msg = " ".join(str(err).split())[:200] or type(err).__name__
-        raise UserError("checkpoint is corrupt or truncated", str(path), msg) from None
+    except Exception as err:  # any parse failure of a user-supplied file is the file's fault, not a bug
+        detail = " ".join(str(err).split())[:160]
+        raise UserError("checkpoint is corrupt or truncated", str(path),
+                        f"torch.load failed with {type(err).__name__}" + (f" ({detail})" if detail else "")) from None
     if not isinstance(state, dict):
         raise UserError("checkpoint has an unexpected layout", str(path), "expected a dict at the top level")
     return state
