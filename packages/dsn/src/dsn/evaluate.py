@@ -71,8 +71,9 @@ def policy_probs(model: nn.Module, feats: list[torch.Tensor], digests: list[str]
 def load_policy(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """Build the model stored in a ``dsn_checkpoint_ep{N}.pt`` (either format); returns (model, checkpoint)."""
     ckpt = load_checkpoint(path)
-    if "config" not in ckpt or not isinstance(ckpt["config"], dict):
-        raise UserError("checkpoint has no model config", str(path), "expected a dsn checkpoint with a 'config' dict")
+    if not isinstance(ckpt.get("config"), dict) or not ({"model", "encoder"} & set(ckpt)):
+        raise UserError("not a dsn checkpoint", str(path),
+                        "expected a dsn_checkpoint_ep{N}.pt written by `dsn train` (with 'config' and 'model' or 'encoder')")
     model_type = ckpt.get("model_type", "baseline" if "encoder" in ckpt else "advanced")
     cfg = dict(ckpt["config"])
     cfg["model_type"] = model_type
@@ -83,6 +84,8 @@ def load_policy(path: str | Path, device: torch.device | str = "cpu") -> tuple[n
             model.policy.load_state_dict(ckpt["policy"])
         else:
             model.load_state_dict(ckpt["model"])
+    except UserError as err:  # a config from another tool's checkpoint
+        raise UserError("checkpoint does not hold a dsn model", str(path), err.message[:200]) from None
     except (KeyError, RuntimeError) as err:
         raise UserError("checkpoint does not hold a dsn model", str(path), " ".join(str(err).split())[:200]) from None
     return model.to(device).eval(), ckpt
