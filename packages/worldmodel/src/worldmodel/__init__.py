@@ -1,0 +1,1 @@
+"""Action-conditioned video world model for driving: encoder, latent dynamics, decoder, open-loop rollout."""

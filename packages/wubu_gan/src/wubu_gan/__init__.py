@@ -1,0 +1,1 @@
+"""WuBu-nesting / GAAD VAE-GAN for video with Q-learning training control."""

@@ -1,0 +1,5 @@
+"""`python -m wubu_gan`."""
+from .cli import main
+
+if __name__ == "__main__":
+    main()
