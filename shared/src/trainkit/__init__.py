@@ -10,7 +10,7 @@ from .config import config_from_dict, config_to_dict, explicit_cli_values, load_
 from .device import (autocast, check_precision, make_generator, make_grad_scaler, resolve_device, seed_everything,
                      set_tf32)
 from .distributed import (DistInfo, GracefulStop, all_reduce_mean, barrier, cleanup, init_distributed,
-                          is_main_process, make_sampler, wrap_ddp)
+                          is_main_process, make_sampler, seed_rank_streams, wrap_ddp)
 from .ema import EMA
 from .errors import UserError, handle_user_errors
 from .progress import progress
@@ -22,6 +22,6 @@ __all__ = [
     "save_checkpoint", "training_state", "unwrap_model", "common_options", "prepare_run_dir", "config_from_dict",
     "config_to_dict", "explicit_cli_values", "load_config", "save_config", "autocast", "check_precision",
     "make_generator", "make_grad_scaler", "resolve_device", "seed_everything", "set_tf32", "DistInfo", "GracefulStop",
-    "all_reduce_mean", "barrier", "cleanup", "init_distributed", "is_main_process", "make_sampler", "wrap_ddp",
+    "all_reduce_mean", "barrier", "cleanup", "init_distributed", "is_main_process", "make_sampler", "seed_rank_streams", "wrap_ddp",
     "EMA", "UserError", "handle_user_errors", "progress", "OptimizerStep", "StepOutcome", "Tracker",
 ]

@@ -9,7 +9,7 @@ from typing import Mapping
 import torch
 import torch.distributed as dist
 
-from .device import resolve_device
+from .device import resolve_device, seed_everything
 
 
 @dataclass
@@ -89,6 +89,40 @@ def all_reduce_mean(metrics: Mapping[str, float]) -> dict[str, float]:
 def all_reduce_sum(metrics: Mapping[str, float]) -> dict[str, float]:
     """Sum each value over ranks (every rank must pass the same keys)."""
     return _all_reduce(metrics, mean=False)
+
+
+def rank_seed(seed: int, rank_: int) -> int:
+    """The per-rank seed that :func:`seed_rank_streams` uses: a hash of (seed, rank), below 2**63."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed) % 2**63, int(rank_)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def seed_rank_streams(seed: int) -> int:
+    """Reseed python/numpy/torch/CUDA with a per-rank seed derived from ``(seed, rank)``; returns that seed.
+
+    The DDP seeding rule (model init identical on every rank, per-step randomness different per rank)::
+
+        seed_everything(cfg.seed)               # 1. same seed everywhere ...
+        model = build_model(cfg)                #    ... so every rank builds identical weights
+        model = wrap_ddp(model, info)           #    (DDP also broadcasts rank 0's weights)
+        seed_rank_streams(cfg.seed)             # 2. from here on: dropout, noise, timesteps, augmentation
+                                                #    and DataLoader worker seeds differ per rank
+
+    Anything that must be identical on every rank (validation subsets, fixed evaluation noise, the data
+    shuffle) must use its own generator seeded from ``cfg.seed`` (e.g. ``make_generator(device, cfg.seed)``,
+    :class:`trainkit.data.ResumableSampler`), never the global streams after this call. Single-process runs
+    call it too (rank 0), so one code path serves both. The rank is the global rank of the initialised
+    process group, else the ``RANK`` environment variable, else 0. Resuming restores each rank's own
+    streams from the checkpoint (``training_state`` gathers them), so call this before restoring.
+    """
+    if is_distributed():
+        r = dist.get_rank()
+    else:
+        r = int(os.environ.get("RANK", "0"))
+    derived = rank_seed(seed, r)
+    seed_everything(derived)
+    return derived
 
 
 def make_sampler(dataset, *, shuffle: bool, seed: int = 0, drop_last: bool = False):
