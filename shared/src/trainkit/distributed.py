@@ -143,8 +143,21 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo, **kwargs) -> torch.nn.Modul
 
 
 def cleanup() -> None:
+    _CPU_GROUP.clear()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+_CPU_GROUP: list = []
+
+
+def _cpu_group():
+    """A gloo process group for small CPU-side agreements (None: the default group already is gloo)."""
+    if dist.get_backend() == "gloo":
+        return None
+    if not _CPU_GROUP:
+        _CPU_GROUP.append(dist.new_group(backend="gloo"))  # collective: every rank reaches this together
+    return _CPU_GROUP[0]
 
 
 class GracefulStop:
@@ -172,10 +185,15 @@ class GracefulStop:
         self.signal_name = signal.Signals(signum).name
 
     def should_stop(self) -> bool:
+        """Whether any rank got a signal. Every rank must call it at the same points (e.g. each boundary).
+
+        Under DDP the flag travels in a CPU tensor (over a gloo group when the default backend is NCCL), so
+        the check never waits for the GPU: no device-to-host transfer.
+        """
         flag = self.requested
         if is_distributed():
-            t = torch.tensor([1.0 if flag else 0.0], device=_reduce_device())
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            t = torch.tensor([1.0 if flag else 0.0])
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_cpu_group())
             flag = bool(t.item() > 0)
             if flag and not self.requested:
                 self.requested, self.signal_name = True, "peer rank"
