@@ -147,9 +147,10 @@ def _set_dotted(target: dict, dotted: str, value: Any) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``'optim.lr=2e-4'`` -> ``('optim.lr', 2e-4)``; the value is parsed as YAML."""
+    """``'train.lr=2e-4'`` -> ``('train.lr', 2e-4)``; the value is parsed as YAML."""
     if "=" not in text:
-        raise UserError(f"bad override '{text}'", "--set", "expected key=value, e.g. --set optim.lr=2e-4")
+        raise UserError(f"bad override '{text}'", "--set",
+                        "expected KEY=VALUE with KEY a dotted config key as in config.yaml, e.g. section.key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:

@@ -40,7 +40,7 @@ class ResumableSampler(Sampler[int]):
     Usage::
 
         sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed)    # DDP-aware
-        loader = DataLoader(train_set, batch_size=B, sampler=sampler, num_workers=4)
+        loader = DataLoader(train_set, batch_size=B, sampler=sampler, generator=sampler.generator, num_workers=4)
         if resuming:
             meta = restore_training_state(state, model=..., sampler=sampler)    # or sampler.load_state_dict(...)
         for epoch in range(start_epoch, cfg.num_epochs):
@@ -52,6 +52,12 @@ class ResumableSampler(Sampler[int]):
                     save(training_state(..., epoch=epoch, sampler=sampler))   # resume continues mid-epoch
                     return
             save(training_state(..., epoch=epoch + 1, sampler=sampler))
+
+    Pass ``generator=sampler.generator`` to the DataLoader: otherwise the DataLoader draws its workers' base
+    seed from the global torch RNG each time an epoch's iterator is created, and a resume that creates it
+    mid-epoch shifts every later random draw (dropout, noise), so the run is no longer bit-identical.
+    Random augmentation inside workers is exact across a resume only when derived from (seed, epoch, index),
+    since a resumed epoch deals the remaining batches to the workers differently.
 
     The state (:meth:`state_dict`) is a dict of plain ints/bools (``weights_only``-safe); it is the same on
     every rank, so rank 0's copy in the checkpoint serves all of them.
@@ -83,6 +89,14 @@ class ResumableSampler(Sampler[int]):
         self.epoch = 0
         self.consumed = 0
         self._restored_epoch: int | None = None
+        # Pass as DataLoader(generator=...): the DataLoader draws its workers' base seed from it (from the
+        # global RNG otherwise, once per epoch, which shifts the global stream when a resume re-creates the
+        # iterator mid-epoch). Reseeded from (seed, epoch) at every set_epoch.
+        self.generator = torch.Generator()
+        self._seed_generator()
+
+    def _seed_generator(self) -> None:
+        self.generator.manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
 
     # ------------------------------------------------------------------ order
     def indices(self, epoch: int | None = None) -> list[int]:
@@ -117,10 +131,11 @@ class ResumableSampler(Sampler[int]):
         epoch = int(epoch)
         if self._restored_epoch is not None and epoch == self._restored_epoch:
             self._restored_epoch = None
-            return
-        self._restored_epoch = None
-        self.epoch = epoch
-        self.consumed = 0
+        else:
+            self._restored_epoch = None
+            self.epoch = epoch
+            self.consumed = 0
+        self._seed_generator()
 
     def advance(self, num_samples: int) -> None:
         """Count ``num_samples`` more samples as taken by the loop (``track`` calls this for you)."""
@@ -171,3 +186,4 @@ class ResumableSampler(Sampler[int]):
         self.epoch = epoch
         self.consumed = min(consumed, self.num_samples)
         self._restored_epoch = epoch
+        self._seed_generator()
