@@ -53,8 +53,13 @@ def check_precision(precision: str) -> str:
     return p
 
 
+_NO_AUTOCAST = contextlib.nullcontext()
+
+
 def autocast(device: torch.device | str, precision: str):
     """Autocast context for bf16/fp16 (``torch.amp`` API, CPU included); a no-op for fp32."""
+    if precision == "fp32":  # the common case, once per micro-batch: no parsing, no allocation
+        return _NO_AUTOCAST
     precision = check_precision(precision)
     device = torch.device(device)
     if precision == "fp32":

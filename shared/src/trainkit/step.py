@@ -37,9 +37,13 @@ class StepOutcome:
 _MICRO = StepOutcome(boundary=False, stepped=False, skipped_nonfinite=False, grad_norm=None)
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def _any_rank_flags(flags: torch.Tensor) -> torch.Tensor:
     """Element-wise max of a small flag tensor over ranks (no host transfer: the collective runs on its device)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _distributed():
         flags = flags.to(torch.float32)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     return flags
@@ -141,14 +145,22 @@ class OptimizerStep:
             norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         losses = self._window_losses
         self._window_losses = []
-        window_loss = losses[0] if len(losses) == 1 else torch.stack([v.reshape(()).float() for v in losses]).sum()
+        window_loss = losses[0]
+        for value in losses[1:]:  # NaN/Inf in any micro-batch's loss survives the sum
+            window_loss = window_loss + value
+        if window_loss.device != norm.device:
+            window_loss = window_loss.to(norm.device)
         if self._scaling:  # two flags: a bad loss is a real skip; bad gradients alone are an fp16 overflow
-            flags = _any_rank_flags(torch.stack([~torch.isfinite(window_loss.reshape(()).to(norm.device)),
+            flags = _any_rank_flags(torch.stack([~torch.isfinite(window_loss.reshape(()).float()),
                                                  ~torch.isfinite(norm)]))
             loss_bad, grad_bad = (bool(v) for v in flags.tolist())  # the one host transfer of this step
-        else:  # 0 * NaN/Inf is NaN, so the sum is non-finite exactly when either is
-            flag = ~torch.isfinite(norm + window_loss.to(norm.device) * 0)
-            loss_bad = bool(_any_rank_flags(flag).item())  # the one host transfer of this step
+        else:
+            # norm + 0 * loss: 0 * NaN/Inf is NaN, so it is non-finite exactly when the norm or the loss is.
+            finite = torch.isfinite(torch.add(norm, window_loss.reshape(()), alpha=0))
+            if _distributed():
+                loss_bad = bool(_any_rank_flags(~finite).item())  # the one host transfer of this step
+            else:
+                loss_bad = not finite.item()  # the one host transfer of this step
             grad_bad = False
 
         if loss_bad or grad_bad:
