@@ -150,7 +150,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     """``'train.lr=2e-4'`` -> ``('train.lr', 2e-4)``; the value is parsed as YAML."""
     if "=" not in text:
         raise UserError(f"bad override '{text}'", "--set",
-                        "expected KEY=VALUE with KEY a dotted config key as in config.yaml, e.g. section.key=value")
+                        "expected key=value with key a dotted config key as in config.yaml, e.g. section.key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
