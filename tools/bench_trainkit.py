@@ -8,7 +8,7 @@ ratio trainkit/bare, the fixed overhead in µs per optimizer step (1/rate - 1/ba
 ``bool()``, ``float()``, ``.tolist()``, ``.cpu()``...) per optimizer step and per non-boundary micro-batch
 made outside torch.optim (counted on a separate, untimed run).
 
-    uv run python tools/bench_trainkit.py [--steps 150] [--rounds 10] [--threads 1] [--before 060687f]
+    uv run python tools/bench_trainkit.py [--steps 150] [--rounds 10] [--threads 1] [--before 060687f] [--model tiny]
 
 ``--before REF`` also benchmarks trainkit as it was at git commit REF (extracted with ``git archive``).
 """
@@ -33,9 +33,14 @@ import trainkit
 ROOT = Path(__file__).resolve().parents[1]
 
 
+WIDTH = {"mlp": 256, "tiny": 8}  # "tiny": the step is mostly fixed cost, so the overhead in µs stands out
+MODEL = ["mlp"]
+
+
 def make_model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 256), nn.GELU(), nn.Linear(256, 1))
+    w = WIDTH[MODEL[0]]
+    return nn.Sequential(nn.Linear(64, w), nn.GELU(), nn.Linear(w, w), nn.GELU(), nn.Linear(w, 1))
 
 
 def batches(n: int, accum: int):
@@ -146,7 +151,10 @@ def main() -> None:
     parser.add_argument("--accum", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--before", default=None, help="also time trainkit at this git commit")
+    parser.add_argument("--model", choices=sorted(WIDTH), default="mlp",
+                        help="mlp: the issue's benchmark (~1.1 ms/step idle); tiny: resolves the fixed overhead")
     args = parser.parse_args()
+    MODEL[0] = args.model
     torch.set_num_threads(args.threads)
     data = batches(args.steps, args.accum)
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,7 +174,7 @@ def main() -> None:
             for name in round_order:
                 loop, tk = variants[name]
                 rates[name].append(loop(data, args.steps, args.accum, tmp / f"{name}{r}", tk=tk))
-        result = {"steps_per_round": args.steps, "rounds": args.rounds, "accum": args.accum, "threads": args.threads}
+        result = {"model": args.model, "steps_per_round": args.steps, "rounds": args.rounds, "accum": args.accum, "threads": args.threads}
         for clock, i in (("cpu", 1), ("wall", 0)):
             bare = statistics.median(r[i] for r in rates["bare"])
             block = {"bare_steps_per_s": round(bare, 2), "bare_us_per_step": round(1e6 / bare, 1)}
