@@ -64,17 +64,18 @@ def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "lea
     return sorted(set(ts), reverse=True)
 
 
-def make_generator(device: torch.device | str, seed: int) -> torch.Generator:
-    """A seeded ``torch.Generator`` on ``device``'s type (a CPU one cannot fill CUDA/MPS tensors)."""
-    return torch.Generator(device=torch.device(device)).manual_seed(int(seed))
-
-
 def check_generator(generator: torch.Generator | None, device: torch.device | str) -> None:
-    """Fail fast, on any machine, when a generator cannot draw on ``device``."""
+    """Fail fast, on any machine (CPU included), when a generator cannot draw on ``device``.
+
+    ``make_generator("meta")`` returns a CPU-backed generator that stands for ``meta`` (``target_device``).
+    """
     device = torch.device(device)
-    if generator is not None and generator.device.type != device.type:
-        raise ValueError(f"a {generator.device.type} generator cannot draw on {device}; "
-                         f"make it with make_generator({str(device)!r}, seed)")
+    if generator is None:
+        return
+    target = getattr(generator, "target_device", None) or generator.device
+    if target.type != device.type:
+        raise ValueError(f"a {target.type} generator cannot draw on {device}; "
+                         f"make it with trainkit.device.make_generator({str(device)!r}, seed)")
 
 
 class Diffusion:

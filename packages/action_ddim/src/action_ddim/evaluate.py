@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainkit.device import autocast, resolve_device
+from trainkit.device import autocast, make_generator, resolve_device
 from trainkit.errors import UserError
 
 from . import metrics as M
 from .config import Config
 from .data import ActionDataset, validate_actions
-from .diffusion import Diffusion, make_generator
+from .diffusion import Diffusion
 
 EVAL_BATCH = 256
 

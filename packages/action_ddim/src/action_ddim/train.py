@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from trainkit.checkpoint import CheckpointManager, load_checkpoint, restore_training_state, training_state
 from trainkit.cli import prepare_run_dir
 from trainkit.config import config_to_dict, save_config
-from trainkit.device import autocast, make_grad_scaler, seed_everything
+from trainkit.device import autocast, make_generator, make_grad_scaler, seed_everything
 from trainkit.distributed import GracefulStop, barrier, cleanup, init_distributed, wrap_ddp
 from trainkit.ema import EMA
 from trainkit.errors import UserError
@@ -22,7 +22,7 @@ from trainkit.tracking import Tracker
 
 from .config import Config
 from .data import ActionDataset, Normalizer, ensure_default_dataset
-from .diffusion import Diffusion, make_generator
+from .diffusion import Diffusion
 from .evaluate import validate
 from .model import ActionDenoiser, count_parameters
 from .plots import plot_reconstructions, plot_samples
