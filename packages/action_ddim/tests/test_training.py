@@ -189,17 +189,14 @@ def test_resume_gives_identical_parameters_and_metrics(tiny_data, tmp_path, monk
     _assert_same_run(straight, killed, 10)
 
 
-def test_resume_refuses_run_changing_flags_and_keeps_config_yaml_honest(tiny_data, tmp_path):
+def test_resume_refuses_run_changing_flags_and_keeps_config_yaml_honest(quick_cpu_run, tiny_data, tmp_path):
     from action_ddim.train import resolve_config
 
-    run = tmp_path / "run"
-    _invoke(["train", "--data_dir", str(tiny_data / "train"), "--val_data_dir", str(tiny_data / "val"),
-             "--batch_size", "5", "--num_epochs", "1", "--d_model", "16", "--nhead", "2", "--num_layers", "1",
-             "--num_inference_steps", "3", "--set", "train.num_gen_samples=4", "--save_dir", str(run), "--quiet"])
+    run = quick_cpu_run  # d_model 32, batch 2, 3 epochs on the mini data; nothing below writes to it
     config_before = (run / "config.yaml").read_bytes()
     ckpt_before = (run / "checkpoints" / "latest.pt").read_bytes()
-    for args, key in ((["--d_model", "32"], "model.d_model"), (["--data_dir", str(tmp_path)], "data.data_dir"),
-                      (["--seq_len", "32"], "data.seq_len"), (["--num_epochs", "3"], "train.num_epochs"),
+    for args, key in ((["--d_model", "64"], "model.d_model"), (["--data_dir", str(tmp_path)], "data.data_dir"),
+                      (["--seq_len", "32"], "data.seq_len"), (["--num_epochs", "4"], "train.num_epochs"),
                       (["--set", "diffusion.schedule=linear"], "diffusion.schedule")):
         result = CliRunner().invoke(main, ["train", "--resume", "auto", "--save_dir", str(run), *args])
         assert result.exit_code == 2 and result.output.startswith("error: ") and f"'{key}'" in result.output, \
@@ -209,13 +206,13 @@ def test_resume_refuses_run_changing_flags_and_keeps_config_yaml_honest(tiny_dat
     assert (run / "checkpoints" / "latest.pt").read_bytes() == ckpt_before
 
     # The override flag accepts the change; settings not given still come from the checkpoint.
-    values = {"train.resume": "auto", "train.save_dir": str(run), "train.num_epochs": 3, "train.val_every": 2}
+    values = {"train.resume": "auto", "train.save_dir": str(run), "train.num_epochs": 5, "train.val_every": 2}
     cfg, resume = resolve_config(cli_values=values, allow_config_change=True, log=lambda *a: None)
-    assert cfg.train.num_epochs == 3 and cfg.train.val_every == 2 and cfg.model.d_model == 16
-    assert cfg.data.data_dir == str(tiny_data / "train") and cfg.train.batch_size == 5 and resume[0]["epoch"] == 1
+    assert cfg.train.num_epochs == 5 and cfg.train.val_every == 2 and cfg.model.d_model == 32
+    assert cfg.data.data_dir == str(tiny_data / "train") and cfg.train.batch_size == 2 and resume[0]["epoch"] == 3
     # Without it, non-defining settings (how often to validate, the device) may still change.
     cfg, _ = resolve_config(cli_values={k: v for k, v in values.items() if k != "train.num_epochs"})
-    assert cfg.train.val_every == 2 and cfg.train.num_epochs == 1
+    assert cfg.train.val_every == 2 and cfg.train.num_epochs == 3
     refused = CliRunner().invoke(main, ["train", "--allow_config_change", "--save_dir", str(tmp_path / "new")])
     assert refused.exit_code == 2 and "--resume" in refused.output
 
