@@ -30,7 +30,9 @@ def main():
 @click.option("--batch_size", type=int, default=None, help="Sequences per step [32].")
 @click.option("--num_epochs", type=int, default=None, help="Epochs [50].")
 @click.option("--lr", type=float, default=None, help="Peak AdamW learning rate [1e-4].")
-@click.option("--warmup_steps", type=int, default=None, help="Linear LR warmup steps before cosine annealing [500].")
+@click.option("--warmup_steps", type=int, default=None,
+              help="Linear LR warmup steps before cosine annealing [500]. A short run warms up for at most 20%% "
+                   "of its steps, so the LR still reaches --lr (a 15-step run: 3 steps).")
 @click.option("--grad_clip", type=float, default=None, help="Gradient-norm clip, 0 = off [1.0].")
 @click.option("--ema_decay", type=float, default=None, help="EMA decay ceiling (with warmup) [0.9995].")
 @click.option("--schedule", type=click.Choice(["cosine", "linear"]), default=None, help="Noise schedule [cosine].")
@@ -42,7 +44,12 @@ def main():
 @click.option("--wandb_project", "--wandb-project", "wandb_project", default=None,
               help="Log to this W&B project (offline without key/network). Off when not given.")
 @click.option("--save_dir", "--save-dir", "save_dir", default=None, help="Run directory [checkpoints].")
-@click.option("--resume", default=None, help="Checkpoint path, or 'auto' for the newest in --save_dir.")
+@click.option("--resume", default=None,
+              help="Checkpoint path, or 'auto' for the newest in --save_dir. The checkpoint's config is the run's: "
+                   "flags not given come from it; flags changing data, model, diffusion schedule, batch size, "
+                   "epochs, LR curve or seed are refused (see --allow_config_change).")
+@click.option("--allow_config_change", "--allow-config-change", "allow_config_change", is_flag=True,
+              help="With --resume: accept flags that change what the run is (config.yaml then records them).")
 @click.option("--save_every", type=int, default=None, help="Checkpoint every N epochs (and at the end) [20].")
 @click.option("--plot_every", type=int, default=None, help="Plots every N epochs (and at the end) [10].")
 @click.option("--val_every", type=int, default=None, help="Validate every N epochs (and at the end) [1].")
@@ -51,12 +58,19 @@ def main():
 @common_options
 @click.pass_context
 @handle_user_errors
-def train(ctx, config_path, overrides, **_):
+def train(ctx, config_path, overrides, allow_config_change, **_):
     """Train the denoiser (the guide's train_diffusion_ddim.py)."""
-    cfg = load_config(Config, config_path, overrides, explicit_cli_values(ctx, TRAIN_FLAGS))
+    cli_values = explicit_cli_values(ctx, TRAIN_FLAGS)
+    # Bad flags are refused here, before the training stack is even imported.
+    if not load_config(Config, config_path, overrides, cli_values).train.resume and allow_config_change:
+        raise UserError("--allow_config_change without --resume", "--allow_config_change",
+                        "use it only together with --resume")
+    from .train import resolve_config
     from .train import train as run
 
-    run(cfg, log=_log)
+    cfg, resume = resolve_config(config_path, overrides, cli_values, allow_config_change=allow_config_change,
+                                 log=_log)
+    run(cfg, log=_log, resume=resume)
 
 
 def _log(msg: str) -> None:
@@ -138,15 +152,18 @@ def reconstruct(checkpoint, input_path, out, num_inference_steps, config_path, o
 @click.option("--num_val", type=int, default=1000, show_default=True)
 @click.option("--seq_len", type=int, default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--replace", is_flag=True,
+              help="Replace an existing dataset in --out_dir whole (a non-empty --out_dir is refused otherwise).")
 @handle_user_errors
-def generate_data(out_dir, num_train, num_val, seq_len, seed):
+def generate_data(out_dir, num_train, num_val, seq_len, seed, replace):
     """Write the synthetic gesture dataset (train/ and val/ with metadata.json)."""
     for name, v, lo in (("--num_train", num_train, 1), ("--num_val", num_val, 1), ("--seq_len", seq_len, 4)):
         if v < lo:
             raise UserError(f"{name.lstrip('-')}={v}", name, f"an integer >= {lo}")
     from .augmentation import generate_click_dataset
 
-    root = generate_click_dataset(out_dir, num_train=num_train, num_val=num_val, seq_len=seq_len, seed=seed)
+    root = generate_click_dataset(out_dir, num_train=num_train, num_val=num_val, seq_len=seq_len, seed=seed,
+                                  replace=replace)
     click.echo(f"wrote {num_train} train and {num_val} val sequences of {seq_len} steps to {root}/train and {root}/val")
 
 
