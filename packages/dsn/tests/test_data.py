@@ -105,7 +105,12 @@ BAD_SPLITS = {
         '[{"train_keys": ["video_1"], "test_keys": ["video_2"]}, {"train_keys": ["video_1"], "test_keys": ["video_77"]}]',
         "split 1: video 'video_77' in test_keys is not in eccv16_dataset_toy_google_pool5.h5",
     ),
-    "empty test": ('[{"train_keys": ["video_1"], "test_keys": []}]', "split 0 has an empty train or test list"),
+    "empty train": ('[{"train_keys": [], "test_keys": ["video_1"]}]', "split 0 has an empty train list"),
+    "train/test overlap": ('[{"train_keys": ["video_1", "video_2"], "test_keys": ["video_3"]}, '
+                           '{"train_keys": ["video_1", "video_2"], "test_keys": ["video_2"]}]',
+                           "split 1: video 'video_2' is in both train_keys and test_keys"),
+    "unknown key": ('[{"train_keys": ["video_1"], "test_keys": ["video_2"], "trian_keys": ["video_3"]}]',
+                    "split 0: unknown key 'trian_keys'"),
 }
 
 
@@ -116,7 +121,12 @@ def test_bad_splits_json(eccv16_root, case):
     with pytest.raises(UserError) as err:
         D.load_splits(eccv16_root)
     assert str(err.value).startswith(message)
-    assert "splits.json" in str(err.value)
+    assert "splits.json" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_split_without_test_videos_is_allowed(eccv16_root):
+    (eccv16_root / "splits.json").write_text('[{"train_keys": ["video_1", "video_2"], "test_keys": []}]')
+    assert D.load_splits(eccv16_root) == [{"train_keys": ["video_1", "video_2"], "test_keys": []}]
 
 
 def test_missing_splits_json(eccv16_root):

@@ -23,6 +23,8 @@ from trainkit.errors import UserError
 log = logging.getLogger(__name__)
 
 SPLITS_FILE = "splits.json"
+# Keys a split may hold: DSN's create_split.py and PGL-SUM write exactly these two.
+SPLIT_KEYS = {"train_keys", "test_keys"}
 DATASET_FILE = "dataset.h5"
 REQUIRED_KEYS = ("features", "picks", "n_frames", "change_points", "n_frame_per_seg")
 DEFAULT_DATASET_VERSION = 3  # bump when the synthetic generator's output changes
@@ -264,6 +266,11 @@ def load_splits(dataset_root) -> list[dict]:
     for i, s in enumerate(raw):
         if not isinstance(s, dict) or "train_keys" not in s or "test_keys" not in s:
             raise UserError(f"split {i} lacks train_keys/test_keys", where=str(path), expected=expected)
+        # A misspelt key ("trian_keys") would otherwise be ignored silently.
+        unknown = sorted(set(s) - SPLIT_KEYS)
+        if unknown:
+            raise UserError(f"split {i}: unknown key '{unknown[0]}'", where=str(path),
+                            expected="only " + ", ".join(sorted(SPLIT_KEYS)))
         split = {}
         for part in ("train_keys", "test_keys"):
             ks = s[part]
@@ -278,8 +285,15 @@ def load_splits(dataset_root) -> list[dict]:
                     expected="keys that exist in the h5 file",
                 )
             split[part] = ks
-        if not split["train_keys"] or not split["test_keys"]:
-            raise UserError(f"split {i} has an empty train or test list", where=str(path), expected="non-empty train_keys and test_keys")
+        if not split["train_keys"]:
+            # An empty test list is allowed: training without held-out videos (e.g. one video of your own).
+            raise UserError(f"split {i} has an empty train list", where=str(path), expected="non-empty train_keys")
+        # Training on a test video contaminates every test metric of the split.
+        overlap = [k for k in split["test_keys"] if k in set(split["train_keys"])]
+        if overlap:
+            raise UserError(f"split {i}: video '{overlap[0]}' is in both train_keys and test_keys"
+                            + (f" ({len(overlap)} videos in both)" if len(overlap) > 1 else ""),
+                            where=str(path), expected="disjoint train_keys and test_keys")
         splits.append(split)
     return splits
 

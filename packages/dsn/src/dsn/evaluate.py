@@ -217,6 +217,9 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset_root: str | Path | None,
     if not 0 <= split_index < len(splits):
         raise UserError(f"split index {split_index} out of range", "--split_index", f"expected 0..{len(splits) - 1}")
     keys = list(splits[split_index]["test_keys"])
+    if not keys:
+        raise UserError(f"split {split_index} has no test videos", str(root),
+                        "a split with test_keys (evaluate scores held-out videos only)")
     videos = load_videos(root, keys=keys)
     check_feature_dim(model, videos, str(root))
     vids = [videos[k] for k in keys]
