@@ -55,6 +55,16 @@ BAD_FILES = {
     ),
     "user_summary width": (_replace("user_summary", np.zeros((3, 7), np.float32)), "video 'video_2': user_summary has shape (3, 7)"),
     "gtscore length": (_replace("gtscore", np.zeros(2, np.float32)), "video 'video_2': gtscore has 2 entries"),
+    # Each of these raised a traceback inside numpy/h5py before (issue 13 item 8).
+    "string n_frames": (_replace("n_frames", "six hundred"), "video 'video_2': 'n_frames' has non-numeric dtype"),
+    "string user_summary": (lambda g: _replace("user_summary", np.full(g["user_summary"].shape, b"1"))(g),
+                            "video 'video_2': 'user_summary' has non-numeric dtype"),
+    "string gtscore": (lambda g: _replace("gtscore", np.full(g["gtscore"].shape, b"0.5"))(g),
+                       "video 'video_2': 'gtscore' has non-numeric dtype"),
+    "features group": (lambda g: (g.__delitem__("features"), g.create_group("features")),
+                       "video 'video_2': 'features' is a group, not a dataset"),
+    "negative n_frame_per_seg": (lambda g: g["n_frame_per_seg"].__setitem__(1, -5),
+                                 "video 'video_2': n_frame_per_seg[1] is -5"),
 }
 
 

@@ -169,3 +169,13 @@ def test_keyframe_selection_to_budget():
     assert len(select_keyframes(np.linspace(0, 1, 7), 0.9, "nms")) == 6
     with pytest.raises(UserError, match="unknown keyframe selection"):
         select_keyframes(s, 0.2, "best")
+
+
+def test_learned_positions_shorter_than_a_video_fail_before_training(data, tmp_path):
+    # The tiny videos have 48 steps; a 40-step learned table used to raise mid-training (issue 13 item 8).
+    cfg = small_cfg(data, tmp_path / "run", model={"pos_encoding_type": "learned", "max_len": 40})
+    with pytest.raises(UserError, match=r"^video 'video_\d+' has 48 steps, more than .*model.max_len=40"):
+        train(cfg, log=lambda m: None)
+    assert not (tmp_path / "run").exists()
+    cfg = small_cfg(data, tmp_path / "ok", epochs=1, eval_every=0, model={"pos_encoding_type": "learned", "max_len": 48})
+    assert train(cfg, log=lambda m: None)["checkpoint"]

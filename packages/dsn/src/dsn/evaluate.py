@@ -241,11 +241,25 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset_root: str | Path | None,
 
 
 def check_feature_dim(model: nn.Module, videos: dict, where: str) -> None:
+    """Every video has the model's feature size, and fits a learned positional table (checked up front,
+    so a long video fails with one line before any work rather than mid-training)."""
     want = model.config.in_dim
     for key, v in videos.items():
         if v.features.shape[1] != want:
             raise UserError(f"video '{key}' has {v.features.shape[1]}-d features", where,
                             f"expected {want}-d features, as the checkpoint's model was trained on")
+    check_sequence_length(model.config, videos, where)
+
+
+def check_sequence_length(config: DSNConfig, videos: dict, where: str) -> None:
+    """A learned positional table covers ``max_len`` steps; longer videos cannot be scored."""
+    if config.model_type != "advanced" or config.pos_encoding_type != "learned":
+        return
+    key, longest = max(((k, v.n_steps) for k, v in videos.items()), key=lambda kv: kv[1], default=(None, 0))
+    if longest > config.max_len:
+        raise UserError(f"video '{key}' has {longest} steps, more than the learned positional table's "
+                        f"model.max_len={config.max_len}", where,
+                        f"--set model.max_len={longest} (or more), or --pos_encoding_type sinusoidal")
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ from trainkit.tracking import Tracker
 
 from .cache import LRUCache, VideoWork, content_hash
 from .config import TrainConfig
-from .evaluate import evaluate_scores, policy_probs, score_videos
+from .evaluate import check_sequence_length, evaluate_scores, policy_probs, score_videos
 from .model import build_model, count_parameters
 from .reward import batched_reward
 
@@ -117,6 +117,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, log=print) -> dict[str
     if cfg.model.in_dim not in (0, in_dim):
         raise UserError(f"model.in_dim={cfg.model.in_dim}", str(root), f"expected {in_dim} (the dataset's feature size)")
     cfg.model.in_dim = in_dim
+    check_sequence_length(cfg.model, videos, str(root))
     run_dir = prepare_run_dir(cfg.save_dir, resume=resume)
 
     model = build_model(cfg.model, init_prob=cfg.budget_ratio).to(device)
