@@ -128,6 +128,41 @@ def test_evaluate_json_shape(data, trained):
     assert table.exit_code == 0 and "| metric | model | random | uniform |" in table.stdout
 
 
+@pytest.mark.parametrize("ratio", ["0", "1.5"])
+def test_evaluate_budget_ratio_out_of_range(data, trained, ratio):
+    # issue 13 item 9: evaluate accepted these and printed nonsense.
+    result = run("evaluate", "--checkpoint", trained / "dsn_checkpoint_ep2.pt", "--dataset_root", data,
+                 "--budget_ratio", ratio)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"error: bad budget ratio {float(ratio)} (--budget_ratio): expected 0 < ratio < 1"]
+
+
+def test_every_listed_option_is_used(data, trained, tmp_path, monkeypatch):
+    """issue 13 item 10: options that were parsed and ignored are gone; --precision now reaches the forward."""
+    import dsn.evaluate as E
+
+    for command, gone in [("evaluate", ["--quiet", "--config", "--set"]), ("summarize", ["--seed", "--quiet", "--config", "--set"]),
+                          ("info", ["--device", "--precision", "--seed", "--quiet"])]:
+        help_text = run(command, "--help").stdout
+        for flag in gone:
+            assert flag + " " not in help_text, (command, flag)
+    assert "optim.lr" not in run("train", "--help").stdout  # trainkit's example key is not a dsn key
+    result = run("evaluate", "--checkpoint", trained / "dsn_checkpoint_ep2.pt", "--quiet")
+    assert result.exit_code == 2 and "No such option '--quiet'" in result.stderr
+    seen = []
+    real = E.autocast
+    monkeypatch.setattr(E, "autocast", lambda device, precision: seen.append(precision) or real(device, precision))
+    ckpt = trained / "dsn_checkpoint_ep2.pt"
+    assert run("evaluate", "--checkpoint", ckpt, "--dataset_root", data, "--precision", "bf16", "--json").exit_code == 0
+    assert run("summarize", "--checkpoint", ckpt, "--dataset_root", data, "--key", "video_5", "--out", tmp_path / "s",
+               "--precision", "bf16").exit_code == 0
+    assert seen and set(seen) == {"bf16"}
+    # the random baseline's seed is used: another seed, another random summary
+    r0 = json.loads(run("evaluate", "--checkpoint", ckpt, "--dataset_root", data, "--json", "--seed", 0).stdout)
+    r1 = json.loads(run("evaluate", "--checkpoint", ckpt, "--dataset_root", data, "--json", "--seed", 1).stdout)
+    assert r0["random"] != r1["random"] and r0["model"] == r1["model"]
+
+
 def test_summarize_from_dataset(data, trained, tmp_path):
     result = run("summarize", "--checkpoint", trained / "dsn_checkpoint_ep2.pt", "--dataset_root", data,
                  "--key", "video_5", "--out", tmp_path / "s")

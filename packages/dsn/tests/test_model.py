@@ -127,3 +127,16 @@ def test_default_pos_scale_and_old_checkpoint_configs():
     old = DSNConfig(in_dim=6, enc_hidden=8, num_attn_heads=2).to_dict()
     del old["pos_scale"]
     assert DSNConfig.from_any(old).pos_scale == 1.0
+
+
+def test_baseline_ignores_attention_settings_it_does_not_use():
+    # issue 13 item 11: the baseline was refused because 4 (unused) heads do not divide 18.
+    from dsn.config import DSNConfig, TrainConfig
+    from trainkit.config import load_config
+    from trainkit.errors import UserError
+
+    cfg = load_config(TrainConfig, None, [], {"model.model_type": "baseline", "model.enc_hidden": 18})
+    assert cfg.model.enc_hidden == 18
+    with pytest.raises(UserError, match="expected a positive divisor of enc_hidden=18"):
+        DSNConfig(model_type="advanced", enc_hidden=18)
+    DSNConfig(model_type="advanced", enc_hidden=18, num_attn_layers=0)  # no attention, no heads to divide

@@ -49,7 +49,10 @@ class DSNConfig:
             raise UserError(f"bad num_scales {self.num_scales}", "--num_scales", "expected an int >= 1")
         if self.num_attn_layers < 0:
             raise UserError(f"bad num_attn_layers {self.num_attn_layers}", "--num_attn_layers", "expected an int >= 0")
-        if self.num_attn_heads < 1 or self.enc_hidden % self.num_attn_heads:
+        # Heads must divide the width only where attention exists: the baseline has none (issue 13 item 11:
+        # `--model_type baseline --enc_hidden 18` was refused over the unused default of 4 heads).
+        attention = self.model_type == "advanced" and self.num_attn_layers > 0
+        if self.num_attn_heads < 1 or (attention and self.enc_hidden % self.num_attn_heads):
             raise UserError(
                 f"bad num_attn_heads {self.num_attn_heads}",
                 "--num_attn_heads",
@@ -102,6 +105,10 @@ class TrainConfig:
     # Weight of the length regulariser beta * (mean p - budget_ratio)^2. See README "Budget" for the tuning.
     budget_beta: float = 10.0
     baseline_momentum: float = 0.9
+    # REINFORCE baseline: "moving_average" (original DSN, b <- m*b + (1-m)*mean R per video) or "episodes"
+    # (leave-one-out mean of the step's other episodes); see train.reward_advantage.
+    reward_baseline: Literal["moving_average", "episodes"] = "moving_average"
+    advantage_norm: bool = False
     entropy_coef: float = 0.0
     grad_clip: float = 5.0
     # Reward: temporal cutoff lambda (steps) and whether representativeness uses squared distances.

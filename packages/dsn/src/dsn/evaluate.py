@@ -198,16 +198,18 @@ def baseline_metrics(videos: list, *, budget_ratio: float, proportion: float = 0
 def evaluate_checkpoint(checkpoint: str | Path, dataset_root: str | Path | None, *, split_index: int | None = None,
                         device: str = "cpu", budget_ratio: float | None = None, f_mode: str | None = None,
                         proportion: float | None = None, ms_swd: bool = True, seed: int = 0,
-                        selection: str | None = None) -> dict[str, Any]:
+                        selection: str | None = None, precision: str = "fp32") -> dict[str, Any]:
     """``{"model": {...}, "random": {...}, "uniform": {...}, "info": {...}}`` on the split's test videos."""
-    from trainkit.device import resolve_device
+    from trainkit.device import check_precision, resolve_device
 
     from .data import default_dataset_root, ensure_default_dataset, load_splits, load_videos
 
     dev = resolve_device(device)
     model, ckpt = load_policy(checkpoint, dev)
     train_cfg = ckpt.get("train_config") or {}
+    check_precision(precision)
     budget = budget_ratio if budget_ratio is not None else float(train_cfg.get("budget_ratio", 0.06))
+    check_budget_ratio(budget)
     f_mode = f_mode or train_cfg.get("f_mode", "avg")
     proportion = proportion if proportion is not None else float(train_cfg.get("summary_proportion", 0.15))
     split_index = split_index if split_index is not None else int(train_cfg.get("split_index", 0))
@@ -223,7 +225,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset_root: str | Path | None,
     videos = load_videos(root, keys=keys)
     check_feature_dim(model, videos, str(root))
     vids = [videos[k] for k in keys]
-    scores = score_videos(model, vids, device=dev)
+    scores = score_videos(model, vids, device=dev, precision=precision)
     result = {"model": evaluate_scores(vids, scores, budget_ratio=budget, proportion=proportion, f_mode=f_mode,
                                        ms_swd=ms_swd, selection=selection)}
     result.update(baseline_metrics(vids, budget_ratio=budget, proportion=proportion, f_mode=f_mode, ms_swd=ms_swd,
@@ -238,6 +240,11 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset_root: str | Path | None,
                       "summary_proportion": proportion, "keyframe_selection": selection,
                       "model_type": ckpt.get("model_type"), "notes": notes}
     return result
+
+
+def check_budget_ratio(budget: float) -> None:
+    if not 0 < budget < 1:
+        raise UserError(f"bad budget ratio {budget}", "--budget_ratio", "expected 0 < ratio < 1")
 
 
 def check_feature_dim(model: nn.Module, videos: dict, where: str) -> None:

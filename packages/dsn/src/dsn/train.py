@@ -56,6 +56,25 @@ def checkpoint_payload(model, cfg: TrainConfig, *, epoch: int, train_state: dict
     return payload
 
 
+def reward_advantage(rewards: torch.Tensor, moving_baseline: float, cfg: TrainConfig) -> torch.Tensor:
+    """Per-episode advantage ``[N]``.
+
+    ``moving_average`` (the original DSN): R - b_video, b a moving average over epochs. The rewards of one
+    video's episodes differ by ~0.005 around ~0.85, so this advantage is mostly the lag of b, shared by all
+    episodes; ``episodes``: R minus the mean of the *other* episodes of the same step (leave-one-out, unbiased),
+    which keeps only what tells the episodes apart. ``advantage_norm`` divides by the episodes' reward std,
+    so the policy-gradient term keeps one scale next to the budget regulariser whatever the reward's spread.
+    """
+    if cfg.reward_baseline == "episodes" and rewards.numel() > 1:
+        n = rewards.numel()
+        advantage = (rewards - rewards.mean()) * n / (n - 1)
+    else:
+        advantage = rewards - moving_baseline
+    if cfg.advantage_norm and rewards.numel() > 1:
+        advantage = advantage / (rewards.std() + 1e-6)
+    return advantage
+
+
 def reinforce_step(model, keys: list[str], feats: dict, digests: dict, work: VideoWork, baselines: dict,
                    cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss for a batch of videos (mean over videos) and the batch's statistics."""
@@ -68,7 +87,7 @@ def reinforce_step(model, keys: list[str], feats: dict, digests: dict, work: Vid
         log_probs = dist.log_prob(actions).mean(1)  # [N]
         div_mat, rep_mat = work.reward_matrices(digests[key], feats[key], cfg.temporal_cutoff, cfg.rep_squared)
         rewards = batched_reward(div_mat, rep_mat, actions)
-        advantage = rewards - baselines[key]
+        advantage = reward_advantage(rewards, baselines[key], cfg)
         entropy = dist.entropy().mean()
         loss = -(log_probs * advantage).sum() + cfg.budget_beta * (p.mean() - cfg.budget_ratio) ** 2
         if cfg.entropy_coef:
