@@ -121,7 +121,8 @@ def test_evaluate_json_shape(data, trained):
     out = json.loads(result.stdout)
     assert set(out) == {"model", "random", "uniform"}
     for name in out:
-        assert set(out[name]) == {"F", "kendall_tau", "spearman_rho", "RecErr", "Diversity", "MS_SWD"}
+        assert set(out[name]) == {"F", "kendall_tau", "spearman_rho", "kendall_tau_gtscore", "spearman_rho_gtscore",
+                                  "RecErr", "Diversity", "MS_SWD"}
         assert 0 <= out[name]["F"] <= 100 and out[name]["MS_SWD"] >= 0
     assert out["uniform"]["kendall_tau"] is None and out["model"]["kendall_tau"] is not None
     table = run("evaluate", "--checkpoint", trained / "dsn_checkpoint_ep2.pt", "--dataset_root", data)

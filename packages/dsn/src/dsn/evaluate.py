@@ -26,7 +26,9 @@ from .cache import VideoWork, content_hash
 from .config import DSNConfig
 from .model import DSNAdvanced, DSNBaseline, build_model
 
-METRIC_KEYS = ("F", "kendall_tau", "spearman_rho", "RecErr", "Diversity", "MS_SWD")
+# kendall_tau / spearman_rho: the published per-annotator average; *_gtscore: against the mean gtscore.
+METRIC_KEYS = ("F", "kendall_tau", "spearman_rho", "kendall_tau_gtscore", "spearman_rho_gtscore", "RecErr",
+               "Diversity", "MS_SWD")
 
 
 # --------------------------------------------------------------------------------------------- batching
@@ -142,9 +144,10 @@ def summary_metrics(video, scores: np.ndarray | None, keyframes: np.ndarray, *, 
         summary = M.summary_from_scores(scores, video, proportion=proportion)
         out["F"] = float(M.f_score(summary, video.user_summary, mode=f_mode))
     if scores is not None and ranked and (video.gtscore is not None or video.user_summary is not None):
-        tau, rho = M.rank_correlation(scores, video)
-        out["kendall_tau"] = None if tau is None or math.isnan(tau) else float(tau)
-        out["spearman_rho"] = None if rho is None or math.isnan(rho) else float(rho)
+        for suffix, fn in (("", M.rank_correlation), ("_gtscore", M.rank_correlation_gtscore)):
+            tau, rho = fn(scores, video)
+            out["kendall_tau" + suffix] = None if math.isnan(tau) else float(tau)
+            out["spearman_rho" + suffix] = None if math.isnan(rho) else float(rho)
     return out
 
 
