@@ -89,7 +89,11 @@ def reinforce_step(model, keys: list[str], feats: dict, digests: dict, work: Vid
         rewards = batched_reward(div_mat, rep_mat, actions)
         advantage = reward_advantage(rewards, baselines[key], cfg)
         entropy = dist.entropy().mean()
-        loss = -(log_probs * advantage).sum() + cfg.budget_beta * (p.mean() - cfg.budget_ratio) ** 2
+        # The original sums over episodes; with normalised advantages the mean keeps the policy-gradient term
+        # on one scale whatever num_episodes is, so budget_beta means the same for 5 or 32 episodes.
+        pg = log_probs * advantage
+        pg = pg.mean() if cfg.advantage_norm else pg.sum()
+        loss = -pg + cfg.budget_beta * (p.mean() - cfg.budget_ratio) ** 2
         if cfg.entropy_coef:
             loss = loss - cfg.entropy_coef * entropy
         losses.append(loss)
@@ -231,7 +235,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, log=print) -> dict[str
                 val = evaluate_scores(test_videos, scores, budget_ratio=cfg.budget_ratio, proportion=cfg.summary_proportion,
                                       f_mode=cfg.f_mode, ms_swd=cfg.eval_ms_swd, selection=cfg.keyframe_selection)
                 names = {"RecErr": "val/RecErr_mean", "Diversity": "val/Diversity_mean", "MS_SWD": "val/MS_SWD_mean",
-                         "F": "val/F", "kendall_tau": "val/kendall_tau", "spearman_rho": "val/spearman_rho"}
+                         "F": "val/F", "kendall_tau": "val/kendall_tau", "spearman_rho": "val/spearman_rho",
+                         "kendall_tau_gtscore": "val/kendall_tau_gtscore", "spearman_rho_gtscore": "val/spearman_rho_gtscore"}
                 scalars.update({names[k]: v for k, v in val.items() if v is not None})
             tracker.log_scalars(scalars, step=epoch + 1)
             path = manager.save(checkpoint_payload(model, cfg, epoch=epoch + 1, train_state=state_for_checkpoint(epoch + 1)),
