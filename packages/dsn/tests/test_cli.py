@@ -194,6 +194,13 @@ def test_ablation_table(data, tmp_path):
     for name in names[:5]:
         assert list((tmp_path / "ablation" / name).glob("events.out.tfevents.*"))
     assert "| full_advanced |" in (tmp_path / "ablation" / "results.md").read_text()
+    # issue 13 item 2: re-running with other settings used to reuse these models and rewrite their config.yaml.
+    before = (tmp_path / "ablation" / "baseline" / "config.yaml").read_text()
+    again = run("ablation", "--dataset_root", data, "--save_dir", tmp_path / "ablation", "--epochs", 2, "--device", "cpu",
+                "--quiet", "--set", "model.enc_hidden=16", "--set", "model.num_attn_heads=2", "--set", "lr=0.5", "--seed", 7)
+    assert again.exit_code == 2
+    assert again.stderr.strip().splitlines()[-1].startswith("error: resuming would change 'lr' from 0.0001 to 0.5")
+    assert (tmp_path / "ablation" / "baseline" / "config.yaml").read_text() == before
 
 
 def test_info_prints_parameter_counts(trained):

@@ -79,13 +79,18 @@ def _bool01(name):
 @click.option("--enc_hidden", "--enc-hidden", type=int, default=None, help="Hidden size / model width (default 256).")
 @click.option("--split_index", "--split-index", type=int, default=None, help="Which split of splits.json (default 0).")
 @click.option("--num_episodes", "--num-episodes", type=int, default=None, help="Episodes per video (default 5).")
-@click.option("--resume", default=None, help="PATH to a checkpoint, or 'auto' (newest loadable in --save_dir).")
+@click.option("--resume", default=None,
+              help="PATH to a checkpoint, or 'auto' (newest loadable in --save_dir). The checkpoint's config is the "
+                   "run's config: flags not given come from it, and flags that change the run (data, split, model, "
+                   "optimiser, reward, seed) are refused; --epochs, --device, --precision, --quiet, --use_cache may change.")
+@click.option("--allow_config_change", "--allow-config-change", is_flag=True, default=False,
+              help="With --resume: accept flags that change run-defining settings (the saved config.yaml then records them).")
 @options("config", "set", "device", "precision", "seed", "quiet")
 @click.pass_context
 @handle_user_errors
-def train(ctx, resume, config_path, overrides, **_):
+def train(ctx, resume, allow_config_change, config_path, overrides, **_):
     """Train a policy with REINFORCE (the guide's flags)."""
-    from .train import train as run_train
+    from .train import resume_config, train as run_train
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # REINFORCE here steps once per video with a per-video reward baseline; a model this small gains
@@ -96,8 +101,13 @@ def train(ctx, resume, config_path, overrides, **_):
     for key in ("use_cache", "model.use_lstm_in_advanced"):
         if key in values:
             values[key] = bool(values[key])
-    cfg = load_config(TrainConfig, config_path, overrides, values)
-    summary = run_train(cfg, resume=resume, log=lambda m: click.echo(m, err=False) if not cfg.quiet else None)
+    if allow_config_change and not resume:
+        raise UserError("--allow_config_change only applies to a resumed run", "--allow_config_change", "use it with --resume")
+    if resume:
+        cfg = resume_config(config_path, overrides, values, resume=resume, allow_changes=allow_config_change)
+    else:
+        cfg = load_config(TrainConfig, config_path, overrides, values)
+    summary = run_train(cfg, resume=resume, allow_config_change=allow_config_change, log=lambda m: click.echo(m, err=False) if not cfg.quiet else None)
     if not summary.get("stopped") and not cfg.quiet:
         click.echo(json.dumps({k: summary[k] for k in ("run_dir", "checkpoint", "num_params", "train_time_s", "val", "cache")},
                               default=float))

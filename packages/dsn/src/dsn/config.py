@@ -135,6 +135,19 @@ class TrainConfig:
     quiet: bool = False
     wandb_project: str | None = None
 
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, Any], where: str = "checkpoint") -> "TrainConfig":
+        """A checkpoint's ``train_config`` dict as a TrainConfig. Keys added since it was written get the value
+        that checkpoint was trained with (not today's default), so a resumed old run keeps its behaviour."""
+        from trainkit.config import config_from_dict
+
+        data = dict(saved)
+        for key, value in LEGACY_TRAIN_VALUES.items():
+            data.setdefault(key, value)
+        data["model"] = dict(data.get("model") or {})
+        data["model"].setdefault("pos_scale", 1.0)
+        return config_from_dict(cls, data, where=where)
+
     def __post_init__(self):
         checks = [
             (self.epochs >= 1, "--epochs", self.epochs, "expected an int >= 1"),
@@ -156,3 +169,14 @@ class TrainConfig:
         for ok, where, value, expected in checks:
             if not ok:
                 raise UserError(f"bad value {value!r}", where, expected)
+
+
+# Settings a resumed run may change: how long it runs, where/how it computes, what it logs. Everything else
+# (data, split, model, optimiser, reward, seed, evaluation protocol) defines the run and is refused on resume
+# unless --allow_config_change (issue 13 item 2).
+RESUME_MAY_CHANGE = ("epochs", "save_dir", "device", "precision", "cpu_threads", "quiet", "wandb_project",
+                     "keep_last", "use_cache", "cache_size", "eval_every", "eval_ms_swd")
+RUN_DEFINING = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_MAY_CHANGE)
+
+# What runs saved before a TrainConfig key existed were trained with.
+LEGACY_TRAIN_VALUES: dict[str, Any] = {"reward_baseline": "moving_average", "advantage_norm": False}

@@ -22,7 +22,7 @@ from torch.distributions import Bernoulli
 
 from trainkit.checkpoint import CheckpointManager, load_checkpoint, restore_training_state, save_checkpoint, training_state
 from trainkit.cli import prepare_run_dir
-from trainkit.config import config_to_dict, save_config
+from trainkit.config import config_changes, config_to_dict, load_config, resolve_resume_config, save_config
 from trainkit.device import check_precision, make_grad_scaler, resolve_device, seed_everything
 from trainkit.distributed import GracefulStop
 from trainkit.errors import UserError
@@ -31,7 +31,7 @@ from trainkit.step import OptimizerStep
 from trainkit.tracking import Tracker
 
 from .cache import LRUCache, VideoWork, content_hash
-from .config import TrainConfig
+from .config import RUN_DEFINING, TrainConfig
 from .evaluate import check_sequence_length, evaluate_scores, policy_probs, score_videos
 from .model import build_model, count_parameters
 from .reward import batched_reward
@@ -107,6 +107,58 @@ def reinforce_step(model, keys: list[str], feats: dict, digests: dict, work: Vid
     return torch.stack(losses).mean(), stats
 
 
+def find_resume_checkpoint(save_dir: str | Path, resume: str | None) -> Path | None:
+    """The checkpoint ``--resume`` names: a path (checked to load), or for ``auto`` the newest loadable one."""
+    if not resume:
+        return None
+    if resume != "auto":
+        return CheckpointManager(save_dir, filename=CHECKPOINT_NAME).resolve_resume(resume)
+    if not Path(save_dir).is_dir():
+        return None
+    return CheckpointManager(save_dir, filename=CHECKPOINT_NAME).resolve_resume("auto")
+
+
+def resume_config(config_path, overrides, cli_values: dict, *, resume: str, allow_changes: bool = False) -> TrainConfig:
+    """The config of ``dsn train --resume``: the checkpoint's config, with only the flags the user typed on top.
+
+    A typed flag that changes what the run is (``RUN_DEFINING``: data, split, model, optimiser, reward, seed,
+    evaluation protocol) is a one-line error naming the key, unless ``--allow_config_change``. Without a
+    checkpoint to resume (``auto`` on an empty folder) the flags build a fresh config as usual.
+    """
+    fresh = load_config(TrainConfig, config_path, overrides, cli_values)
+    path = find_resume_checkpoint(fresh.save_dir, resume)
+    if path is None:
+        return fresh
+    saved = load_checkpoint(path).get("train_config")
+    if not isinstance(saved, dict):
+        raise UserError("checkpoint has no training config", str(path), "expected a dsn training checkpoint")
+    base = config_to_dict(TrainConfig.from_saved(saved, where=str(path)))
+    if resume != "auto" and "save_dir" not in cli_values:
+        # `--resume RUN/dsn_checkpoint_ep3.pt` continues in RUN, not in the default folder.
+        base["save_dir"] = str(Path(path).parent)
+    return resolve_resume_config(TrainConfig, base, path=config_path, overrides=overrides, cli_values=cli_values,
+                                 run_defining=RUN_DEFINING, allow_changes=allow_changes,
+                                 override_flag="--allow_config_change", where=str(path))
+
+
+def check_resumed_run(ckpt: dict, cfg: TrainConfig, split_keys: dict, where: str) -> None:
+    """A resumed run must be the checkpoint's run: same run-defining settings and the same videos.
+
+    Catches callers that build the config themselves (``dsn ablation`` re-run with other ``--set`` values,
+    the Python API), and a dataset folder whose contents changed under the same path.
+    """
+    saved = config_to_dict(TrainConfig.from_saved(ckpt.get("train_config") or {}, where=where))
+    for key, old, new in config_changes(saved, config_to_dict(cfg)):
+        if key.split(".")[0] in RUN_DEFINING:
+            raise UserError(f"resuming would change '{key}' from {old!r} to {new!r}, which changes what the run is",
+                            where, "the checkpoint's value (use another --save_dir for a new run, or "
+                                   "--allow_config_change)")
+    saved_split = (ckpt.get("train_state") or {}).get("extra", {}).get("split_keys")
+    if saved_split is not None and saved_split != split_keys:
+        raise UserError(f"split {cfg.split_index} of {cfg.dataset_root or 'the default dataset'} holds other videos "
+                        "than the run being resumed", where, "the dataset the run was trained on")
+
+
 def load_training_data(cfg: TrainConfig):
     """(dataset_root, videos, train_keys, test_keys) for the configured split."""
     from .data import ensure_default_dataset, load_splits, load_videos
@@ -127,8 +179,12 @@ def load_training_data(cfg: TrainConfig):
     return root, videos, train_keys, test_keys
 
 
-def train(cfg: TrainConfig, *, resume: str | None = None, log=print) -> dict[str, Any]:
-    """Train; returns a summary (final validation metrics, parameter count, timing, cache stats, paths)."""
+def train(cfg: TrainConfig, *, resume: str | None = None, allow_config_change: bool = False, log=print) -> dict[str, Any]:
+    """Train; returns a summary (final validation metrics, parameter count, timing, cache stats, paths).
+
+    With ``resume``, ``cfg`` must describe the checkpoint's run (see ``resume_config`` for building it from
+    flags); a run-defining difference is refused unless ``allow_config_change``.
+    """
     # ---------------------------------------------------------------- setup
     device = resolve_device(cfg.device)
     check_precision(cfg.precision)
@@ -141,6 +197,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, log=print) -> dict[str
         raise UserError(f"model.in_dim={cfg.model.in_dim}", str(root), f"expected {in_dim} (the dataset's feature size)")
     cfg.model.in_dim = in_dim
     check_sequence_length(cfg.model, videos, str(root))
+    split_keys = {"train_keys": list(train_keys), "test_keys": list(test_keys)}
     run_dir = prepare_run_dir(cfg.save_dir, resume=resume)
 
     model = build_model(cfg.model, init_prob=cfg.budget_ratio).to(device)
@@ -161,6 +218,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, log=print) -> dict[str
         ckpt = load_checkpoint(resume_path)
         if "train_state" not in ckpt:
             raise UserError("checkpoint has no training state", str(resume_path), "expected a dsn training checkpoint")
+        if not allow_config_change:
+            check_resumed_run(ckpt, cfg, split_keys, str(resume_path))
         meta = restore_training_state(ckpt["train_state"], model=model, optimizer=optimizer, where=str(resume_path))
         extra = meta["extra"] or {}
         stepper.load_state_dict(extra["stepper"])
@@ -182,7 +241,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, log=print) -> dict[str
         log("note: MS_SWD skipped (the dataset has no thumbnails)")
 
     def state_for_checkpoint(epoch_done: int, pos: int = 0, part: dict | None = None) -> dict:
-        extra = {"stepper": stepper.state_dict(), "baselines": dict(baselines), "epoch_pos": pos}
+        extra = {"stepper": stepper.state_dict(), "baselines": dict(baselines), "epoch_pos": pos, "split_keys": split_keys}
         if part is not None:
             extra["partial"] = part
         return training_state(model=model, optimizer=optimizer, step=step, epoch=epoch_done,
@@ -208,7 +267,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, log=print) -> dict[str
                     out = stepper.backward(loss)
                 step += 1
                 stats["train/loss"] = float(loss.detach())
-                stats["train/grad_norm"] = out.grad_norm if out.grad_norm is not None else 0.0
+                stats["train/grad_norm"] = float(out.grad_norm) if out.grad_norm is not None else 0.0
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 sums["_n"] = sums.get("_n", 0) + 1
