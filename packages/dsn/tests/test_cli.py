@@ -223,10 +223,14 @@ def test_make_dataset_command(tmp_path):
 def test_script_and_module_entry_point(data, tmp_path):
     env = {**os.environ, "DSN": f"{sys.executable} -m dsn", "DATASET_ROOT": str(data),
            "SAVE_DIR": str(tmp_path / "quick"), "DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", str(PKG / "scripts" / "test_advanced_dsn.sh"), "--quiet", "--enc_hidden", "16",
-                           "--num_attn_heads", "2"], env=env, capture_output=True, text=True, timeout=300)
+    # issue 13 item 13: with an extra --epochs the script used to evaluate dsn_checkpoint_ep${EPOCHS}.pt, which
+    # does not exist; it evaluates the checkpoint training chose.
+    env["EPOCHS"] = "2"
+    proc = subprocess.run(["bash", str(PKG / "scripts" / "train_advanced_dsn.sh"), "--quiet", "--enc_hidden", "16",
+                           "--num_attn_heads", "2", "--epochs", "1"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "quick" / "dsn_checkpoint_ep1.pt").exists()
+    assert f"checkpoint {tmp_path / 'quick' / 'best.pt'}" in proc.stdout and "| F |" in proc.stdout
 
 
 def _write_clip(path, shots=3, frames_per_shot=36):

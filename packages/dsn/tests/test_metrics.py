@@ -173,3 +173,23 @@ def test_ms_swd_reproducible_and_unequal_counts():
     assert M.ms_swd(frames, [0, 7, 13], seed=1) != a
     assert M.ms_swd(frames, [0, 7, 13], num_scales=1) != a
     assert math.isnan(M.ms_swd(frames, []))
+
+
+def test_docs_describe_keyframe_selection_and_diversity_as_the_code_does():
+    """issue 13 item 13: the docs said keyframes are top-k (the default is nms) and Diversity is 0.0 below two
+    keyframes (evaluate reports null)."""
+    from pathlib import Path
+
+    from dsn.config import TrainConfig
+    from dsn.evaluate import select_keyframes, summary_metrics
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "data-and-metrics.md").read_text()
+    assert "The model's keyframes are top-k" not in docs and "Random keyframes are their top-k" not in docs
+    assert TrainConfig().keyframe_selection == "nms" and "(default `nms`)" in docs
+    scores = np.array([0.9, 0.8, 0.1, 0.7, 0.2, 0.1])
+    assert select_keyframes(scores, 0.34) .tolist() == [0, 3]  # top-2 would be [0, 1]: neighbours suppressed
+    v = _video(6, np.arange(6), [[0, 5]])
+    v.features = np.eye(6, dtype=np.float32)
+    assert M.diversity(v.features, [2]) == 0.0
+    assert summary_metrics(v, None, np.array([2]), proportion=0.15, f_mode="avg")["Diversity"] is None
+    assert "report **null** for such a video" in docs

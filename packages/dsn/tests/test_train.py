@@ -179,3 +179,11 @@ def test_learned_positions_shorter_than_a_video_fail_before_training(data, tmp_p
     assert not (tmp_path / "run").exists()
     cfg = small_cfg(data, tmp_path / "ok", epochs=1, eval_every=0, model={"pos_encoding_type": "learned", "max_len": 48})
     assert train(cfg, log=lambda m: None)["checkpoint"]
+
+
+def test_cache_counts_training_lookups_only(data, tmp_path):
+    # issue 13 item 13: validation lookups used to be counted in cache/hit_rate. The advanced model caches two
+    # entries per training video (reward matrices, pooled inputs): all misses in epoch 1, all hits in epoch 2.
+    summary = train(small_cfg(data, tmp_path / "run", epochs=2, eval_every=1, select_fraction=0.0), log=lambda m: None)
+    assert summary["cache"]["cache/size"] == 2 * 4
+    assert summary["cache"]["cache/hits"] == 2 * 4 and summary["cache"]["cache/hit_rate"] == 0.5
