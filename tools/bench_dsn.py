@@ -243,6 +243,17 @@ def bench_quality(args) -> dict:
     from dsn.data import load_splits
     from dsn.synthetic import make_dataset
 
+    if args.combine:
+        # Re-summarise saved results (quality_*.json of earlier invocations) without training anything.
+        runs = []
+        for path in args.combine:
+            saved = json.loads(Path(path).read_text())
+            if "per_video_runs" in saved:
+                runs += saved["per_video_runs"]
+            else:  # the first format: run records and per-video rows side by side
+                meta = {(r["seed"], r["split"], r["model_type"]): r for r in saved["runs"]}
+                runs += [{**meta.get((r["seed"], r["split"], r["model_type"]), {}), **r} for r in saved["per_video"]]
+        return summarise_quality(runs, sorted({r["seed"] for r in runs}), args, save=False)
     out_dir = Path(args.out)
     seeds = args.seeds if args.seeds else [0]
     runs = []
@@ -268,7 +279,7 @@ def bench_quality(args) -> dict:
 SUMMARY_METRICS = ("F", "kendall_tau", "spearman_rho", "kendall_tau_gtscore", "RecErr", "Diversity")
 
 
-def summarise_quality(runs: list[dict], seeds: list[int], args) -> dict:
+def summarise_quality(runs: list[dict], seeds: list[int], args, save: bool = True) -> dict:
     """Split-level table (units: seed x split) and paired comparisons; also the per-video spread."""
     def split_mean(r, who, m):
         vals = [v[who][m] for v in r["per_video"] if v[who][m] is not None]
@@ -316,12 +327,13 @@ def summarise_quality(runs: list[dict], seeds: list[int], args) -> dict:
                 spread[f"{model_type} {m} (model - random)"] = {"per_video_std": round(float(np.std(d, ddof=1)), 4),
                                                                "mean": round(float(np.mean(d)), 4), "videos": len(d)}
     result["per_video_spread"] = spread
-    result["time"] = {"wall_s": round(sum(r["wall_s"] for r in runs), 1), "cpu_s": round(sum(r["cpu_s"] for r in runs), 1)}
+    result["time"] = {"wall_s": round(sum(r.get("wall_s", 0) for r in runs), 1),
+                      "cpu_s": round(sum(r.get("cpu_s", 0) for r in runs), 1)}
     result["runs"] = [{k: v for k, v in r.items() if k != "per_video"} for r in runs]
-    if args.out:
+    if save and args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "quality.json").write_text(json.dumps({**result, "per_video": [
-            {"seed": r["seed"], "split": r["split"], "model_type": r["model_type"], "per_video": r["per_video"]} for r in runs]}))
+        name = f"quality_{'_'.join(args.set).replace('/', '-') or 'defaults'}_seeds{'-'.join(map(str, seeds))}.json"
+        (Path(args.out) / name).write_text(json.dumps({**result, "per_video_runs": runs}))
     print(format_quality(result), file=sys.stderr)
     return result
 
@@ -419,6 +431,8 @@ def main() -> None:
                    help="quality part: synthetic dataset seeds (each builds --num_videos videos under --out)")
     p.add_argument("--num_videos", type=int, default=40, help="quality part: videos per synthetic dataset")
     p.add_argument("--train_seed", type=int, default=1, help="quality part: training seed of every run")
+    p.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                   help="quality part: summarise saved quality_*.json files together instead of training")
     p.add_argument("--out", default="runs/bench_dsn_quality")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="quality/validate parts: TrainConfig override, e.g. lr=3e-4 (repeatable)")
