@@ -28,7 +28,7 @@ def data(tmp_path_factory):
 def test_advanced_format_and_guide_snippet(data, tmp_path):
     summary = train(small_cfg(data, tmp_path / "run", epochs=1), log=lambda m: None)
     path = tmp_path / "run" / "dsn_checkpoint_ep1.pt"
-    assert summary["checkpoint"] == str(path)
+    assert summary["last_checkpoint"] == str(path) and summary["checkpoint"] == str(tmp_path / "run" / "best.pt")
     # The guide's snippet, unchanged (torch.load's default is weights_only=True in torch >= 2.6).
     checkpoint = torch.load(path)
     config = checkpoint["config"]
