@@ -3,7 +3,7 @@
     uv run python tools/bench_dsn.py reward      # batched reward vs a per-episode loop (5 episodes, T = 1000)
     uv run python tools/bench_dsn.py cache       # advanced-model epoch time with vs without the cache (held frames)
     uv run python tools/bench_dsn.py overhead    # trainkit's OptimizerStep vs a hand-written step
-    uv run python tools/bench_dsn.py quality     # baseline + advanced on the 5 default splits vs random/uniform
+    uv run python tools/bench_dsn.py quality --seeds 11 12    # both models on synthetic datasets x all splits vs random
     uv run python tools/bench_dsn.py validate --set model.pos_scale=0.1   # tuning: folds of split 0's TRAIN keys
 
 Everything runs on one CPU thread (``--threads``) so that figures are comparable on a shared machine.
@@ -175,39 +175,197 @@ def bench_overhead(args) -> dict:
             "trainkit_epoch_s": round(tk_s, 4), "overhead_ratio": round(tk_s / raw_s, 4)}
 
 
-def bench_quality(args) -> dict:
-    from dsn.config import DSNConfig, TrainConfig
-    from dsn.data import ensure_default_dataset, load_splits
-    from dsn.evaluate import METRIC_KEYS, evaluate_checkpoint
+def _t95(n: int) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, n - 1)) if n > 1 else float("nan")
+
+
+def _describe(values: list[float]) -> dict:
+    """mean, std (ddof 1), worst, and a 95 % t-interval of the mean."""
+    a = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if a.size == 0:
+        return {"n": 0}
+    sd = float(a.std(ddof=1)) if a.size > 1 else 0.0
+    half = _t95(a.size) * sd / np.sqrt(a.size) if a.size > 1 else float("nan")
+    return {"n": int(a.size), "mean": round(float(a.mean()), 4), "std": round(sd, 4), "min": round(float(a.min()), 4),
+            "ci95": [round(float(a.mean() - half), 4), round(float(a.mean() + half), 4)]}
+
+
+def _quality_run(root: Path, run_dir: Path, split: int, model_type: str, args) -> dict:
+    """Train one model on one split (resuming a finished run is free), then per-video metrics on the test videos
+    for the chosen checkpoint and for random / uniform summaries at the same budget."""
+    from dsn.config import TrainConfig
+    from dsn.data import load_splits, load_videos
+    from dsn.evaluate import baseline_metrics, load_policy, score_videos, select_keyframes, summary_metrics
     from dsn.train import train
+    from trainkit.config import load_config
 
-    root = Path(args.dataset_root) if args.dataset_root else ensure_default_dataset()
+    cfg = load_config(TrainConfig, None, [f"model.model_type={model_type}", *args.set],
+                      {"dataset_root": str(root), "save_dir": str(run_dir), "split_index": split, "epochs": args.epochs,
+                       "device": "cpu", "quiet": True, "seed": args.train_seed, "eval_every": 0, "eval_ms_swd": False})
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    summary = train(cfg, resume="auto", log=lambda m: None)
+    model, _ = load_policy(summary["checkpoint"])
+    keys = load_splits(root)[split]["test_keys"]
+    videos = load_videos(root, keys=keys)
+    vids = [videos[k] for k in keys]
+    scores = score_videos(model, vids)
+    per_video = []
+    for v in vids:
+        m = summary_metrics(v, scores[v.key], select_keyframes(scores[v.key], cfg.budget_ratio, cfg.keyframe_selection),
+                            proportion=cfg.summary_proportion, f_mode=cfg.f_mode, ms_swd=False)
+        b = baseline_metrics([v], budget_ratio=cfg.budget_ratio, proportion=cfg.summary_proportion, f_mode=cfg.f_mode,
+                             ms_swd=False, seed=0, selection=cfg.keyframe_selection)
+        per_video.append({"key": v.key, "model": m, "random": b["random"], "uniform": b["uniform"]})
+    select = {}
+    metrics_file = run_dir / "metrics.jsonl"
+    if metrics_file.exists() and summary.get("best_epoch"):
+        rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+        best = [r for r in rows if r.get("step") == summary["best_epoch"]]
+        if best:
+            select = {k: v for k, v in best[-1].items() if k.startswith("select/")}
+    return {"split": split, "model_type": model_type, "best_epoch": summary.get("best_epoch"), "select": select,
+            "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - cpu0, 1),
+            "per_video": per_video}
+
+
+def bench_quality(args) -> dict:
+    """Baseline and advanced on several synthetic dataset seeds x all their splits, against random/uniform.
+
+    For each seed a dataset of ``--num_videos`` videos is built (once) under ``--out``; every split trains both
+    models (``best.pt`` is chosen on the split's held-out training videos, never the test videos) and scores the
+    test videos. Printed: per seed and pooled, mean +- std over splits, the worst split, and paired differences
+    (model - random, advanced - baseline) with 95 % t-intervals over the seed x split units; plus the measured
+    per-video spread, which sets how many test videos a split needs.
+    """
+    from dsn.data import load_splits
+    from dsn.synthetic import make_dataset
+
+    if args.combine:
+        # Re-summarise saved results (quality_*.json of earlier invocations) without training anything.
+        runs = []
+        for path in args.combine:
+            saved = json.loads(Path(path).read_text())
+            if "per_video_runs" in saved:
+                runs += saved["per_video_runs"]
+            else:  # the first format: run records and per-video rows side by side
+                meta = {(r["seed"], r["split"], r["model_type"]): r for r in saved["runs"]}
+                runs += [{**meta.get((r["seed"], r["split"], r["model_type"]), {}), **r} for r in saved["per_video"]]
+        return summarise_quality(runs, sorted({r["seed"] for r in runs}), args, save=False)
     out_dir = Path(args.out)
-    splits = range(len(load_splits(root))) if args.splits is None else range(args.splits)
-    per = {"baseline": [], "advanced": [], "random": [], "uniform": []}
-    for k in splits:
-        for model_type in ("baseline", "advanced"):
-            run_dir = out_dir / f"{model_type}_split{k}"
-            cfg = TrainConfig(model=DSNConfig(model_type=model_type), dataset_root=str(root), save_dir=str(run_dir),
-                              split_index=k, epochs=args.epochs, device="cpu", eval_every=args.eval_every, quiet=True,
-                              seed=args.seed)
-            t0 = time.perf_counter()
-            summary = train(cfg, resume="auto", log=lambda m: None)
-            result = evaluate_checkpoint(summary["checkpoint"], root, split_index=k)
-            per[model_type].append(result["model"])
-            if model_type == "baseline":
-                per["random"].append(result["random"])
-                per["uniform"].append(result["uniform"])
-            print(json.dumps({"split": k, "model": model_type, "seconds": round(time.perf_counter() - t0, 1),
-                              **{m: result["model"][m] for m in METRIC_KEYS}}), file=sys.stderr, flush=True)
+    seeds = args.seeds if args.seeds else [0]
+    runs = []
+    for seed in seeds:
+        root = Path(args.dataset_root) if args.dataset_root else out_dir / f"data_n{args.num_videos}_seed{seed}"
+        if not args.dataset_root and not (root / "splits.json").exists():
+            make_dataset(root, num_videos=args.num_videos, seed=seed)
+        n_splits = len(load_splits(root))
+        for k in range(n_splits if args.splits is None else min(args.splits, n_splits)):
+            for model_type in ("baseline", "advanced"):
+                tag = "_".join(args.set).replace("/", "-") or "defaults"
+                r = _quality_run(root, out_dir / tag / f"seed{seed}" / f"{model_type}_split{k}", k, model_type, args)
+                r["seed"] = seed
+                runs.append(r)
+                mean = lambda name, m: _describe([v[name][m] for v in r["per_video"]]).get("mean")
+                print(json.dumps({"seed": seed, "split": k, "model": model_type, "best_epoch": r["best_epoch"],
+                                  "wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "F": mean("model", "F"),
+                                  "tau": mean("model", "kendall_tau"), "random_F": mean("random", "F"),
+                                  **r["select"]}), file=sys.stderr, flush=True)
+    return summarise_quality(runs, seeds, args)
 
-    def mean(rows, m):
-        vals = [r[m] for r in rows if r[m] is not None]
-        return round(float(np.mean(vals)), 4) if vals else None
 
-    table = {name: {m: mean(rows, m) for m in METRIC_KEYS} for name, rows in per.items()}
-    return {"part": "quality", "dataset": str(root), "splits": len(list(splits)), "epochs": args.epochs, "mean": table,
-            "per_split": per}
+SUMMARY_METRICS = ("F", "kendall_tau", "spearman_rho", "kendall_tau_gtscore", "RecErr", "Diversity")
+
+
+def summarise_quality(runs: list[dict], seeds: list[int], args, save: bool = True) -> dict:
+    """Split-level table (units: seed x split) and paired comparisons; also the per-video spread."""
+    def split_mean(r, who, m):
+        vals = [v[who][m] for v in r["per_video"] if v[who][m] is not None]
+        return float(np.mean(vals)) if vals else None
+
+    def units(seed_set, model_type, who, m):
+        return {(r["seed"], r["split"]): split_mean(r, who, m) for r in runs
+                if r["seed"] in seed_set and r["model_type"] == model_type}
+
+    def table(seed_set):
+        rows = {}
+        for name, model_type, who in (("baseline", "baseline", "model"), ("advanced", "advanced", "model"),
+                                      ("random", "baseline", "random"), ("uniform", "baseline", "uniform")):
+            rows[name] = {}
+            for m in SUMMARY_METRICS:
+                u = units(seed_set, model_type, who, m)
+                d = _describe(list(u.values()))
+                if d.get("n"):
+                    worst = min(u, key=lambda key: u[key] if u[key] is not None else np.inf) if m not in ("RecErr",) else \
+                        max(u, key=lambda key: u[key] if u[key] is not None else -np.inf)
+                    d["worst_unit"] = {"seed": worst[0], "split": worst[1], "value": round(u[worst], 4)}
+                rows[name][m] = d
+        paired = {}
+        for label, (a_type, a_who), (b_type, b_who) in (
+                ("baseline - random", ("baseline", "model"), ("baseline", "random")),
+                ("advanced - random", ("advanced", "model"), ("baseline", "random")),
+                ("advanced - baseline", ("advanced", "model"), ("baseline", "model"))):
+            paired[label] = {}
+            for m in ("F", "kendall_tau", "spearman_rho"):
+                a, b = units(seed_set, a_type, a_who, m), units(seed_set, b_type, b_who, m)
+                diffs = [a[k] - b[k] for k in a if k in b and a[k] is not None and b[k] is not None]
+                paired[label][m] = _describe(diffs)
+        return {"seeds": sorted(seed_set), "table": rows, "paired": paired}
+
+    result = {"part": "quality", "epochs": args.epochs, "num_videos": args.num_videos, "set": args.set,
+              "per_seed": {str(s): table({s}) for s in seeds}, "pooled": table(set(seeds))}
+    # The spread that sizes the benchmark: per-video std of (model - random) within a split, and the split std
+    # it implies for n test videos (std / sqrt(n)).
+    spread = {}
+    for model_type in ("baseline", "advanced"):
+        for m in ("F", "kendall_tau"):
+            d = [v["model"][m] - v["random"][m] for r in runs if r["model_type"] == model_type for v in r["per_video"]
+                 if v["model"][m] is not None and v["random"][m] is not None]
+            if len(d) > 1:
+                spread[f"{model_type} {m} (model - random)"] = {"per_video_std": round(float(np.std(d, ddof=1)), 4),
+                                                               "mean": round(float(np.mean(d)), 4), "videos": len(d)}
+    result["per_video_spread"] = spread
+    result["time"] = {"wall_s": round(sum(r.get("wall_s", 0) for r in runs), 1),
+                      "cpu_s": round(sum(r.get("cpu_s", 0) for r in runs), 1)}
+    result["runs"] = [{k: v for k, v in r.items() if k != "per_video"} for r in runs]
+    if save and args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        name = f"quality_{'_'.join(args.set).replace('/', '-') or 'defaults'}_seeds{'-'.join(map(str, seeds))}.json"
+        (Path(args.out) / name).write_text(json.dumps({**result, "per_video_runs": runs}))
+    print(format_quality(result), file=sys.stderr)
+    return result
+
+
+def format_quality(result: dict) -> str:
+    """Markdown: mean +- std over splits and the worst split, then paired differences with 95 % intervals."""
+    lines = []
+    for label, block in [*((f"seed {s}", b) for s, b in result["per_seed"].items()), ("pooled", result["pooled"])]:
+        lines.append(f"\n{label} ({len(block['seeds'])} seed(s); units = splits)\n")
+        lines.append("| summary | F | worst F | kendall_tau | worst tau | spearman_rho | kendall_tau_gtscore |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for name, row in block["table"].items():
+            def cell(m, worst=False):
+                d = row.get(m, {})
+                if not d.get("n"):
+                    return "n/a"
+                if worst:
+                    w = d["worst_unit"]
+                    return f"{w['value']:.3f} (s{w['seed']}/{w['split']})" if m != "F" else f"{w['value']:.1f} (s{w['seed']}/{w['split']})"
+                return f"{d['mean']:.1f} ± {d['std']:.1f}" if m == "F" else f"{d['mean']:.3f} ± {d['std']:.3f}"
+            lines.append(f"| {name} | {cell('F')} | {cell('F', True)} | {cell('kendall_tau')} | {cell('kendall_tau', True)} | "
+                         f"{cell('spearman_rho')} | {cell('kendall_tau_gtscore')} |")
+        lines.append("\n| paired difference | F (95 % CI) | kendall_tau (95 % CI) | worst split F | worst split tau |")
+        lines.append("|---|---|---|---|---|")
+        for label2, row in block["paired"].items():
+            f, t = row["F"], row["kendall_tau"]
+            if not f.get("n"):
+                continue
+            ci = lambda d, fmt: f"{d['mean']:{fmt}} [{d['ci95'][0]:{fmt}}, {d['ci95'][1]:{fmt}}]" if d["n"] > 1 else f"{d['mean']:{fmt}}"
+            lines.append(f"| {label2} | {ci(f, '.1f')} | {ci(t, '.3f')} | {f['min']:.1f} | {t['min']:.3f} |")
+    lines.append("\nper-video spread (model - random): " + json.dumps(result["per_video_spread"]))
+    return "\n".join(lines)
 
 
 def bench_validate(args) -> dict:
@@ -268,15 +426,21 @@ def main() -> None:
     p.add_argument("--T_overhead", type=int, default=250)
     p.add_argument("--splits", type=int, default=None, help="quality part: first N splits (default all)")
     p.add_argument("--eval_every", type=int, default=0)
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="validate part: training seed")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="quality part: synthetic dataset seeds (each builds --num_videos videos under --out)")
+    p.add_argument("--num_videos", type=int, default=40, help="quality part: videos per synthetic dataset")
+    p.add_argument("--train_seed", type=int, default=1, help="quality part: training seed of every run")
+    p.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                   help="quality part: summarise saved quality_*.json files together instead of training")
     p.add_argument("--out", default="runs/bench_dsn_quality")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="validate part: TrainConfig override, e.g. model.model_type=baseline (repeatable)")
+                   help="quality/validate parts: TrainConfig override, e.g. lr=3e-4 (repeatable)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     for part in args.parts:
         if args.epochs is None:
-            args.epochs = 20 if part in ("quality", "validate") else 3
+            args.epochs = {"quality": 8, "validate": 20}.get(part, 3)
         fn = {"reward": bench_reward, "cache": bench_cache, "overhead": bench_overhead, "quality": bench_quality,
               "validate": bench_validate}[part]
         print(json.dumps(fn(args)), flush=True)

@@ -28,7 +28,7 @@ def data(tmp_path_factory):
 def test_advanced_format_and_guide_snippet(data, tmp_path):
     summary = train(small_cfg(data, tmp_path / "run", epochs=1), log=lambda m: None)
     path = tmp_path / "run" / "dsn_checkpoint_ep1.pt"
-    assert summary["checkpoint"] == str(path)
+    assert summary["last_checkpoint"] == str(path) and summary["checkpoint"] == str(tmp_path / "run" / "best.pt")
     # The guide's snippet, unchanged (torch.load's default is weights_only=True in torch >= 2.6).
     checkpoint = torch.load(path)
     config = checkpoint["config"]
@@ -118,3 +118,55 @@ def test_bad_checkpoint_is_a_user_error(tmp_path):
                 "model": {"nope": torch.zeros(1)}}, bad)
     with pytest.raises(UserError, match="does not hold a dsn model"):
         load_policy(bad)
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from dsn.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], prog_name="dsn")
+
+
+def test_resume_takes_the_checkpoints_config_and_refuses_run_changing_flags(data, tmp_path):
+    """issue 13 item 2: `dsn train --resume` restores the run's config and refuses flags that change the run."""
+    import yaml
+
+    run = tmp_path / "run"
+    small = ["--enc_hidden", 16, "--num_attn_heads", 2, "--num_attn_layers", 1, "--num_scales", 2, "--quiet",
+             "--device", "cpu", "--set", "eval_ms_swd=false", "--set", "eval_every=0"]
+    assert _cli("train", "--dataset_root", data, "--save_dir", run, "--epochs", 1, "--lr", "3e-4", *small).exit_code == 0
+    snapshot = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.suffix in (".pt", ".yaml")}
+    other = tiny_dataset(tmp_path / "other", seed=5)
+    for flags, key in [(["--dataset_root", other], "dataset_root"), (["--lr", "0.5"], "lr"),
+                       (["--enc_hidden", 32], "model.enc_hidden"), (["--seed", 7], "seed"),
+                       (["--set", "budget_beta=3"], "budget_beta")]:
+        r = _cli("train", "--resume", "auto", "--save_dir", run, "--epochs", 2, *flags)
+        assert r.exit_code == 2, (flags, r.output)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: resuming would change '{key}' from "), lines
+        # nothing in the run folder was touched
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.suffix in (".pt", ".yaml")} == snapshot
+    # No flags: everything (data, the small model, lr) comes from the checkpoint, not from the defaults.
+    r = _cli("train", "--resume", "auto", "--save_dir", run, "--epochs", 2, "--quiet")
+    assert r.exit_code == 0, r.output
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["enc_hidden"] == 16 and saved["lr"] == 3e-4 and saved["epochs"] == 2
+    assert saved["dataset_root"] == str(data)
+    # --resume PATH without --save_dir continues in that run folder
+    r = _cli("train", "--resume", run / "dsn_checkpoint_ep2.pt", "--epochs", 3, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert (run / "dsn_checkpoint_ep3.pt").exists()
+    # An explicit override flag accepts the change, and config.yaml records what the run now uses.
+    r = _cli("train", "--resume", "auto", "--save_dir", run, "--epochs", 4, "--lr", "0.5", "--allow_config_change", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load((run / "config.yaml").read_text())["lr"] == 0.5
+
+
+def test_resume_refuses_a_split_that_now_holds_other_videos(tmp_path):
+    root = tiny_dataset(tmp_path / "d")
+    train(small_cfg(root, tmp_path / "run", epochs=1, eval_every=0), log=lambda m: None)
+    keys = [f"video_{i}" for i in range(1, 7)]
+    (root / "splits.json").write_text(json.dumps([{"train_keys": keys[1:5], "test_keys": [keys[0], keys[5]]}]))
+    with pytest.raises(UserError, match="^split 0 of .* holds other videos than the run being resumed"):
+        train(small_cfg(root, tmp_path / "run", epochs=2, eval_every=0), resume="auto", log=lambda m: None)

@@ -121,11 +121,47 @@ def test_evaluate_json_shape(data, trained):
     out = json.loads(result.stdout)
     assert set(out) == {"model", "random", "uniform"}
     for name in out:
-        assert set(out[name]) == {"F", "kendall_tau", "spearman_rho", "RecErr", "Diversity", "MS_SWD"}
+        assert set(out[name]) == {"F", "kendall_tau", "spearman_rho", "kendall_tau_gtscore", "spearman_rho_gtscore",
+                                  "RecErr", "Diversity", "MS_SWD"}
         assert 0 <= out[name]["F"] <= 100 and out[name]["MS_SWD"] >= 0
     assert out["uniform"]["kendall_tau"] is None and out["model"]["kendall_tau"] is not None
     table = run("evaluate", "--checkpoint", trained / "dsn_checkpoint_ep2.pt", "--dataset_root", data)
     assert table.exit_code == 0 and "| metric | model | random | uniform |" in table.stdout
+
+
+@pytest.mark.parametrize("ratio", ["0", "1.5"])
+def test_evaluate_budget_ratio_out_of_range(data, trained, ratio):
+    # issue 13 item 9: evaluate accepted these and printed nonsense.
+    result = run("evaluate", "--checkpoint", trained / "dsn_checkpoint_ep2.pt", "--dataset_root", data,
+                 "--budget_ratio", ratio)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"error: bad budget ratio {float(ratio)} (--budget_ratio): expected 0 < ratio < 1"]
+
+
+def test_every_listed_option_is_used(data, trained, tmp_path, monkeypatch):
+    """issue 13 item 10: options that were parsed and ignored are gone; --precision now reaches the forward."""
+    import dsn.evaluate as E
+
+    for command, gone in [("evaluate", ["--quiet", "--config", "--set"]), ("summarize", ["--seed", "--quiet", "--config", "--set"]),
+                          ("info", ["--device", "--precision", "--seed", "--quiet"])]:
+        help_text = run(command, "--help").stdout
+        for flag in gone:
+            assert flag + " " not in help_text, (command, flag)
+    assert "optim.lr" not in run("train", "--help").stdout  # trainkit's example key is not a dsn key
+    result = run("evaluate", "--checkpoint", trained / "dsn_checkpoint_ep2.pt", "--quiet")
+    assert result.exit_code == 2 and "No such option '--quiet'" in result.stderr
+    seen = []
+    real = E.autocast
+    monkeypatch.setattr(E, "autocast", lambda device, precision: seen.append(precision) or real(device, precision))
+    ckpt = trained / "dsn_checkpoint_ep2.pt"
+    assert run("evaluate", "--checkpoint", ckpt, "--dataset_root", data, "--precision", "bf16", "--json").exit_code == 0
+    assert run("summarize", "--checkpoint", ckpt, "--dataset_root", data, "--key", "video_5", "--out", tmp_path / "s",
+               "--precision", "bf16").exit_code == 0
+    assert seen and set(seen) == {"bf16"}, seen
+    # the random baseline's seed is used: another seed, another random summary
+    r0 = json.loads(run("evaluate", "--checkpoint", ckpt, "--dataset_root", data, "--json").stdout)
+    r1 = json.loads(run("evaluate", "--checkpoint", ckpt, "--dataset_root", data, "--json", "--seed", 1).stdout)
+    assert r0["random"] != r1["random"] and r0["model"] == r1["model"]
 
 
 def test_summarize_from_dataset(data, trained, tmp_path):
@@ -158,6 +194,13 @@ def test_ablation_table(data, tmp_path):
     for name in names[:5]:
         assert list((tmp_path / "ablation" / name).glob("events.out.tfevents.*"))
     assert "| full_advanced |" in (tmp_path / "ablation" / "results.md").read_text()
+    # issue 13 item 2: re-running with other settings used to reuse these models and rewrite their config.yaml.
+    before = (tmp_path / "ablation" / "baseline" / "config.yaml").read_text()
+    again = run("ablation", "--dataset_root", data, "--save_dir", tmp_path / "ablation", "--epochs", 2, "--device", "cpu",
+                "--quiet", "--set", "model.enc_hidden=16", "--set", "model.num_attn_heads=2", "--set", "lr=0.5", "--seed", 7)
+    assert again.exit_code == 2
+    assert again.stderr.strip().splitlines()[-1].startswith("error: resuming would change 'lr' from 0.0001 to 0.5")
+    assert (tmp_path / "ablation" / "baseline" / "config.yaml").read_text() == before
 
 
 def test_info_prints_parameter_counts(trained):
@@ -184,6 +227,21 @@ def test_script_and_module_entry_point(data, tmp_path):
                            "--num_attn_heads", "2"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "quick" / "dsn_checkpoint_ep1.pt").exists()
+
+
+def test_full_training_script_evaluates_the_checkpoint_training_chose(tmp_path):
+    # issue 13 item 13: with an extra --epochs the script evaluated dsn_checkpoint_ep${EPOCHS}.pt (absent, or not
+    # the run's result). `dsn` is replaced by `echo` so that the test reads the commands the script runs.
+    save = tmp_path / "run"
+    env = {**os.environ, "DSN": "echo dsn", "SAVE_DIR": str(save), "EPOCHS": "20"}
+    script = str(PKG / "scripts" / "train_advanced_dsn.sh")
+    out = subprocess.run(["bash", script, "--epochs", "3"], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == f"dsn evaluate --checkpoint {save / 'latest.pt'}"
+    save.mkdir()
+    (save / "best.pt").write_bytes(b"")
+    out = subprocess.run(["bash", script, "--epochs", "3"], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == f"dsn evaluate --checkpoint {save / 'best.pt'}"
+    assert "ep20" not in out
 
 
 def _write_clip(path, shots=3, frames_per_shot=36):

@@ -55,6 +55,16 @@ BAD_FILES = {
     ),
     "user_summary width": (_replace("user_summary", np.zeros((3, 7), np.float32)), "video 'video_2': user_summary has shape (3, 7)"),
     "gtscore length": (_replace("gtscore", np.zeros(2, np.float32)), "video 'video_2': gtscore has 2 entries"),
+    # Each of these raised a traceback inside numpy/h5py before (issue 13 item 8).
+    "string n_frames": (_replace("n_frames", "six hundred"), "video 'video_2': 'n_frames' has non-numeric dtype"),
+    "string user_summary": (lambda g: _replace("user_summary", np.full(g["user_summary"].shape, b"1"))(g),
+                            "video 'video_2': 'user_summary' has non-numeric dtype"),
+    "string gtscore": (lambda g: _replace("gtscore", np.full(g["gtscore"].shape, b"0.5"))(g),
+                       "video 'video_2': 'gtscore' has non-numeric dtype"),
+    "features group": (lambda g: (g.__delitem__("features"), g.create_group("features")),
+                       "video 'video_2': 'features' is a group, not a dataset"),
+    "negative n_frame_per_seg": (lambda g: g["n_frame_per_seg"].__setitem__(1, -5),
+                                 "video 'video_2': n_frame_per_seg[1] is -5"),
 }
 
 
@@ -105,7 +115,12 @@ BAD_SPLITS = {
         '[{"train_keys": ["video_1"], "test_keys": ["video_2"]}, {"train_keys": ["video_1"], "test_keys": ["video_77"]}]',
         "split 1: video 'video_77' in test_keys is not in eccv16_dataset_toy_google_pool5.h5",
     ),
-    "empty test": ('[{"train_keys": ["video_1"], "test_keys": []}]', "split 0 has an empty train or test list"),
+    "empty train": ('[{"train_keys": [], "test_keys": ["video_1"]}]', "split 0 has an empty train list"),
+    "train/test overlap": ('[{"train_keys": ["video_1", "video_2"], "test_keys": ["video_3"]}, '
+                           '{"train_keys": ["video_1", "video_2"], "test_keys": ["video_2"]}]',
+                           "split 1: video 'video_2' is in both train_keys and test_keys"),
+    "unknown key": ('[{"train_keys": ["video_1"], "test_keys": ["video_2"], "trian_keys": ["video_3"]}]',
+                    "split 0: unknown key 'trian_keys'"),
 }
 
 
@@ -116,7 +131,12 @@ def test_bad_splits_json(eccv16_root, case):
     with pytest.raises(UserError) as err:
         D.load_splits(eccv16_root)
     assert str(err.value).startswith(message)
-    assert "splits.json" in str(err.value)
+    assert "splits.json" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_split_without_test_videos_is_allowed(eccv16_root):
+    (eccv16_root / "splits.json").write_text('[{"train_keys": ["video_1", "video_2"], "test_keys": []}]')
+    assert D.load_splits(eccv16_root) == [{"train_keys": ["video_1", "video_2"], "test_keys": []}]
 
 
 def test_missing_splits_json(eccv16_root):

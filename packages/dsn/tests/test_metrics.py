@@ -80,21 +80,40 @@ def test_f_score_max_vs_avg():
         M.f_score(summary, users, "median")
 
 
-def test_rank_correlation_hand_computed():
+def test_rank_correlation_gtscore_hand_computed():
     v = _video(4, [0, 1, 2, 3], [[0, 3]], gtscore=[1, 3, 2, 4])
-    tau, rho = M.rank_correlation([1, 2, 3, 4], v)
+    tau, rho = M.rank_correlation_gtscore([1, 2, 3, 4], v)
     # one discordant pair out of 6: tau = (5 - 1) / 6; rho = 1 - 6 * 2 / (4 * 15)
     assert tau == pytest.approx(4 / 6)
     assert rho == pytest.approx(0.8)
-    assert M.rank_correlation([4, 3, 2, 1], _video(4, [0, 1, 2, 3], [[0, 3]], gtscore=[1, 2, 3, 4])) == pytest.approx((-1, -1))
+    v = _video(4, [0, 1, 2, 3], [[0, 3]], gtscore=[1, 2, 3, 4])
+    assert M.rank_correlation_gtscore([4, 3, 2, 1], v) == pytest.approx((-1, -1))
 
 
-def test_rank_correlation_falls_back_to_user_mean_and_nan_when_unannotated():
+def test_rank_correlation_gtscore_falls_back_to_user_mean_and_nan_when_unannotated():
     users = [[0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1]]
     v = _video(6, [0, 2, 4], [[0, 5]], user_summary=users)  # user mean at picks: [0, .5, 1]
-    assert M.rank_correlation([0.1, 0.2, 0.3], v) == pytest.approx((1.0, 1.0))
-    tau, rho = M.rank_correlation([0.1, 0.2, 0.3], _video(6, [0, 2, 4], [[0, 5]]))
-    assert math.isnan(tau) and math.isnan(rho)
+    assert M.rank_correlation_gtscore([0.1, 0.2, 0.3], v) == pytest.approx((1.0, 1.0))
+    for fn in (M.rank_correlation, M.rank_correlation_gtscore):
+        tau, rho = fn([0.1, 0.2, 0.3], _video(6, [0, 2, 4], [[0, 5]]))
+        assert math.isnan(tau) and math.isnan(rho)
+
+
+def test_rank_correlation_is_the_per_annotator_average():
+    """issue 13 item 12: the published tau/rho (Otani et al.; CA-SUM) average the coefficient over annotators."""
+    # At the picks: user 1 [0, 1, 1], user 2 [0, 0, 1], user 3 [0, 0, 0] (constant: skipped).
+    users = [[0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1], [0, 1, 0, 1, 0, 1]]
+    v = _video(6, [0, 2, 4], [[0, 5]], user_summary=users)
+    tau, rho = M.rank_correlation([0.1, 0.2, 0.3], v)
+    # each user: 2 concordant pairs, 1 tied in the reference -> tau_b = 2 / sqrt(3 * 2); rho of ranks
+    # [1, 2, 3] vs [1, 2.5, 2.5] = 1.5 / sqrt(2 * 1.5)
+    assert tau == pytest.approx(2 / math.sqrt(6))
+    assert rho == pytest.approx(1.5 / math.sqrt(3))
+    # against the mean of the users ([0, 1/3, 2/3]) the ranking is perfect: the other variant differs
+    assert M.rank_correlation_gtscore([0.1, 0.2, 0.3], v) == pytest.approx((1.0, 1.0))
+    # the reference is the annotators, not gtscore, even when gtscore is present
+    v.gtscore = np.array([3, 2, 1], np.float32)
+    assert M.rank_correlation([0.1, 0.2, 0.3], v) == pytest.approx((tau, rho))
 
 
 # ----------------------------------------------------------------------------- selection and baselines
@@ -154,3 +173,23 @@ def test_ms_swd_reproducible_and_unequal_counts():
     assert M.ms_swd(frames, [0, 7, 13], seed=1) != a
     assert M.ms_swd(frames, [0, 7, 13], num_scales=1) != a
     assert math.isnan(M.ms_swd(frames, []))
+
+
+def test_docs_describe_keyframe_selection_and_diversity_as_the_code_does():
+    """issue 13 item 13: the docs said keyframes are top-k (the default is nms) and Diversity is 0.0 below two
+    keyframes (evaluate reports null)."""
+    from pathlib import Path
+
+    from dsn.config import TrainConfig
+    from dsn.evaluate import select_keyframes, summary_metrics
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "data-and-metrics.md").read_text()
+    assert "The model's keyframes are top-k" not in docs and "Random keyframes are their top-k" not in docs
+    assert TrainConfig().keyframe_selection == "nms" and "(default `nms`)" in docs
+    scores = np.array([0.9, 0.8, 0.1, 0.7, 0.2, 0.1])
+    assert select_keyframes(scores, 0.34) .tolist() == [0, 3]  # top-2 would be [0, 1]: neighbours suppressed
+    v = _video(6, np.arange(6), [[0, 5]])
+    v.features = np.eye(6, dtype=np.float32)
+    assert M.diversity(v.features, [2]) == 0.0
+    assert summary_metrics(v, None, np.array([2]), proportion=0.15, f_mode="avg")["Diversity"] is None
+    assert "report **null** for such a video" in docs

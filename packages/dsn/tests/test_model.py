@@ -127,3 +127,35 @@ def test_default_pos_scale_and_old_checkpoint_configs():
     old = DSNConfig(in_dim=6, enc_hidden=8, num_attn_heads=2).to_dict()
     del old["pos_scale"]
     assert DSNConfig.from_any(old).pos_scale == 1.0
+
+
+def test_baseline_ignores_attention_settings_it_does_not_use():
+    # issue 13 item 11: the baseline was refused because 4 (unused) heads do not divide 18.
+    from dsn.config import DSNConfig, TrainConfig
+    from trainkit.config import load_config
+    from trainkit.errors import UserError
+
+    cfg = load_config(TrainConfig, None, [], {"model.model_type": "baseline", "model.enc_hidden": 18})
+    assert cfg.model.enc_hidden == 18
+    with pytest.raises(UserError, match="expected a positive divisor of enc_hidden=18"):
+        DSNConfig(model_type="advanced", enc_hidden=18)
+    DSNConfig(model_type="advanced", enc_hidden=18, num_attn_layers=0)  # no attention, no heads to divide
+
+
+def test_device_paths_use_no_host_generator_or_float64():
+    """issue 13 item 1's class of bug, checked in dsn: a CPU torch.Generator (or a float64 tensor, which MPS
+    rejects) reaching a device tensor. The tests run on CPU only, so this is a tripwire over the sources: the one
+    torch generator is the epoch order, drawn on the host and consumed as a Python list; episodes are sampled by
+    Bernoulli(p) on p's own device; baselines and metrics use numpy generators on host arrays."""
+    from pathlib import Path
+
+    import dsn
+
+    src = Path(dsn.__file__).parent
+    uses = [(f.name, line.strip()) for f in sorted(src.glob("*.py")) for line in f.read_text().splitlines()
+            if "generator=" in line or "torch.Generator(" in line]
+    assert len(uses) == 1 and uses[0][0] == "train.py", uses
+    assert "torch.randperm(" in uses[0][1] and uses[0][1].endswith(".tolist()"), uses
+    for name in ("model.py", "reward.py", "train.py", "evaluate.py", "cache.py"):
+        text = (src / name).read_text()
+        assert "torch.float64" not in text and ".double()" not in text, name

@@ -169,3 +169,57 @@ def test_keyframe_selection_to_budget():
     assert len(select_keyframes(np.linspace(0, 1, 7), 0.9, "nms")) == 6
     with pytest.raises(UserError, match="unknown keyframe selection"):
         select_keyframes(s, 0.2, "best")
+
+
+def test_learned_positions_shorter_than_a_video_fail_before_training(data, tmp_path):
+    # The tiny videos have 48 steps; a 40-step learned table used to raise mid-training (issue 13 item 8).
+    cfg = small_cfg(data, tmp_path / "run", model={"pos_encoding_type": "learned", "max_len": 40})
+    with pytest.raises(UserError, match=r"^video 'video_\d+' has 48 steps, more than .*model.max_len=40"):
+        train(cfg, log=lambda m: None)
+    assert not (tmp_path / "run").exists()
+    cfg = small_cfg(data, tmp_path / "ok", epochs=1, eval_every=0, model={"pos_encoding_type": "learned", "max_len": 48})
+    assert train(cfg, log=lambda m: None)["checkpoint"]
+
+
+def test_cache_counts_training_lookups_only(data, tmp_path):
+    # issue 13 item 13: validation lookups used to be counted in cache/hit_rate. The advanced model caches two
+    # entries per training video (reward matrices, pooled inputs): all misses in epoch 1, all hits in epoch 2.
+    summary = train(small_cfg(data, tmp_path / "run", epochs=2, eval_every=1, select_fraction=0.0), log=lambda m: None)
+    assert summary["cache"]["cache/size"] == 2 * 4
+    assert summary["cache"]["cache/hits"] == 2 * 4 and summary["cache"]["cache/hit_rate"] == 0.5
+
+
+def test_selection_split_is_fixed_disjoint_and_sized():
+    from dsn.train import selection_split
+
+    keys = [f"video_{i}" for i in range(1, 25)]
+    fit, sel = selection_split(keys, 0.2, split_index=3)
+    assert len(sel) == 5 and len(fit) == 19 and not set(fit) & set(sel) and set(fit) | set(sel) == set(keys)
+    assert selection_split(keys, 0.2, split_index=3) == (fit, sel)  # the same for every seed and model
+    assert selection_split(keys, 0.2, split_index=4)[1] != sel
+    assert selection_split(keys, 0.0, split_index=3) == (keys, [])
+    assert selection_split(["a"], 0.2, split_index=0) == (["a"], [])
+    assert selection_split(["a", "b", "c"], 0.2, split_index=0)[1].__len__() == 1
+
+
+def test_best_checkpoint_is_the_best_epoch_on_held_out_training_videos(data, tmp_path):
+    """best.pt is the epoch with the highest select/score (later epoch on ties), scored on training videos that
+    are never trained on and never test videos; the last epoch is not kept by default."""
+    cfg = small_cfg(data, tmp_path / "run", epochs=4, eval_every=0, lr=3e-3)
+    summary = train(cfg, log=lambda m: None)
+    rows = metrics(tmp_path / "run")
+    scores = [r["select/score"] for r in rows]
+    assert scores == [r["select/kendall_tau"] for r in rows]  # annotated data: per-annotator tau
+    best = max(range(len(scores)), key=lambda i: (scores[i], i)) + 1
+    ckpt = torch.load(summary["checkpoint"], weights_only=True)
+    assert summary["checkpoint"].endswith("best.pt") and ckpt["epoch"] == best == summary["best_epoch"]
+    assert rows[-1]["select/best_epoch"] == best
+    split = ckpt["train_state"]["extra"]["split_keys"]
+    from dsn.train import selection_split
+
+    fit, sel = selection_split(split["train_keys"], cfg.select_fraction, cfg.split_index)
+    assert sel and not set(sel) & set(split["test_keys"])
+    assert set(ckpt["train_state"]["extra"]["baselines"]) == set(fit)  # only the fit videos were trained on
+    # without a selection part the last epoch is the result
+    last = train(small_cfg(data, tmp_path / "last", epochs=1, eval_every=0, select_fraction=0.0), log=lambda m: None)
+    assert last["checkpoint"].endswith("dsn_checkpoint_ep1.pt") and last["best_epoch"] is None

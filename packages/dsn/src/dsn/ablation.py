@@ -59,7 +59,7 @@ def _train_time(run_dir: Path) -> float:
 
 
 def run_ablation(base: TrainConfig, save_dir: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train (or resume) every configuration, evaluate its last checkpoint, write the tables."""
+    """Train (or resume) every configuration, evaluate the checkpoint training chose (best.pt), write the tables."""
     from .train import train
 
     save_dir = Path(save_dir)

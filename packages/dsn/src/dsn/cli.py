@@ -10,7 +10,7 @@ import os
 
 import click
 
-from trainkit.cli import Group, common_options
+from trainkit.cli import Group
 from trainkit.config import explicit_cli_values, load_config
 from trainkit.errors import UserError, handle_user_errors
 
@@ -31,6 +31,28 @@ TRAIN_FLAGS = {
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """DSN: unsupervised keyframe selection trained with REINFORCE (baseline BiLSTM or advanced model)."""
+
+
+_OPTIONS = {
+    "config": click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                           help="YAML file of TrainConfig keys (defaults < file < flags < --set)."),
+    "set": click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                        help="Override any TrainConfig key, e.g. --set budget_beta=20 --set model.dropout=0.1 (repeatable)."),
+    "device": click.option("--device", default=None, help="auto | cpu | cuda | cuda:N | mps"),
+    "precision": click.option("--precision", default=None, type=click.Choice(["fp32", "bf16", "fp16"]),
+                              help="Autocast precision of the policy's forward pass."),
+    "seed": click.option("--seed", type=int, default=None, help="Random seed."),
+    "quiet": click.option("--quiet", is_flag=True, default=False, help="No progress bars or per-epoch lines."),
+}
+
+
+def options(*names):
+    """The shared options a command really uses (each command lists only those it acts on)."""
+    def decorate(fn):
+        for name in reversed(names):
+            fn = _OPTIONS[name](fn)
+        return fn
+    return decorate
 
 
 def _bool01(name):
@@ -57,13 +79,18 @@ def _bool01(name):
 @click.option("--enc_hidden", "--enc-hidden", type=int, default=None, help="Hidden size / model width (default 256).")
 @click.option("--split_index", "--split-index", type=int, default=None, help="Which split of splits.json (default 0).")
 @click.option("--num_episodes", "--num-episodes", type=int, default=None, help="Episodes per video (default 5).")
-@click.option("--resume", default=None, help="PATH to a checkpoint, or 'auto' (newest loadable in --save_dir).")
-@common_options
+@click.option("--resume", default=None,
+              help="PATH to a checkpoint, or 'auto' (newest loadable in --save_dir). The checkpoint's config is the "
+                   "run's config: flags not given come from it, and flags that change the run (data, split, model, "
+                   "optimiser, reward, seed) are refused; --epochs, --device, --precision, --quiet, --use_cache may change.")
+@click.option("--allow_config_change", "--allow-config-change", is_flag=True, default=False,
+              help="With --resume: accept flags that change run-defining settings (the saved config.yaml then records them).")
+@options("config", "set", "device", "precision", "seed", "quiet")
 @click.pass_context
 @handle_user_errors
-def train(ctx, resume, config_path, overrides, **_):
+def train(ctx, resume, allow_config_change, config_path, overrides, **_):
     """Train a policy with REINFORCE (the guide's flags)."""
-    from .train import train as run_train
+    from .train import resume_config, train as run_train
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # REINFORCE here steps once per video with a per-video reward baseline; a model this small gains
@@ -74,8 +101,13 @@ def train(ctx, resume, config_path, overrides, **_):
     for key in ("use_cache", "model.use_lstm_in_advanced"):
         if key in values:
             values[key] = bool(values[key])
-    cfg = load_config(TrainConfig, config_path, overrides, values)
-    summary = run_train(cfg, resume=resume, log=lambda m: click.echo(m, err=False) if not cfg.quiet else None)
+    if allow_config_change and not resume:
+        raise UserError("--allow_config_change only applies to a resumed run", "--allow_config_change", "use it with --resume")
+    if resume:
+        cfg = resume_config(config_path, overrides, values, resume=resume, allow_changes=allow_config_change)
+    else:
+        cfg = load_config(TrainConfig, config_path, overrides, values)
+    summary = run_train(cfg, resume=resume, allow_config_change=allow_config_change, log=lambda m: click.echo(m, err=False) if not cfg.quiet else None)
     if not summary.get("stopped") and not cfg.quiet:
         click.echo(json.dumps({k: summary[k] for k in ("run_dir", "checkpoint", "num_params", "train_time_s", "val", "cache")},
                               default=float))
@@ -92,16 +124,16 @@ def train(ctx, resume, config_path, overrides, **_):
 @click.option("--keyframes", "selection", type=click.Choice(["nms", "topk"]), default=None,
               help="Keyframe selection (default: as trained, nms).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@common_options
+@options("device", "precision")
+@click.option("--seed", type=int, default=None, help="Seed of the random-summary baseline (default 0).")
 @handle_user_errors
-def evaluate(checkpoint, dataset_root, split_index, budget_ratio, f_mode, selection, as_json, config_path, overrides,
-             device, precision, seed, quiet):
+def evaluate(checkpoint, dataset_root, split_index, budget_ratio, f_mode, selection, as_json, device, precision, seed):
     """Model vs random vs uniform summaries on a split's test videos."""
     from .evaluate import evaluate_checkpoint, format_table
 
-    _no_config(config_path, overrides, "evaluate")
     result = evaluate_checkpoint(checkpoint, dataset_root, split_index=split_index, device=device or "cpu",
-                                 budget_ratio=budget_ratio, f_mode=f_mode, seed=seed or 0, selection=selection)
+                                 budget_ratio=budget_ratio, f_mode=f_mode, seed=0 if seed is None else seed,
+                                 selection=selection, precision=precision or "fp32")
     if as_json:
         click.echo(json.dumps({k: result[k] for k in ("model", "random", "uniform")}))
         return
@@ -114,13 +146,6 @@ def evaluate(checkpoint, dataset_root, split_index, budget_ratio, f_mode, select
         click.echo(f"note: {note}")
 
 
-def _no_config(config_path, overrides, command):
-    # evaluate/summarize read everything they need from the checkpoint; a config would be silently unused.
-    if config_path or overrides:
-        raise UserError("--config/--set are not used by this command", f"dsn {command}",
-                        "the model configuration is read from the checkpoint")
-
-
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path(), help="A dsn_checkpoint_ep{N}.pt file.")
 @click.option("--video", type=click.Path(), default=None, help="A video file (features are extracted on the fly).")
@@ -130,16 +155,15 @@ def _no_config(config_path, overrides, command):
 @click.option("--budget_ratio", "--budget-ratio", type=float, default=None, help="Keyframe budget (default: as trained).")
 @click.option("--keyframes", "selection", type=click.Choice(["nms", "topk"]), default=None,
               help="Keyframe selection (default: as trained, nms).")
-@common_options
+@options("device", "precision")
 @handle_user_errors
-def summarize(checkpoint, video, dataset_root, key, out, budget_ratio, selection, config_path, overrides, device,
-              precision, seed, quiet):
+def summarize(checkpoint, video, dataset_root, key, out, budget_ratio, selection, device, precision):
     """Keyframes (JSON) and a contact sheet (PNG) for one video."""
     from .summarize import summarize as run_summarize
 
-    _no_config(config_path, overrides, "summarize")
     result = run_summarize(checkpoint, out, video=video, dataset_root=dataset_root, key=key,
-                           budget_ratio=budget_ratio, device=device or "cpu", selection=selection)
+                           budget_ratio=budget_ratio, device=device or "cpu", selection=selection,
+                           precision=precision or "fp32")
     click.echo(f"{len(result['keyframes'])} keyframes -> {result['json']}"
                + (f", {result['contact_sheet']}" if result.get("contact_sheet") else ""))
     for note in result.get("notes", []):
@@ -152,7 +176,7 @@ def summarize(checkpoint, video, dataset_root, key, out, budget_ratio, selection
 @click.option("--save_dir", "--save-dir", type=click.Path(), default="runs/ablation", show_default=True)
 @click.option("--epochs", type=int, default=None, help="Epochs per configuration (default 20).")
 @click.option("--split_index", "--split-index", type=int, default=None, help="Split (default 0).")
-@common_options
+@options("config", "set", "device", "precision", "seed", "quiet")
 @click.pass_context
 @handle_user_errors
 def ablation(ctx, dataset_root, save_dir, epochs, split_index, config_path, overrides, **_):
@@ -202,16 +226,20 @@ def extract_features(videos, more_videos, out, sample_fps, thumb_size, backbone,
 
 @main.command()
 @click.option("--checkpoint", type=click.Path(), default=None, help="Describe this checkpoint's model instead.")
-@click.option("--in_dim", "--in-dim", type=int, default=None, help="Feature size for the default configs (default 484).")
-@common_options
-@click.pass_context
+@click.option("--in_dim", "--in-dim", type=click.IntRange(min=1), default=None,
+              help="Feature size for the default configs (default 484).")
+@options("config", "set")
 @handle_user_errors
-def info(ctx, checkpoint, in_dim, config_path, overrides, **_):
+def info(checkpoint, in_dim, config_path, overrides):
     """Parameter counts of the baseline and advanced models (or of a checkpoint's model)."""
     from .model import build_model, count_parameters
 
     if checkpoint:
         from .evaluate import load_policy
+
+        if config_path or overrides or in_dim:
+            raise UserError("--config/--set/--in_dim describe the default models, not a checkpoint", "dsn info --checkpoint",
+                            "either --checkpoint alone, or --config/--set/--in_dim without it")
 
         model, ckpt = load_policy(checkpoint)
         click.echo(f"{checkpoint}: {ckpt.get('model_type')} model, {count_parameters(model):,} parameters, "

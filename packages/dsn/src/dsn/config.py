@@ -49,7 +49,10 @@ class DSNConfig:
             raise UserError(f"bad num_scales {self.num_scales}", "--num_scales", "expected an int >= 1")
         if self.num_attn_layers < 0:
             raise UserError(f"bad num_attn_layers {self.num_attn_layers}", "--num_attn_layers", "expected an int >= 0")
-        if self.num_attn_heads < 1 or self.enc_hidden % self.num_attn_heads:
+        # Heads must divide the width only where attention exists: the baseline has none (issue 13 item 11:
+        # `--model_type baseline --enc_hidden 18` was refused over the unused default of 4 heads).
+        attention = self.model_type == "advanced" and self.num_attn_layers > 0
+        if self.num_attn_heads < 1 or (attention and self.enc_hidden % self.num_attn_heads):
             raise UserError(
                 f"bad num_attn_heads {self.num_attn_heads}",
                 "--num_attn_heads",
@@ -96,12 +99,18 @@ class TrainConfig:
     weight_decay: float = 1e-5
     # Videos per optimizer step (padded and masked). The original DSN uses one.
     batch_size: int = 1
-    num_episodes: int = 5
+    # 32 episodes (the original used 5): the policy forward/backward runs once per video whatever N is, and
+    # with 5 the gradient was mostly noise (README "Why a run could end with negative tau").
+    num_episodes: int = 32
     # Target fraction of steps picked as keyframes; also the inference top-k budget.
     budget_ratio: float = 0.06
     # Weight of the length regulariser beta * (mean p - budget_ratio)^2. See README "Budget" for the tuning.
     budget_beta: float = 10.0
     baseline_momentum: float = 0.9
+    # REINFORCE baseline: "moving_average" (original DSN, b <- m*b + (1-m)*mean R per video) or "episodes"
+    # (leave-one-out mean of the step's other episodes); see train.reward_advantage.
+    reward_baseline: Literal["moving_average", "episodes"] = "episodes"
+    advantage_norm: bool = True
     entropy_coef: float = 0.0
     grad_clip: float = 5.0
     # Reward: temporal cutoff lambda (steps) and whether representativeness uses squared distances.
@@ -122,11 +131,30 @@ class TrainConfig:
     # run took 241 s with torch's default and 60 s with 1 thread.
     cpu_threads: int = 1
     keep_last: int = 3
-    # Validate every N epochs (0 = never); MS-SWD can be switched off when thumbnails are large.
+    # Checkpoint selection: this fraction of the split's training videos is held out (never trained on) and
+    # scored after every epoch; best.pt is the best epoch by select_metric ("auto": per-annotator Kendall tau
+    # when annotated, else the DSN reward of the inference keyframes; or "kendall_tau", "F", "reward").
+    # 0 keeps the last epoch. The test videos are never used to choose.
+    select_fraction: float = 0.2
+    select_metric: Literal["auto", "kendall_tau", "F", "reward"] = "auto"
+    # Validate on the test videos every N epochs (0 = never; monitoring only); MS-SWD can be switched off.
     eval_every: int = 1
     eval_ms_swd: bool = True
     quiet: bool = False
     wandb_project: str | None = None
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, Any], where: str = "checkpoint") -> "TrainConfig":
+        """A checkpoint's ``train_config`` dict as a TrainConfig. Keys added since it was written get the value
+        that checkpoint was trained with (not today's default), so a resumed old run keeps its behaviour."""
+        from trainkit.config import config_from_dict
+
+        data = dict(saved)
+        for key, value in LEGACY_TRAIN_VALUES.items():
+            data.setdefault(key, value)
+        data["model"] = dict(data.get("model") or {})
+        data["model"].setdefault("pos_scale", 1.0)
+        return config_from_dict(cls, data, where=where)
 
     def __post_init__(self):
         checks = [
@@ -145,7 +173,20 @@ class TrainConfig:
             (self.keep_last >= 1, "keep_last", self.keep_last, "expected >= 1"),
             (self.cpu_threads >= 0, "cpu_threads", self.cpu_threads, "expected >= 0 (0 = torch's default)"),
             (self.eval_every >= 0, "eval_every", self.eval_every, "expected >= 0"),
+            (0 <= self.select_fraction < 1, "select_fraction", self.select_fraction, "expected 0 <= fraction < 1"),
         ]
         for ok, where, value, expected in checks:
             if not ok:
                 raise UserError(f"bad value {value!r}", where, expected)
+
+
+# Settings a resumed run may change: how long it runs, where/how it computes, what it logs. Everything else
+# (data, split, model, optimiser, reward, seed, evaluation protocol) defines the run and is refused on resume
+# unless --allow_config_change (issue 13 item 2).
+RESUME_MAY_CHANGE = ("epochs", "save_dir", "device", "precision", "cpu_threads", "quiet", "wandb_project",
+                     "keep_last", "use_cache", "cache_size", "eval_every", "eval_ms_swd")
+RUN_DEFINING = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_MAY_CHANGE)
+
+# What runs saved before a TrainConfig key existed were trained with.
+LEGACY_TRAIN_VALUES: dict[str, Any] = {"reward_baseline": "moving_average", "advantage_norm": False, "num_episodes": 5,
+                                       "select_fraction": 0.0, "select_metric": "auto"}

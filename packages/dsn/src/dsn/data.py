@@ -23,6 +23,8 @@ from trainkit.errors import UserError
 log = logging.getLogger(__name__)
 
 SPLITS_FILE = "splits.json"
+# Keys a split may hold: DSN's create_split.py and PGL-SUM write exactly these two.
+SPLIT_KEYS = {"train_keys", "test_keys"}
 DATASET_FILE = "dataset.h5"
 REQUIRED_KEYS = ("features", "picks", "n_frames", "change_points", "n_frame_per_seg")
 DEFAULT_DATASET_VERSION = 3  # bump when the synthetic generator's output changes
@@ -97,8 +99,7 @@ def video_keys(dataset_root) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- reading + validation
-def _scalar(ds) -> float:
-    a = np.asarray(ds[()])
+def _scalar(a: np.ndarray) -> float:
     return a.reshape(-1)[0].item() if a.size else float("nan")
 
 
@@ -108,49 +109,67 @@ def _read_video(group: h5py.Group, key: str, path: Path) -> Video:
     def bad(what: str, expected: str):
         return UserError(f"video '{key}': {what}", where=where, expected=expected)
 
+    def numeric(name: str) -> np.ndarray:
+        # Everything but video_name must be a numeric dataset: a group, strings or objects in its place
+        # would otherwise fail deep inside numpy with a traceback.
+        node = group[name]
+        if not isinstance(node, h5py.Dataset):
+            raise bad(f"'{name}' is a {type(node).__name__.lower()}, not a dataset", f"'{name}' stored as a numeric dataset")
+        a = np.asarray(node[()])
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+            raise bad(f"'{name}' has non-numeric dtype {a.dtype}", f"numeric '{name}'")
+        return a
+
     for name in REQUIRED_KEYS:
         if name not in group:
             raise bad(f"missing dataset '{name}'", "every video group has " + ", ".join(REQUIRED_KEYS))
-    features = np.asarray(group["features"][()])
+    features = numeric("features")
     if features.ndim != 2:
         raise bad(f"features have shape {features.shape}", "features of shape [n_steps, D]")
     n_steps, dim = features.shape
     if n_steps == 0 or dim == 0:
         raise bad(f"empty video (features shape {features.shape})", "at least one step with at least one feature")
-    if not np.issubdtype(features.dtype, np.number):
-        raise bad(f"features have dtype {features.dtype}", "numeric features")
     features = features.astype(np.float32)
     if not np.isfinite(features).all():
         bad_rows = np.where(~np.isfinite(features).all(axis=1))[0]
         raise bad(f"features contain NaN/inf at {len(bad_rows)} step(s), first step {int(bad_rows[0])}", "finite features")
-    if "n_steps" in group and int(_scalar(group["n_steps"])) != n_steps:
-        raise bad(f"n_steps is {int(_scalar(group['n_steps']))} but features have {n_steps} rows", "n_steps == len(features)")
-    n_frames_val = _scalar(group["n_frames"])
+    if "n_steps" in group:
+        n_steps_val = _scalar(numeric("n_steps"))
+        if not np.isfinite(n_steps_val) or int(n_steps_val) != n_steps:
+            raise bad(f"n_steps is {n_steps_val} but features have {n_steps} rows", "n_steps == len(features)")
+    n_frames_val = _scalar(numeric("n_frames"))
     if not np.isfinite(n_frames_val) or int(n_frames_val) <= 0:
         raise bad(f"n_frames is {n_frames_val}", "a positive frame count")
     n_frames = int(n_frames_val)
-    picks = np.asarray(group["picks"][()]).reshape(-1)
+    picks = numeric("picks").reshape(-1)
     if picks.shape[0] != n_steps:
         raise bad(f"picks has {picks.shape[0]} entries but features have {n_steps} rows", "one pick per step")
+    if not np.isfinite(picks).all():
+        raise bad("picks contain NaN/inf", "integer frame indices")
     picks = picks.astype(np.int64)
     if picks.min() < 0 or picks.max() >= n_frames or (np.diff(picks) <= 0).any():
         raise bad("picks are not strictly increasing frame indices in [0, n_frames)", f"picks within [0, {n_frames})")
-    cps = np.asarray(group["change_points"][()])
+    cps = numeric("change_points")
     if cps.ndim != 2 or cps.shape[1] != 2 or cps.shape[0] == 0:
         raise bad(f"change_points have shape {cps.shape}", "change_points of shape [n_seg, 2]")
+    if not np.isfinite(cps).all():
+        raise bad("change_points contain NaN/inf", "integer frame ranges")
     cps = cps.astype(np.int64)
     if cps[-1, 1] == n_frames:
         # Some hand-built eccv16 files close the last shot at n_frames (exclusive style).
         cps[-1, 1] = n_frames - 1
     if cps.min() < 0 or cps.max() >= n_frames or (cps[:, 1] < cps[:, 0]).any():
         raise bad("change_points are not inclusive frame ranges inside the video", f"0 <= start <= end < n_frames={n_frames}")
-    nfps = np.asarray(group["n_frame_per_seg"][()]).reshape(-1)
+    nfps = numeric("n_frame_per_seg").reshape(-1)
     if nfps.shape[0] != cps.shape[0]:
         raise bad(f"n_frame_per_seg has {nfps.shape[0]} entries but change_points has {cps.shape[0]} segments", "one length per segment")
+    if not np.isfinite(nfps).all() or (nfps < 0).any():
+        first = int(np.where(~np.isfinite(nfps) | (nfps < 0))[0][0])
+        raise bad(f"n_frame_per_seg[{first}] is {nfps[first]}", "non-negative frame counts (the knapsack weights)")
     nfps = nfps.astype(np.int64)
     user_summary = None
     if "user_summary" in group:
-        us = np.asarray(group["user_summary"][()])
+        us = numeric("user_summary")
         if us.ndim == 1:
             us = us[None]
         if us.ndim != 2 or us.shape[0] == 0 or us.shape[1] != n_frames:
@@ -160,7 +179,7 @@ def _read_video(group: h5py.Group, key: str, path: Path) -> Video:
         user_summary = (us > 0).astype(np.uint8)
     gtscore = None
     if "gtscore" in group:
-        gt = np.asarray(group["gtscore"][()]).reshape(-1)
+        gt = numeric("gtscore").reshape(-1)
         if gt.shape[0] != n_steps:
             raise bad(f"gtscore has {gt.shape[0]} entries but features have {n_steps} rows", "one score per step")
         if not np.isfinite(gt).all():
@@ -168,14 +187,21 @@ def _read_video(group: h5py.Group, key: str, path: Path) -> Video:
         gtscore = gt.astype(np.float32)
     frames = None
     if "frames" in group:
-        fr = np.asarray(group["frames"][()])
+        fr = numeric("frames")
         if fr.ndim != 4 or fr.shape[0] != n_steps or fr.shape[3] != 3 or fr.dtype != np.uint8:
             raise bad(f"frames have shape {fr.shape} and dtype {fr.dtype}", f"uint8 thumbnails [n_steps={n_steps}, H, W, 3]")
         frames = fr
-    fps = float(_scalar(group["fps"])) if "fps" in group else None
+    fps = None
+    if "fps" in group:
+        fps = float(_scalar(numeric("fps")))
+        if not (np.isfinite(fps) and fps > 0):
+            raise bad(f"fps is {fps}", "a positive frame rate")
     name = None
     if "video_name" in group:
-        raw = group["video_name"][()]
+        node = group["video_name"]
+        if not isinstance(node, h5py.Dataset):
+            raise bad("'video_name' is a group, not a dataset", "a string dataset")
+        raw = node[()]
         raw = raw.reshape(-1)[0] if isinstance(raw, np.ndarray) and raw.size else raw
         name = raw.decode() if isinstance(raw, bytes) else str(raw)
     return Video(
@@ -264,6 +290,11 @@ def load_splits(dataset_root) -> list[dict]:
     for i, s in enumerate(raw):
         if not isinstance(s, dict) or "train_keys" not in s or "test_keys" not in s:
             raise UserError(f"split {i} lacks train_keys/test_keys", where=str(path), expected=expected)
+        # A misspelt key ("trian_keys") would otherwise be ignored silently.
+        unknown = sorted(set(s) - SPLIT_KEYS)
+        if unknown:
+            raise UserError(f"split {i}: unknown key '{unknown[0]}'", where=str(path),
+                            expected="only " + ", ".join(sorted(SPLIT_KEYS)))
         split = {}
         for part in ("train_keys", "test_keys"):
             ks = s[part]
@@ -278,8 +309,15 @@ def load_splits(dataset_root) -> list[dict]:
                     expected="keys that exist in the h5 file",
                 )
             split[part] = ks
-        if not split["train_keys"] or not split["test_keys"]:
-            raise UserError(f"split {i} has an empty train or test list", where=str(path), expected="non-empty train_keys and test_keys")
+        if not split["train_keys"]:
+            # An empty test list is allowed: training without held-out videos (e.g. one video of your own).
+            raise UserError(f"split {i} has an empty train list", where=str(path), expected="non-empty train_keys")
+        # Training on a test video contaminates every test metric of the split.
+        overlap = [k for k in split["test_keys"] if k in set(split["train_keys"])]
+        if overlap:
+            raise UserError(f"split {i}: video '{overlap[0]}' is in both train_keys and test_keys"
+                            + (f" ({len(overlap)} videos in both)" if len(overlap) > 1 else ""),
+                            where=str(path), expected="disjoint train_keys and test_keys")
         splits.append(split)
     return splits
 

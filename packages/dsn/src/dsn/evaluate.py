@@ -26,7 +26,9 @@ from .cache import VideoWork, content_hash
 from .config import DSNConfig
 from .model import DSNAdvanced, DSNBaseline, build_model
 
-METRIC_KEYS = ("F", "kendall_tau", "spearman_rho", "RecErr", "Diversity", "MS_SWD")
+# kendall_tau / spearman_rho: the published per-annotator average; *_gtscore: against the mean gtscore.
+METRIC_KEYS = ("F", "kendall_tau", "spearman_rho", "kendall_tau_gtscore", "spearman_rho_gtscore", "RecErr",
+               "Diversity", "MS_SWD")
 
 
 # --------------------------------------------------------------------------------------------- batching
@@ -142,9 +144,10 @@ def summary_metrics(video, scores: np.ndarray | None, keyframes: np.ndarray, *, 
         summary = M.summary_from_scores(scores, video, proportion=proportion)
         out["F"] = float(M.f_score(summary, video.user_summary, mode=f_mode))
     if scores is not None and ranked and (video.gtscore is not None or video.user_summary is not None):
-        tau, rho = M.rank_correlation(scores, video)
-        out["kendall_tau"] = None if tau is None or math.isnan(tau) else float(tau)
-        out["spearman_rho"] = None if rho is None or math.isnan(rho) else float(rho)
+        for suffix, fn in (("", M.rank_correlation), ("_gtscore", M.rank_correlation_gtscore)):
+            tau, rho = fn(scores, video)
+            out["kendall_tau" + suffix] = None if math.isnan(tau) else float(tau)
+            out["spearman_rho" + suffix] = None if math.isnan(rho) else float(rho)
     return out
 
 
@@ -198,16 +201,18 @@ def baseline_metrics(videos: list, *, budget_ratio: float, proportion: float = 0
 def evaluate_checkpoint(checkpoint: str | Path, dataset_root: str | Path | None, *, split_index: int | None = None,
                         device: str = "cpu", budget_ratio: float | None = None, f_mode: str | None = None,
                         proportion: float | None = None, ms_swd: bool = True, seed: int = 0,
-                        selection: str | None = None) -> dict[str, Any]:
+                        selection: str | None = None, precision: str = "fp32") -> dict[str, Any]:
     """``{"model": {...}, "random": {...}, "uniform": {...}, "info": {...}}`` on the split's test videos."""
-    from trainkit.device import resolve_device
+    from trainkit.device import check_precision, resolve_device
 
     from .data import default_dataset_root, ensure_default_dataset, load_splits, load_videos
 
     dev = resolve_device(device)
     model, ckpt = load_policy(checkpoint, dev)
     train_cfg = ckpt.get("train_config") or {}
+    check_precision(precision)
     budget = budget_ratio if budget_ratio is not None else float(train_cfg.get("budget_ratio", 0.06))
+    check_budget_ratio(budget)
     f_mode = f_mode or train_cfg.get("f_mode", "avg")
     proportion = proportion if proportion is not None else float(train_cfg.get("summary_proportion", 0.15))
     split_index = split_index if split_index is not None else int(train_cfg.get("split_index", 0))
@@ -217,10 +222,13 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset_root: str | Path | None,
     if not 0 <= split_index < len(splits):
         raise UserError(f"split index {split_index} out of range", "--split_index", f"expected 0..{len(splits) - 1}")
     keys = list(splits[split_index]["test_keys"])
+    if not keys:
+        raise UserError(f"split {split_index} has no test videos", str(root),
+                        "a split with test_keys (evaluate scores held-out videos only)")
     videos = load_videos(root, keys=keys)
     check_feature_dim(model, videos, str(root))
     vids = [videos[k] for k in keys]
-    scores = score_videos(model, vids, device=dev)
+    scores = score_videos(model, vids, device=dev, precision=precision)
     result = {"model": evaluate_scores(vids, scores, budget_ratio=budget, proportion=proportion, f_mode=f_mode,
                                        ms_swd=ms_swd, selection=selection)}
     result.update(baseline_metrics(vids, budget_ratio=budget, proportion=proportion, f_mode=f_mode, ms_swd=ms_swd,
@@ -237,12 +245,31 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset_root: str | Path | None,
     return result
 
 
+def check_budget_ratio(budget: float) -> None:
+    if not 0 < budget < 1:
+        raise UserError(f"bad budget ratio {budget}", "--budget_ratio", "expected 0 < ratio < 1")
+
+
 def check_feature_dim(model: nn.Module, videos: dict, where: str) -> None:
+    """Every video has the model's feature size, and fits a learned positional table (checked up front,
+    so a long video fails with one line before any work rather than mid-training)."""
     want = model.config.in_dim
     for key, v in videos.items():
         if v.features.shape[1] != want:
             raise UserError(f"video '{key}' has {v.features.shape[1]}-d features", where,
                             f"expected {want}-d features, as the checkpoint's model was trained on")
+    check_sequence_length(model.config, videos, where)
+
+
+def check_sequence_length(config: DSNConfig, videos: dict, where: str) -> None:
+    """A learned positional table covers ``max_len`` steps; longer videos cannot be scored."""
+    if config.model_type != "advanced" or config.pos_encoding_type != "learned":
+        return
+    key, longest = max(((k, v.n_steps) for k, v in videos.items()), key=lambda kv: kv[1], default=(None, 0))
+    if longest > config.max_len:
+        raise UserError(f"video '{key}' has {longest} steps, more than the learned positional table's "
+                        f"model.max_len={config.max_len}", where,
+                        f"--set model.max_len={longest} (or more), or --pos_encoding_type sinusoidal")
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -349,6 +349,7 @@ def extract_features(video_paths: list, out_dir, *, sample_fps: float = 2.0, thu
         np.savez(out_dir / "pca.npz", **pca)
     extractor = f"torchvision/{backbone}" if backbone else EXTRACTOR_NAME
     keys = [v.key for v in videos]
-    splits = make_splits(keys) if len(keys) >= 2 else [{"train_keys": keys, "test_keys": keys}]
+    # One video: train on it with no held-out test video (a test video must never be trained on).
+    splits = make_splits(keys) if len(keys) >= 2 else [{"train_keys": keys, "test_keys": []}]
     return write_dataset(out_dir, videos, splits, attrs={"feature_extractor": extractor, "pca_dim": int(pca_dim or 0),
                                                          "sample_fps": float(sample_fps)})

@@ -8,7 +8,9 @@ Keyframe metrics (no annotations needed):
 
 Summary metrics (need `user_summary` / `gtscore`), the eccv16 protocol of DSN/DSNet:
 scores -> frames (`upsample_scores`) -> shot means -> 0/1 knapsack at floor(15 % of frames)
-(`summary_from_scores`) -> `f_score` against every user (max or mean), and `rank_correlation`.
+(`summary_from_scores`) -> `f_score` against every user (max or mean), and `rank_correlation`
+(Kendall tau / Spearman rho averaged over annotators, as published) / `rank_correlation_gtscore`
+(against the mean reference).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from scipy import stats
 
 __all__ = [
     "rec_err", "diversity", "ms_swd", "upsample_scores", "knapsack", "summary_from_scores", "f_score",
-    "rank_correlation", "keyframes_topk", "random_scores", "uniform_keyframes", "uniform_scores", "budget_k",
+    "rank_correlation", "rank_correlation_gtscore", "annotator_scores", "keyframes_topk", "random_scores", "uniform_keyframes", "uniform_scores", "budget_k",
 ]
 
 
@@ -299,21 +301,51 @@ def reference_scores(video) -> np.ndarray | None:
     return None
 
 
+def annotator_scores(video) -> np.ndarray | None:
+    """Each annotator's per-step reference ``[n_users, n_steps]``: their summary at the picks (what the h5
+    layout keeps per annotator; CA-SUM subsamples TVSum's per-user scores the same way, [::15])."""
+    if video.user_summary is None:
+        return None
+    return np.asarray(video.user_summary, dtype=np.float64)[:, np.asarray(video.picks)]
+
+
+def _tau_rho(s: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    if np.ptp(s) == 0 or np.ptp(ref) == 0:
+        return float("nan"), float("nan")
+    return float(stats.kendalltau(s, ref).statistic), float(stats.spearmanr(s, ref).statistic)
+
+
+def _scores(step_scores, n: int) -> np.ndarray:
+    s = _np(step_scores).astype(np.float64).reshape(-1)
+    if len(s) != n:
+        raise ValueError(f"{len(s)} scores for {n} steps")
+    return s
+
+
 def rank_correlation(step_scores, video) -> tuple[float, float]:
-    """(Kendall's tau-b, Spearman's rho) between step scores and the reference importance
-    (gtscore, else the mean user summary at the picks). NaN when the video is unannotated or
-    either side is constant."""
+    """(Kendall's tau-b, Spearman's rho) as published (Otani et al., CVPR 2019; CA-SUM's evaluation code):
+    the coefficient between the step scores and **each annotator's** reference, averaged over annotators
+    (annotators whose reference is constant are skipped). NaN when the video has no per-annotator
+    ``user_summary`` or the scores are constant. See ``rank_correlation_gtscore`` for the other variant."""
+    users = annotator_scores(video)
+    if users is None:
+        return float("nan"), float("nan")
+    s = _scores(step_scores, users.shape[1])
+    pairs = [_tau_rho(s, u) for u in users]
+    pairs = [p for p in pairs if not math.isnan(p[0])]
+    if not pairs:
+        return float("nan"), float("nan")
+    return float(np.mean([p[0] for p in pairs])), float(np.mean([p[1] for p in pairs]))
+
+
+def rank_correlation_gtscore(step_scores, video) -> tuple[float, float]:
+    """(Kendall's tau-b, Spearman's rho) against the **mean** reference (``gtscore``, else the users' mean
+    summary at the picks): one coefficient per video. Usually larger than the per-annotator average, since
+    averaging removes the annotators' disagreement. NaN when unannotated or either side is constant."""
     ref = reference_scores(video)
     if ref is None:
         return float("nan"), float("nan")
-    s = _np(step_scores).astype(np.float64).reshape(-1)
-    if len(s) != len(ref):
-        raise ValueError(f"{len(s)} scores for {len(ref)} steps")
-    if np.ptp(s) == 0 or np.ptp(ref) == 0:
-        return float("nan"), float("nan")
-    tau = stats.kendalltau(s, ref).statistic
-    rho = stats.spearmanr(s, ref).statistic
-    return float(tau), float(rho)
+    return _tau_rho(_scores(step_scores, len(ref)), ref)
 
 
 # ----------------------------------------------------------------------------- keyframe selection and baselines

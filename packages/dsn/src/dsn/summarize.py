@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from trainkit.device import resolve_device
+from trainkit.device import check_precision, resolve_device
 from trainkit.errors import UserError
 
 from . import metrics as M
-from .evaluate import check_feature_dim, load_policy, score_videos, select_keyframes
+from .evaluate import check_budget_ratio, check_feature_dim, load_policy, score_videos, select_keyframes
 
 
 def _load_video(video: str | None, dataset_root: str | None, key: str | None):
@@ -62,15 +62,15 @@ def contact_sheet(frames: np.ndarray, keyframes: np.ndarray, labels: list[str], 
 
 def summarize(checkpoint: str | Path, out: str | Path, *, video: str | None = None, dataset_root: str | None = None,
               key: str | None = None, budget_ratio: float | None = None, device: str = "cpu",
-              selection: str | None = None) -> dict[str, Any]:
+              selection: str | None = None, precision: str = "fp32") -> dict[str, Any]:
+    check_precision(precision)
     dev = resolve_device(device)
     model, ckpt = load_policy(checkpoint, dev)
     v, source = _load_video(video, dataset_root, key)
     check_feature_dim(model, {v.key: v}, source)
     budget = budget_ratio if budget_ratio is not None else float((ckpt.get("train_config") or {}).get("budget_ratio", 0.06))
-    if not 0 < budget < 1:
-        raise UserError(f"bad budget ratio {budget}", "--budget_ratio", "expected 0 < ratio < 1")
-    scores = score_videos(model, [v], device=dev)[v.key]
+    check_budget_ratio(budget)
+    scores = score_videos(model, [v], device=dev, precision=precision)[v.key]
     selection = selection or (ckpt.get("train_config") or {}).get("keyframe_selection", "nms")
     keyframes = select_keyframes(scores, budget, selection)
     frame_idx = np.asarray(v.picks)[keyframes]
