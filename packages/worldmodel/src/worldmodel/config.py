@@ -55,6 +55,8 @@ class TrainingConfig:
     backend: str | None = None           # None: nccl on CUDA, gloo on CPU
     use_dp: bool = False                 # DataParallel; only with several CUDA devices
     max_steps: int | None = None         # cap on optimizer steps (None: num_epochs decides)
+    stop_after_steps: int | None = None  # end this invocation (with a checkpoint) after this step; the LR
+                                         # schedule still spans the whole run, so --resume auto continues it
     device: str = "auto"
     seed: int = 0
     save_dir: str = "runs/worldmodel"
@@ -181,7 +183,8 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             _bad(key, value, "a positive number")
-    for key, value in (("training.max_steps", t.max_steps), ("training.threads", t.threads),
+    for key, value in (("training.max_steps", t.max_steps),
+                       ("training.stop_after_steps", t.stop_after_steps), ("training.threads", t.threads),
                        ("optimizer.encoder_lr", o.encoder_lr), ("optimizer.dynamics_lr", o.dynamics_lr),
                        ("optimizer.decoder_lr", o.decoder_lr), ("model.dynamics.num_heads", m.dynamics.num_heads)):
         if value is not None and value <= 0:

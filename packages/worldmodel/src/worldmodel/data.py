@@ -134,6 +134,7 @@ class ProcessedDataset:
         if self.frames.shape[0] != n or self.actions.shape != (n, 4) or self.frames.dtype != np.uint8:
             raise UserError("arrays do not match index.json", str(root),
                             f"frames uint8 [{n}, H, W, 3] and actions [{n}, 4]")
+        self.scenes = self.index["scenes"]
         if not np.isfinite(self.actions).all():
             bad = int(np.argwhere(~np.isfinite(self.actions))[0, 0])
             raise UserError(f"NaN/Inf in actions at frame {bad} (scene {self.scene_of(bad)})",
@@ -141,7 +142,6 @@ class ProcessedDataset:
         norm = self.index["action_normalisation"]
         self.action_mean = np.asarray(norm["mean"], np.float32)
         self.action_std = np.asarray(norm["std"], np.float32)
-        self.scenes = self.index["scenes"]
 
     def scene_of(self, frame: int) -> str:
         for s in self.scenes:

@@ -184,7 +184,10 @@ class Renderer:
         return (small * 255 + 0.5).astype(np.uint8)
 
 
-def generate_episode(width: int, height: int, num_frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def generate_episode(width: int, height: int, num_frames: int, seed: int, yaw_rate_offset: float = 0.0,
+                     offset_from: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Frames uint8 [T, H, W, 3] and actions [T, 4] of one episode. ``yaw_rate_offset`` (rad/s) is added to the
+    controller's yaw rate from frame ``offset_from`` on (to check that actions change what the camera sees)."""
     rng = np.random.default_rng(seed)
     v = rng.uniform(5.0, 12.0)
     length = (v + 8) * num_frames * DT + 20
@@ -206,7 +209,7 @@ def generate_episode(width: int, height: int, num_frames: int, seed: int) -> tup
             accel_cmd = rng.uniform(-2.5, 2.5)
         kappa = float(road.curvature(s))
         yaw_rate = v * kappa - 1.2 * psi - 0.25 * (e_y - target) + steer_noise
-        yaw_rate = float(np.clip(yaw_rate, -0.5, 0.5))
+        yaw_rate = float(np.clip(yaw_rate, -0.5, 0.5)) + (yaw_rate_offset if t >= offset_from else 0.0)
         accel = accel_cmd if 3.0 < v + accel_cmd * DT < 16.0 else 0.0
         v_next = v + accel * DT
         v_mid = 0.5 * (v + v_next)

@@ -157,7 +157,11 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
     t, lg = cfg.training, cfg.logging
     if t.threads:
         torch.set_num_threads(t.threads)
-    if t.backend and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if t.backend == "nccl" and multi_process and (t.device == "cpu" or not torch.cuda.is_available()):
+        raise UserError("training.backend is nccl but there is no CUDA device", "training.backend",
+                        "gloo on CPU (--set training.backend=gloo), or CUDA devices for nccl")
+    if t.backend and multi_process and not dist.is_initialized():
         dist.init_process_group(backend=t.backend)
     info = init_distributed(t.device)
     if t.distributed and not info.is_distributed:
@@ -341,6 +345,12 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
                 if step % lg.save_interval == 0 or step == total_steps or is_eval:
                     save(metrics if is_eval else None)
                 if step >= total_steps:
+                    done = True
+                    break
+                if t.stop_after_steps is not None and step >= t.stop_after_steps:
+                    if step % lg.save_interval and not is_eval:
+                        save(None)
+                    say(f"stopping after step {step} (training.stop_after_steps); continue with --resume auto")
                     done = True
                     break
                 if stop.should_stop():
