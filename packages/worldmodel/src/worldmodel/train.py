@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -52,9 +53,10 @@ def resolve_run_config(config_path, overrides, cli_values: dict, allow_config_ch
     saved = state.get("config")
     if not isinstance(saved, dict) or "model" not in saved:
         raise UserError("not a worldmodel checkpoint", str(path), "a file written by `worldmodel train`")
-    resumed = load_config(Config, config_path, overrides, cli_values, base=saved)
+    # deep copies: trainkit's load_config writes --set values into the nested dicts of ``base`` in place
+    resumed = load_config(Config, config_path, overrides, cli_values, base=copy.deepcopy(saved))
     if not allow_config_change:
-        base_cfg = load_config(Config, None, (), None, base=saved)
+        base_cfg = load_config(Config, None, (), None, base=copy.deepcopy(saved))
         for key in RUN_DEFINING_KEYS:
             if config_to_dict_value(resumed, key) != config_to_dict_value(base_cfg, key):
                 raise UserError(f"--resume would change '{key}' from {config_to_dict_value(base_cfg, key)!r} to "
@@ -174,6 +176,11 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
     say = log if info.is_main else (lambda *a, **k: None)
     precision = precision_for(cfg, device)
 
+    # an existing run is refused before anything else happens (never overwritten without --resume)
+    run_dir = prepare_run_dir(t.save_dir, resume=str(resume_path) if resume_path else None) \
+        if info.is_main else Path(t.save_dir)
+    barrier()
+
     # ---- data ----
     data = ProcessedDataset(resolve_data_root(cfg, say, info.is_main))
     d = cfg.data
@@ -211,9 +218,6 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
     perceptual = build_perceptual(cfg.loss.perceptual).to(device)
 
     # ---- run directory, resume ----
-    run_dir = prepare_run_dir(t.save_dir, resume=str(resume_path) if resume_path else None) \
-        if info.is_main else Path(t.save_dir)
-    barrier()
     ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=t.keep_last, best_metric="val/psnr",
                               best_mode="max", enabled=info.is_main)
     step, epoch, batch_pos, best = 0, 0, 0, None
