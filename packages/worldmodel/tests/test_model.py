@@ -199,3 +199,18 @@ def test_rollout_feeds_back_its_own_latents_and_depends_on_actions():
     other[:, 2:] += 1.0
     out2 = m.rollout(ctx, other, 7)
     assert torch.allclose(out[:, :2], out2[:, :2]) and not torch.allclose(out[:, 3:], out2[:, 3:])
+
+
+def test_curriculum_phases_grow_from_the_easiest_windows(tiny_data):
+    from worldmodel.train import curriculum_subset
+
+    cfg = _cfg("data.curriculum.enabled=true", "data.curriculum.num_phases=3", "data.curriculum.epochs_per_phase=2")
+    w = WindowDataset(ProcessedDataset(tiny_data), "train", 4, 1, 1)
+    score = w.difficulty()
+    assert score.shape == (len(w),) and score.std() > 0
+    order = np.argsort(score, kind="stable")
+    p0, p1, p2 = (curriculum_subset(order, e, cfg) for e in (0, 2, 4))
+    assert len(p0) < len(p1) < len(p2) == len(w) and set(p0) <= set(p1)
+    assert score[p0].max() <= score[np.setdiff1d(order, p0)].min()          # phase 0 holds the easiest third
+    assert curriculum_subset(order, 6, cfg) is None                           # after the phases: everything
+    assert curriculum_subset(order, 0, _cfg()) is None                        # switched off in config
