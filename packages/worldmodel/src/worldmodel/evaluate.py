@@ -190,10 +190,16 @@ def load_for_inference(path: str | Path, device, overrides=()) -> tuple[WorldMod
 
 
 def check_compatible(data: ProcessedDataset, extra: dict, where: str) -> None:
+    """Same frame size as training; actions normalised with the *training* data's statistics (stored in the
+    checkpoint), not with those of the dataset being evaluated."""
     if list(data.image_size) != list(extra["image_size"]):
         raise UserError(f"frames are {data.image_size[0]}x{data.image_size[1]} but the model was trained on "
                         f"{extra['image_size'][0]}x{extra['image_size'][1]}", where,
                         "a dataset prepared at the checkpoint's image size")
+    norm = extra.get("action_normalisation")
+    if norm:
+        data.action_mean = np.asarray(norm["mean"], np.float32)
+        data.action_std = np.asarray(norm["std"], np.float32)
 
 
 def evaluate_checkpoint(checkpoint: str, data_root: str, horizon: int | None, device, context: int | None = None,

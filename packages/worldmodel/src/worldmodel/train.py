@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import random
 import resource
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from trainkit.checkpoint import CheckpointManager, load_checkpoint, restore_trai
 from trainkit.cli import prepare_run_dir
 from trainkit.config import config_to_dict, load_config, save_config
 from trainkit.device import autocast, make_grad_scaler, seed_everything
-from trainkit.distributed import GracefulStop, barrier, cleanup, init_distributed, wrap_ddp
+from trainkit.distributed import GracefulStop, barrier, cleanup, init_distributed, seed_rank_streams, wrap_ddp
 from trainkit.errors import UserError
 from trainkit.progress import progress
 from trainkit.step import OptimizerStep
@@ -136,15 +135,6 @@ def curriculum_subset(order_by_difficulty: np.ndarray | None, epoch: int, cfg: C
     return order_by_difficulty[: max(1, math.ceil(n * (phase + 1) / c.num_phases))]
 
 
-def seed_rank_streams(seed: int, rank: int) -> int:
-    """Per-rank randomness (dropout) after an identical init; trainkit's helper replaces this when it lands."""
-    s = seed + 1_000_003 * rank
-    random.seed(s)
-    np.random.seed(s % 2**32)
-    torch.manual_seed(s)
-    return s
-
-
 def memory_line(device: torch.device) -> str:
     if device.type == "cuda":
         used = torch.cuda.max_memory_allocated(device) / 2**30
@@ -208,7 +198,7 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
     model = wrap_ddp(raw_model, info)
     if t.use_dp:
         model = torch.nn.DataParallel(raw_model)
-    seed_rank_streams(t.seed, info.rank)
+    seed_rank_streams(t.seed)   # dropout differs per rank from here; the init above is identical
     optimizer = build_optimizer(raw_model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(warmup, total_steps, cfg.scheduler.min_lr / cfg.optimizer.lr, cfg.scheduler.type))
