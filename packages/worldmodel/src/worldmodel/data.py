@@ -1,0 +1,265 @@
+"""The processed dataset format that every source is written into, and its windowed loader.
+
+A processed dataset is one folder:
+
+- ``frames.npy``      uint8 ``[N, H, W, 3]``, pre-resized, opened memory-mapped (no image decoding per step)
+- ``timestamps.npy``  int64 ``[N]``, real capture time in microseconds
+- ``actions.npy``     float32 ``[N, 4]``, ``actions[t]`` = the control applied between frame t and t+1
+- ``scene_ids.npy``   int32 ``[N]``, the scene each frame belongs to (scenes are contiguous runs)
+- ``index.json``      format version, source, frame size, action names/units/normalisation, scenes
+                      (name, start, length, split, duration) and the train/val scene lists.
+
+Windows (``sequence_length`` frames, every ``frame_skip``-th frame) are cut by frame index inside one scene
+and never cross a scene boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from trainkit.errors import UserError
+
+FORMAT_VERSION = 1
+FILES = ("frames.npy", "timestamps.npy", "actions.npy", "scene_ids.npy", "index.json")
+
+
+@dataclass
+class Scene:
+    name: str
+    frames: np.ndarray          # uint8 [T, H, W, 3] at the target size
+    timestamps_us: np.ndarray   # int64 [T]
+    actions: np.ndarray         # float32 [T, 4]
+    split: str                  # "train" | "val"
+    meta: dict | None = None    # per-scene extras for index.json (e.g. where actions came from)
+
+
+def prepare_output_dir(out: str | Path, overwrite: bool) -> Path:
+    """Refuse a non-empty target unless ``overwrite``; then replace it whole (no stale files survive)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError("output path is a file", str(out), "a directory (new or empty)")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError("output directory is not empty", str(out), "a new or empty directory, or --overwrite")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_processed(out: str | Path, scenes: list[Scene], *, source: str, action_names: list[str],
+                    action_units: list[str], steer_channel: int, extra: dict | None = None) -> Path:
+    """Write scenes in the processed format. ``out`` must exist and be empty (see prepare_output_dir)."""
+    out = Path(out)
+    if not scenes:
+        raise UserError("no scenes to write", str(out), "at least one scene with frames")
+    h, w = scenes[0].frames.shape[1:3]
+    n = sum(len(s.frames) for s in scenes)
+    frames = np.lib.format.open_memmap(out / "frames.npy", mode="w+", dtype=np.uint8, shape=(n, h, w, 3))
+    stamps = np.empty(n, np.int64)
+    actions = np.empty((n, 4), np.float32)
+    ids = np.empty(n, np.int32)
+    entries, start = [], 0
+    for i, s in enumerate(scenes):
+        t = len(s.frames)
+        if s.frames.shape[1:] != (h, w, 3):
+            raise UserError(f"scene {s.name} has frames of shape {s.frames.shape[1:]}", str(out), f"{(h, w, 3)}")
+        if not np.isfinite(s.actions).all():
+            raise UserError(f"NaN/Inf in the actions of scene {s.name}", source, "finite actions")
+        frames[start:start + t] = s.frames
+        stamps[start:start + t] = s.timestamps_us
+        actions[start:start + t] = s.actions
+        ids[start:start + t] = i
+        duration = (int(s.timestamps_us[-1]) - int(s.timestamps_us[0])) / 1e6
+        entries.append({"id": i, "name": s.name, "start": start, "length": t, "split": s.split,
+                        "duration_s": duration, **(s.meta or {})})
+        start += t
+    frames.flush()
+    del frames
+    np.save(out / "timestamps.npy", stamps)
+    np.save(out / "actions.npy", actions)
+    np.save(out / "scene_ids.npy", ids)
+    train_mask = np.concatenate([np.full(len(s.frames), s.split == "train") for s in scenes])
+    ref = actions[train_mask] if train_mask.any() else actions
+    mean, std = ref.mean(0), ref.std(0)
+    std = np.where(std < 1e-6, 1.0, std)
+    index = {
+        "format_version": FORMAT_VERSION, "source": source, "num_frames": int(n), "image_size": [int(w), int(h)],
+        "action_names": action_names, "action_units": action_units, "steer_channel": steer_channel,
+        # The model sees (action - mean) / std; statistics from the training scenes only.
+        "action_normalisation": {"mean": mean.tolist(), "std": std.tolist()},
+        "scenes": entries,
+        "splits": {sp: [e["name"] for e in entries if e["split"] == sp] for sp in ("train", "val")},
+        **(extra or {}),
+    }
+    (out / "index.json").write_text(json.dumps(index, indent=1))
+    return out
+
+
+class ProcessedDataset:
+    """The arrays of one processed folder (frames memory-mapped) plus its index."""
+
+    def __init__(self, root: str | Path, flag: str = "--data-root"):
+        root = Path(root)
+        if not root.is_dir():
+            raise UserError("processed dataset not found", f"{flag} {root}",
+                            "a folder written by `worldmodel prepare-dataset`")
+        missing = [f for f in FILES if not (root / f).is_file()]
+        if missing:
+            raise UserError(f"missing {', '.join(missing)}", f"{flag} {root}",
+                            "a folder written by `worldmodel prepare-dataset` (frames.npy, timestamps.npy, "
+                            "actions.npy, scene_ids.npy, index.json)")
+        try:
+            self.index = json.loads((root / "index.json").read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise UserError("index.json is not valid JSON", str(root / "index.json"), str(err)) from None
+        if self.index.get("format_version") != FORMAT_VERSION:
+            raise UserError(f"unsupported format_version {self.index.get('format_version')!r}",
+                            str(root / "index.json"), f"{FORMAT_VERSION}")
+        self.root = root
+        try:
+            self.frames = np.load(root / "frames.npy", mmap_mode="r")
+            self.actions = np.load(root / "actions.npy").astype(np.float32)
+            self.timestamps = np.load(root / "timestamps.npy")
+        except (OSError, ValueError) as err:
+            raise UserError("unreadable array", str(root), str(err)) from None
+        n = self.index["num_frames"]
+        if self.frames.shape[0] != n or self.actions.shape != (n, 4) or self.frames.dtype != np.uint8:
+            raise UserError("arrays do not match index.json", str(root),
+                            f"frames uint8 [{n}, H, W, 3] and actions [{n}, 4]")
+        self.scenes = self.index["scenes"]
+        if not np.isfinite(self.actions).all():
+            bad = int(np.argwhere(~np.isfinite(self.actions))[0, 0])
+            raise UserError(f"NaN/Inf in actions at frame {bad} (scene {self.scene_of(bad)})",
+                            str(root / "actions.npy"), "finite actions")
+        norm = self.index["action_normalisation"]
+        self.action_mean = np.asarray(norm["mean"], np.float32)
+        self.action_std = np.asarray(norm["std"], np.float32)
+
+    def scene_of(self, frame: int) -> str:
+        for s in self.scenes:
+            if s["start"] <= frame < s["start"] + s["length"]:
+                return s["name"]
+        return "?"
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        w, h = self.index["image_size"]
+        return int(w), int(h)
+
+    def normalise(self, actions: np.ndarray) -> np.ndarray:
+        return (actions - self.action_mean) / self.action_std
+
+    def describe(self) -> dict:
+        """What `worldmodel inspect` prints."""
+        w, h = self.image_size
+        channels = []
+        for c, (name, unit) in enumerate(zip(self.index["action_names"], self.index["action_units"])):
+            a = self.actions[:, c]
+            channels.append({"channel": c, "name": name, "unit": unit, "mean": float(a.mean()),
+                             "min": float(a.min()), "max": float(a.max())})
+        return {"root": str(self.root), "source": self.index["source"], "num_frames": self.index["num_frames"],
+                "frame_size": [w, h],
+                "scenes": [{"name": s["name"], "split": s["split"], "frames": s["length"],
+                            "duration_s": round(s["duration_s"], 3), "frame_size": [w, h]} for s in self.scenes],
+                "actions": channels}
+
+
+def window_starts(length: int, sequence_length: int, frame_skip: int, stride: int) -> list[int]:
+    span = (sequence_length - 1) * frame_skip + 1
+    return list(range(0, length - span + 1, stride)) if length >= span else []
+
+
+class WindowDataset(Dataset):
+    """Windows of ``sequence_length`` frames from the scenes of one split.
+
+    Item: ``{"frames": float [L, 3, H, W] in [0, 1], "actions": float [L, 4] normalised, "index": int}``.
+    With ``frame_skip`` k the action of step t is the mean of the k per-frame actions it spans.
+    """
+
+    def __init__(self, data: ProcessedDataset, split: str, sequence_length: int, frame_skip: int = 1,
+                 stride: int = 1):
+        self.data = data
+        self.sequence_length, self.frame_skip = sequence_length, frame_skip
+        scenes = [s for s in data.scenes if s["split"] == split]
+        if not scenes:
+            raise UserError(f"no {split} scenes", str(data.root / "index.json"), f"at least one scene in split {split!r}")
+        self.starts: list[int] = []
+        self.scene_names: list[str] = []
+        for s in scenes:
+            for off in window_starts(s["length"], sequence_length, frame_skip, stride):
+                self.starts.append(s["start"] + off)
+                self.scene_names.append(s["name"])
+        if not self.starts:
+            longest = max(s["length"] for s in scenes)
+            raise UserError(f"sequence_length {sequence_length} x frame_skip {frame_skip} is longer than every "
+                            f"{split} scene (longest: {longest} frames)", "data.sequence_length",
+                            f"(sequence_length - 1) * frame_skip + 1 <= {longest}")
+        self.norm_actions = data.normalise(data.actions).astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def frame_indices(self, i: int) -> np.ndarray:
+        return self.starts[i] + np.arange(self.sequence_length) * self.frame_skip
+
+    def actions_of(self, i: int) -> np.ndarray:
+        idx = self.frame_indices(i)
+        k = self.frame_skip
+        return np.stack([self.norm_actions[j:j + k].mean(0) for j in idx])
+
+    def __getitem__(self, i: int) -> dict:
+        idx = self.frame_indices(i)
+        frames = np.array(self.data.frames[idx[0]:idx[-1] + 1:self.frame_skip])  # a writable copy
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
+        return {"frames": x, "actions": torch.from_numpy(self.actions_of(i)), "index": i}
+
+    def difficulty(self) -> np.ndarray:
+        """Per-window difficulty for the curriculum: mean absolute frame-to-frame change (subsampled pixels)
+        plus the spread of the normalised actions. Larger = more motion = harder to predict."""
+        f = self.data.frames
+        step = max(1, f.shape[1] // 16)
+        change = np.zeros(len(f), np.float32)
+        chunk = 512
+        for a in range(0, len(f) - 1, chunk):
+            b = min(len(f), a + chunk + 1)
+            sub = np.asarray(f[a:b, ::step, ::step], np.float32) / 255.0
+            change[a:b - 1] = np.abs(np.diff(sub, axis=0)).mean(axis=(1, 2, 3))
+        out = np.empty(len(self), np.float32)
+        for i in range(len(self)):
+            idx = self.frame_indices(i)
+            out[i] = change[idx[0]:idx[-1]].mean() + 0.01 * float(np.abs(self.actions_of(i)).mean())
+        return out
+
+
+def collate(items: list[dict]) -> dict:
+    return {"frames": torch.stack([it["frames"] for it in items]), "actions": torch.stack([it["actions"] for it in items]),
+            "index": torch.tensor([it["index"] for it in items])}
+
+
+class EpochBatches:
+    """Deterministic batch order: epoch e shuffles with seed+e, each rank takes its own shard.
+
+    Position is (epoch, batch) so a resume continues exactly where the checkpoint left off; ``subset``
+    restricts the epoch to some window indices (the curriculum's phases).
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+
+    def batches(self, epoch: int, subset: np.ndarray | None = None) -> list[list[int]]:
+        items = np.arange(self.num_items) if subset is None else np.asarray(subset)
+        g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+        order = items[torch.randperm(len(items), generator=g).numpy()]
+        per_rank = int(math.ceil(len(order) / self.world_size))
+        order = np.resize(order, per_rank * self.world_size)  # pad by wrapping so every rank has equal work
+        mine = order[self.rank::self.world_size]
+        return [mine[i:i + self.batch_size].tolist() for i in range(0, len(mine), self.batch_size)]

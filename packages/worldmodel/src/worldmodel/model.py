@@ -1,0 +1,236 @@
+"""The world model: convolutional encoder -> action-conditioned causal transformer over latents -> decoder.
+
+Frames enter in [0, 1] and are mapped to [-1, 1]; decoded frames are in [-1, 1] (unbounded during training,
+clamped for metrics and images). ``actions[:, t]`` is the control applied between frame t and t+1, so the
+dynamics read (z_<=t, a_<=t) and predict z_{t+1}.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+def _groups(channels: int) -> int:
+    return math.gcd(8, channels)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(_groups(channels), channels), nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(_groups(channels), channels))
+
+    def forward(self, x):
+        return F.silu(x + self.body(x))
+
+
+class DownStage(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(_groups(cout), cout),
+                                  nn.SiLU())
+        self.block = ResBlock(cout)
+
+    def forward(self, x):
+        return self.block(self.down(x))
+
+
+class UpStage(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(_groups(cout), cout), nn.SiLU())
+        self.block = ResBlock(cout)
+
+    def forward(self, x):
+        return self.block(self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")))
+
+
+class SpatialAttention(nn.Module):
+    """Multi-head self-attention over the positions of a feature map (pre-norm, residual)."""
+
+    def __init__(self, channels: int, num_heads: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.attn = nn.MultiheadAttention(channels, num_heads, batch_first=True)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        t = self.norm(x).flatten(2).transpose(1, 2)
+        out, _ = self.attn(t, t, t, need_weights=False)
+        return x + out.transpose(1, 2).reshape(b, c, h, w)
+
+
+def _conv_out(n: int, stages: int) -> int:
+    for _ in range(stages):
+        n = (n + 1) // 2
+    return n
+
+
+class Encoder(nn.Module):
+    def __init__(self, image_size: tuple[int, int], stages: list[int], num_heads: int, latent_dim: int):
+        super().__init__()
+        w, h = image_size
+        chans = [3] + list(stages)
+        self.stages = nn.ModuleList(DownStage(a, b) for a, b in zip(chans[:-1], chans[1:]))
+        self.attention = SpatialAttention(stages[-1], num_heads) if num_heads else None
+        self.grid = (_conv_out(h, len(stages)), _conv_out(w, len(stages)))
+        self.to_latent = nn.Linear(stages[-1] * self.grid[0] * self.grid[1], latent_dim)
+        self.checkpointing = False
+
+    def forward(self, x):
+        for stage in self.stages:
+            x = checkpoint(stage, x, use_reentrant=False) if self.checkpointing else stage(x)
+        if self.attention is not None:
+            x = checkpoint(self.attention, x, use_reentrant=False) if self.checkpointing else self.attention(x)
+        return self.to_latent(x.flatten(1))
+
+
+class Decoder(nn.Module):
+    """Latent -> a grid ``init_size`` wide (height from the frame's aspect ratio) -> x2 per stage -> RGB.
+
+    ``init_size * 2**len(stages)`` must equal the frame width (256 = 16 x 16 for 256x144 frames). The grid height
+    is rounded up and the output center-cropped (e.g. 144 = 9 x 16 is exact; 36 from a 3-high grid x 16 = 48 is
+    cropped)."""
+
+    def __init__(self, image_size: tuple[int, int], stages: list[int], init_size: int, latent_dim: int):
+        super().__init__()
+        w, h = image_size
+        scale = 2 ** len(stages)
+        self.out_size = (h, w)
+        self.init = (max(1, math.ceil(init_size * h / w)), init_size)
+        if init_size * scale != w or not 0 <= self.init[0] * scale - h < scale:
+            hint = (f"init_size {w // scale}" if w % scale == 0 and math.ceil(h / scale) * scale - h < scale
+                    else f"frames whose width is a multiple of {scale}")
+            raise ValueError(f"decoder init_size {init_size} with {len(stages)} x2 stages gives {init_size * scale} px "
+                             f"wide frames, but the data is {w}x{h}; use {hint}")
+        self.c0 = stages[0]
+        self.from_latent = nn.Linear(latent_dim, stages[0] * self.init[0] * self.init[1])
+        chans = [stages[0]] + list(stages)
+        self.stages = nn.ModuleList(UpStage(a, b) for a, b in zip(chans[:-1], chans[1:]))
+        self.to_rgb = nn.Conv2d(stages[-1], 3, 3, padding=1)
+        self.checkpointing = False
+
+    def forward(self, z):
+        x = F.silu(self.from_latent(z)).view(-1, self.c0, *self.init)
+        for stage in self.stages:
+            x = checkpoint(stage, x, use_reentrant=False) if self.checkpointing else stage(x)
+        x = self.to_rgb(x)
+        h, w = self.out_size
+        top, left = (x.shape[2] - h) // 2, (x.shape[3] - w) // 2
+        return x[:, :, top:top + h, left:left + w]
+
+
+class Dynamics(nn.Module):
+    """Causal transformer over the latent sequence: token_t = proj(z_t) + embed(a_t) + pos_t; the head
+    predicts the change z_{t+1} - z_t (zero-initialised, so an untrained model copies the last latent)."""
+
+    def __init__(self, latent_dim: int, action_dim: int, hidden_dim: int, num_layers: int, num_heads: int,
+                 dropout: float, max_len: int):
+        super().__init__()
+        self.max_len = max_len
+        self.z_in = nn.Linear(latent_dim, hidden_dim)
+        self.a_in = nn.Sequential(nn.Linear(action_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim))
+        self.pos = nn.Parameter(torch.zeros(max_len, hidden_dim))
+        nn.init.normal_(self.pos, std=0.02)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(hidden_dim, num_heads, 4 * hidden_dim, dropout, activation="gelu",
+                                       batch_first=True, norm_first=True) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(hidden_dim)
+        self.head = nn.Linear(hidden_dim, latent_dim)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.checkpointing = False
+
+    def forward(self, z, actions):
+        t = z.shape[1]
+        if t > self.max_len:
+            raise ValueError(f"sequence of {t} steps is longer than the dynamics' {self.max_len} positions")
+        x = self.z_in(z) + self.a_in(actions) + self.pos[:t]
+        mask = torch.nn.Transformer.generate_square_subsequent_mask(t, device=z.device, dtype=x.dtype)
+        for layer in self.layers:
+            if self.checkpointing:
+                x = checkpoint(layer, x, mask, None, True, use_reentrant=False)
+            else:
+                x = layer(x, src_mask=mask, is_causal=True)
+        return z + self.head(self.norm(x))
+
+
+class WorldModel(nn.Module):
+    def __init__(self, *, image_size: tuple[int, int], latent_dim: int, action_dim: int, hidden_dim: int,
+                 encoder_stages: list[int], encoder_heads: int, dynamics_layers: int, dynamics_heads: int,
+                 dropout: float, decoder_stages: list[int], decoder_init_size: int, max_len: int):
+        super().__init__()
+        self.image_size = tuple(image_size)
+        self.action_dim = action_dim
+        self.encoder = Encoder(image_size, encoder_stages, encoder_heads, latent_dim)
+        self.dynamics = Dynamics(latent_dim, action_dim, hidden_dim, dynamics_layers, dynamics_heads, dropout,
+                                 max_len)
+        self.decoder = Decoder(image_size, decoder_stages, decoder_init_size, latent_dim)
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each encoder/decoder stage and transformer layer in backward instead of storing its
+        activations (less memory, ~one extra forward of compute)."""
+        for m in (self.encoder, self.dynamics, self.decoder):
+            m.checkpointing = enabled
+
+    def encode(self, frames):
+        """[B, T, 3, H, W] in [0, 1] -> [B, T, latent_dim]."""
+        b, t = frames.shape[:2]
+        return self.encoder(frames.flatten(0, 1) * 2 - 1).view(b, t, -1)
+
+    def decode(self, z):
+        """[B, T, latent_dim] -> [B, T, 3, H, W] in [-1, 1] (unclamped)."""
+        b, t = z.shape[:2]
+        x = self.decoder(z.flatten(0, 1))
+        return x.view(b, t, *x.shape[1:])
+
+    def forward(self, frames, actions, rollout_latents: bool = True):
+        """Teacher-forced 1-step predictions for every position, plus (optionally) an open-loop latent
+        rollout from the first frame over the whole window."""
+        z = self.encode(frames)
+        out = {"latents": z, "reconstructed": self.decode(z)}
+        z_next = self.dynamics(z, actions)[:, :-1]            # predicts z[:, 1:]
+        out["pred_latents"] = z_next
+        out["predicted"] = self.decode(z_next)
+        if rollout_latents and z.shape[1] > 2:
+            out["rollout_latents"] = self.rollout_latents(z[:, :1], actions, z.shape[1] - 1)
+        return out
+
+    def rollout_latents(self, z_context, actions, horizon: int):
+        """Feed the model its own predictions for ``horizon`` steps; at most ``max_len`` latest positions are
+        attended (a sliding window beyond that). ``actions`` covers positions 0 .. C+horizon-2."""
+        seq = z_context
+        preds = []
+        for _ in range(horizon):
+            lo = max(0, seq.shape[1] - self.dynamics.max_len)
+            z_next = self.dynamics(seq[:, lo:], actions[:, lo:seq.shape[1]])[:, -1:]
+            preds.append(z_next)
+            seq = torch.cat([seq, z_next], 1)
+        return torch.cat(preds, 1)
+
+    @torch.no_grad()
+    def rollout(self, context_frames, actions, horizon: int):
+        """Open-loop frames [B, horizon, 3, H, W] in [0, 1] after the context frames."""
+        z = self.encode(context_frames)
+        pred = self.rollout_latents(z, actions, horizon)
+        return to_unit(self.decode(pred))
+
+
+def to_unit(x):
+    """Decoder output in [-1, 1] -> clamped [0, 1]."""
+    return ((x + 1) * 0.5).clamp(0, 1)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def parameter_counts(model: WorldModel) -> dict[str, int]:
+    return {"encoder": count_parameters(model.encoder), "dynamics": count_parameters(model.dynamics),
+            "decoder": count_parameters(model.decoder), "total": count_parameters(model)}

@@ -1,0 +1,393 @@
+"""`worldmodel train`: the training loop, top to bottom."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from trainkit.checkpoint import CheckpointManager, load_checkpoint, restore_training_state, training_state
+from trainkit.cli import prepare_run_dir
+from trainkit.config import config_to_dict, load_config, save_config
+from trainkit.device import autocast, make_grad_scaler, seed_everything
+from trainkit.distributed import GracefulStop, barrier, cleanup, init_distributed, seed_rank_streams, wrap_ddp
+from trainkit.errors import UserError
+from trainkit.progress import progress
+from trainkit.step import OptimizerStep
+from trainkit.tracking import Tracker
+
+from .config import RUN_DEFINING_KEYS, Config, effective_lrs, get
+from .data import EpochBatches, ProcessedDataset, WindowDataset, collate
+from .evaluate import build_model, image_grid, precision_for, validate
+from .losses import build_perceptual, compute_losses
+from .metrics import psnr_per_image, ssim_per_image
+from .model import WorldModel, parameter_counts, to_unit
+from .synthetic import ensure_synthetic
+
+MODULES = ("encoder", "dynamics", "decoder")
+
+
+# ---------------------------------------------------------------- config on resume
+def resolve_run_config(config_path, overrides, cli_values: dict, allow_config_change: bool = False):
+    """The run's config. Without --resume: shipped defaults < file < flags < --set. With --resume, the
+    checkpoint's config is the bottom layer instead, and any run-defining key that the file/flags/--set
+    would change is refused (naming the key) unless ``allow_config_change``. Returns (cfg, resume_path)."""
+    cfg = load_config(Config, config_path, overrides, cli_values)
+    resume = cfg.training.resume
+    if not resume:
+        return cfg, None
+    ckpts = CheckpointManager(Path(cfg.training.save_dir) / "checkpoints")
+    path = ckpts.resolve_resume(resume)
+    if path is None:
+        raise UserError("no checkpoint to resume from", f"--resume {resume}",
+                        f"a checkpoint file, or 'auto' with checkpoints in {ckpts.directory}")
+    state = load_checkpoint(path)
+    saved = state.get("config")
+    if not isinstance(saved, dict) or "model" not in saved:
+        raise UserError("not a worldmodel checkpoint", str(path), "a file written by `worldmodel train`")
+    # deep copies: trainkit's load_config writes --set values into the nested dicts of ``base`` in place
+    resumed = load_config(Config, config_path, overrides, cli_values, base=copy.deepcopy(saved))
+    if not allow_config_change:
+        base_cfg = load_config(Config, None, (), None, base=copy.deepcopy(saved))
+        for key in RUN_DEFINING_KEYS:
+            if config_to_dict_value(resumed, key) != config_to_dict_value(base_cfg, key):
+                raise UserError(f"--resume would change '{key}' from {config_to_dict_value(base_cfg, key)!r} to "
+                                f"{config_to_dict_value(resumed, key)!r}", str(path),
+                                "the checkpoint's value (or pass --allow-config-change to change the run on purpose)")
+    return resumed, path
+
+
+def config_to_dict_value(cfg: Config, dotted: str):
+    v = get(cfg, dotted)
+    return config_to_dict(v) if hasattr(v, "__dataclass_fields__") else (list(v) if isinstance(v, tuple) else v)
+
+
+# ---------------------------------------------------------------- optimizer and schedule
+def param_groups(model: WorldModel, cfg: Config) -> list[dict]:
+    """One AdamW group per module (its own LR) and per decay class (no decay on biases/norms/pos)."""
+    lrs = effective_lrs(cfg.optimizer)
+    groups = []
+    for name in MODULES:
+        decay, no_decay = [], []
+        for pname, p in getattr(model, name).named_parameters():
+            (no_decay if p.ndim <= 1 or pname.endswith("pos") else decay).append(p)
+        for params, wd, suffix in ((decay, cfg.optimizer.weight_decay, ""), (no_decay, 0.0, "_no_decay")):
+            if params:
+                groups.append({"params": params, "lr": lrs[name], "weight_decay": wd, "name": name + suffix,
+                               "module": name})
+    return groups
+
+
+def build_optimizer(model: WorldModel, cfg: Config) -> torch.optim.AdamW:
+    o = cfg.optimizer
+    return torch.optim.AdamW(param_groups(model, cfg), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+
+def effective_warmup(warmup_steps: int, total_steps: int) -> int:
+    """The configured warmup, capped at 10% of the run when the run is short (a 1000-step warmup in a
+    300-step run would never reach the peak LR)."""
+    return min(warmup_steps, max(1, total_steps // 10)) if warmup_steps else 0
+
+
+def lr_factor(warmup: int, total_steps: int, min_ratio: float, kind: str):
+    """Linear warmup to 1, then cosine to ``min_ratio`` (= min_lr / lr) at ``total_steps``. The same factor
+    multiplies every group's LR, so per-module ratios hold at every step."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        t = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    return f
+
+
+# ---------------------------------------------------------------- data
+def resolve_data_root(cfg: Config, log, is_main: bool = True) -> Path:
+    d = cfg.data
+    if d.data_root is not None:
+        return Path(d.data_root)
+    root = None
+    if is_main:
+        root = ensure_synthetic(d.synthetic_scenes, d.synthetic_frames, d.image_size, d.synthetic_seed,
+                                d.val_fraction, log=log)
+    barrier()
+    return root or ensure_synthetic(d.synthetic_scenes, d.synthetic_frames, d.image_size, d.synthetic_seed,
+                                    d.val_fraction, log=log)
+
+
+def curriculum_subset(order_by_difficulty: np.ndarray | None, epoch: int, cfg: Config) -> np.ndarray | None:
+    """Phase p (epochs p*E .. (p+1)*E-1) trains on the easiest (p+1)/P of the windows; then all of them."""
+    c = cfg.data.curriculum
+    if not c.enabled or order_by_difficulty is None:
+        return None
+    phase = epoch // c.epochs_per_phase
+    if phase >= c.num_phases:
+        return None
+    n = len(order_by_difficulty)
+    return order_by_difficulty[: max(1, math.ceil(n * (phase + 1) / c.num_phases))]
+
+
+def memory_line(device: torch.device) -> str:
+    if device.type == "cuda":
+        used = torch.cuda.max_memory_allocated(device) / 2**30
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        return f"GPU: {used:.1f}GB / {total:.0f}GB"
+    return f"CPU RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f}GB"
+
+
+# ---------------------------------------------------------------- the loop
+def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
+    """Train; returns the last validation metrics. ``resume_path`` comes from resolve_run_config."""
+    t, lg = cfg.training, cfg.logging
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if t.backend == "nccl" and multi_process and (t.device == "cpu" or not torch.cuda.is_available()):
+        raise UserError("training.backend is nccl but there is no CUDA device", "training.backend",
+                        "gloo on CPU (--set training.backend=gloo), or CUDA devices for nccl")
+    if t.backend and multi_process and not dist.is_initialized():
+        dist.init_process_group(backend=t.backend)
+    info = init_distributed(t.device)
+    if t.distributed and not info.is_distributed:
+        raise UserError("training.distributed is true but this is a single process", "training.distributed",
+                        "launch with torchrun --nproc_per_node=N (or set training.distributed: false)")
+    if t.use_dp and (info.device.type != "cuda" or torch.cuda.device_count() < 2 or info.is_distributed):
+        raise UserError(f"--use-dp needs several CUDA devices in one process (found {torch.cuda.device_count()})",
+                        "--use-dp", "a machine with >= 2 GPUs, or torchrun for DDP (recommended), or drop --use-dp")
+    device = info.device
+    say = log if info.is_main else (lambda *a, **k: None)
+    precision = precision_for(cfg, device)
+
+    # an existing run is refused before anything else happens (never overwritten without --resume)
+    run_dir = prepare_run_dir(t.save_dir, resume=str(resume_path) if resume_path else None) \
+        if info.is_main else Path(t.save_dir)
+    barrier()
+
+    # ---- data ----
+    data = ProcessedDataset(resolve_data_root(cfg, say, info.is_main))
+    d = cfg.data
+    train_set = WindowDataset(data, "train", d.sequence_length, d.frame_skip, d.window_stride)
+    val_set = WindowDataset(data, "val", d.sequence_length, d.frame_skip, 1)
+    WindowDataset(data, "val", cfg.eval.context_frames + cfg.eval.horizon, d.frame_skip, 1)  # fail early if too long
+    order = np.argsort(train_set.difficulty(), kind="stable") if d.curriculum.enabled else None
+    batches = EpochBatches(len(train_set), t.batch_size, t.seed, info.rank, info.world_size)
+    plan = [len(batches.batches(e, curriculum_subset(order, e, cfg))) for e in range(t.num_epochs)]
+    total_steps = sum(plan) // t.gradient_accumulation
+    if t.max_steps is not None:
+        total_steps = min(total_steps, t.max_steps)
+    if total_steps < 1:
+        raise UserError(f"the run has no optimizer step ({sum(plan)} batches / accumulation "
+                        f"{t.gradient_accumulation})", "training.num_epochs",
+                        "more epochs or data, or a smaller batch_size / gradient_accumulation")
+    warmup = effective_warmup(cfg.scheduler.warmup_steps, total_steps)
+
+    # ---- model, optimizer, schedule ----
+    seed_everything(t.seed)
+    max_len = max(d.sequence_length, cfg.eval.context_frames + 1)
+    raw_model = build_model(cfg, data.image_size, max_len).to(device)
+    if t.use_gradient_checkpointing:
+        raw_model.enable_gradient_checkpointing()
+    model = wrap_ddp(raw_model, info)
+    if t.use_dp:
+        model = torch.nn.DataParallel(raw_model)
+    seed_rank_streams(t.seed)   # dropout differs per rank from here; the init above is identical
+    optimizer = build_optimizer(raw_model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(warmup, total_steps, cfg.scheduler.min_lr / cfg.optimizer.lr, cfg.scheduler.type))
+    scaler = make_grad_scaler(device, precision)
+    stepper = OptimizerStep(model, optimizer, scaler=scaler, accum_steps=t.gradient_accumulation,
+                            grad_clip=t.max_grad_norm or None)
+    perceptual = build_perceptual(cfg.loss.perceptual).to(device)
+
+    # ---- run directory, resume ----
+    ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=t.keep_last, best_metric="val/psnr",
+                              best_mode="max", enabled=info.is_main)
+    step, epoch, batch_pos, best = 0, 0, 0, None
+    if resume_path is not None:
+        state = load_checkpoint(resume_path, map_location=device)
+        rest = restore_training_state(state, model=raw_model, optimizer=optimizer, scheduler=scheduler,
+                                      scaler=scaler, where=str(resume_path))
+        extra = rest.get("extra") or {}
+        stepper.load_state_dict(extra.get("stepper", {}))
+        ckpts.load_manager_state(state)
+        step, epoch, batch_pos = int(rest["step"]), int(extra["epoch"]), int(extra["batch"])
+        best = extra.get("best")
+        say(f"resumed from {resume_path} at step {step} (epoch {epoch + 1}, batch {batch_pos})")
+    if info.is_main:
+        save_config(cfg, run_dir)
+    tracker = Tracker(run_dir, config=config_to_dict(cfg),
+                      wandb_project=lg.wandb_project if lg.use_wandb else None, run_name=lg.wandb_name,
+                      resume_step=step if resume_path is not None else None)
+    counts = parameter_counts(raw_model)
+    say(f"run {run_dir} | data {data.root} ({data.index['source']}, {data.image_size[0]}x{data.image_size[1]}) | "
+        f"{len(train_set)} train / {len(val_set)} val windows of {d.sequence_length} frames | "
+        f"{counts['total']:,} parameters (encoder {counts['encoder']:,}, dynamics {counts['dynamics']:,}, "
+        f"decoder {counts['decoder']:,}) | device {device}, precision {precision} | {total_steps} optimizer steps, "
+        f"warmup {warmup} | perceptual loss: {perceptual.name}")
+    tracker.log_text("run/perceptual_loss", perceptual.name, step)
+
+    def save(metrics: dict | None) -> None:
+        payload = training_state(model=raw_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, step=step,
+                                 epoch=epoch, config=config_to_dict(cfg),
+                                 extra={"epoch": epoch, "batch": batch_pos, "stepper": stepper.state_dict(),
+                                        "best": best, "image_size": list(data.image_size), "max_len": max_len,
+                                        "perceptual": perceptual.name,
+                                        "action_normalisation": data.index["action_normalisation"]})
+        path = ckpts.save(payload, step=step, metrics=metrics)
+        if path is not None:
+            say(f"saved {path}")
+
+    # gradients/* histograms are read just before the optimizer step (the stepper zeroes them after)
+    grad_snapshot: dict = {}
+    want_grads = {"on": False}
+
+    def capture_grads(opt, args, kwargs):
+        if want_grads["on"]:
+            for name in MODULES:
+                gs = [p.grad.detach().flatten().float() for p in getattr(raw_model, name).parameters()
+                      if p.grad is not None]
+                if gs:
+                    grad_snapshot[name] = torch.cat(gs).cpu()
+    optimizer.register_step_pre_hook(capture_grads)
+
+    # ---- loop ----
+    stop = GracefulStop()
+    metrics: dict = {}
+    sums: dict[str, torch.Tensor] = {}
+    n_sum, t_log = 0, time.time()
+    done = step >= total_steps
+    try:
+        while not done and epoch < t.num_epochs:
+            epoch_batches = batches.batches(epoch, curriculum_subset(order, epoch, cfg))
+            bar = progress(range(batch_pos, len(epoch_batches)), total=len(epoch_batches), initial=batch_pos,
+                           desc=f"Epoch {epoch + 1}/{t.num_epochs}", quiet=t.quiet)
+            model.train()
+            for b in bar:
+                batch = collate([train_set[i] for i in epoch_batches[b]])
+                frames = batch["frames"].to(device, non_blocking=True)
+                actions = batch["actions"].to(device, non_blocking=True)
+                want_grads["on"] = (lg.histogram_every > 0 and stepper.is_boundary
+                                    and (step + 1) % (lg.log_interval * lg.histogram_every) == 0)
+                with stepper.micro_batch():
+                    with autocast(device, precision):
+                        out = model(frames, actions)
+                        terms = compute_losses(out, frames, cfg.loss, perceptual)
+                    outcome = stepper.backward(terms["loss"])
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v.detach()
+                n_sum += 1
+                batch_pos = b + 1
+                if not outcome.boundary:
+                    continue
+                scheduler.step()
+                step += 1
+                if step % lg.log_interval == 0 or step == total_steps:
+                    scalars = {f"train/{k}": float(v) / n_sum for k, v in sums.items()}
+                    with torch.no_grad():
+                        pred = to_unit(out["predicted"].float()).flatten(0, 1)
+                        nxt = frames[:, 1:].flatten(0, 1)
+                        rec = to_unit(out["reconstructed"].float()).flatten(0, 1)
+                        scalars["train/psnr"] = float(psnr_per_image(pred, nxt).mean())
+                        scalars["train/ssim"] = float(ssim_per_image(pred, nxt).mean())
+                        scalars["train/recon_psnr"] = float(psnr_per_image(rec, frames.flatten(0, 1)).mean())
+                    gn = outcome.grad_norm
+                    scalars["train/grad_norm"] = float(gn) if gn is not None else float("nan")
+                    scalars["lr"] = cfg.optimizer.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+                    for g in optimizer.param_groups:
+                        if not g["name"].endswith("_no_decay"):
+                            scalars[f"lr/{g['module']}"] = g["lr"]
+                    scalars["train/epoch"] = epoch + batch_pos / len(epoch_batches)
+                    sec_per_batch = (time.time() - t_log) / n_sum
+                    tracker.log_scalars(scalars, step)
+                    if grad_snapshot:
+                        for name in MODULES:
+                            tracker.log_histogram(f"weights/{name}", torch.cat(
+                                [p.detach().flatten().float() for p in getattr(raw_model, name).parameters()]).cpu(),
+                                step)
+                            if name in grad_snapshot:
+                                tracker.log_histogram(f"gradients/{name}", grad_snapshot[name], step)
+                        grad_snapshot.clear()
+                    say(f"Epoch {epoch + 1}/{t.num_epochs} Step {step}/{total_steps}\n"
+                        f"  train/loss: {scalars['train/loss']:.3f}\n  train/psnr: {scalars['train/psnr']:.1f} dB\n"
+                        f"  train/ssim: {scalars['train/ssim']:.2f}\n  {memory_line(device)}\n"
+                        f"  Time: {sec_per_batch:.2f}s/batch\n  Learning rate: {scalars['lr']:.2e}")
+                    sums, n_sum, t_log = {}, 0, time.time()
+                is_eval = step % lg.eval_interval == 0 or step == total_steps
+                if is_eval:
+                    metrics = {}
+                    if info.is_main:
+                        metrics = validate(raw_model, val_set, cfg, perceptual, device, precision)
+                        if best is None or metrics["val/psnr"] > best["value"]:
+                            best = {"value": metrics["val/psnr"], "step": step, "epoch": epoch + 1}
+                        tracker.log_scalars(metrics, step)
+                        log_images(tracker, raw_model, out, frames, val_set, lg.num_samples, device, precision, step)
+                        say(f"  val/loss: {metrics['val/loss']:.3f}\n  val/psnr: {metrics['val/psnr']:.1f} dB "
+                            f"(copy-last-frame {metrics['val/copy_last_psnr']:.1f} dB)\n"
+                            f"  val/ssim: {metrics['val/ssim']:.2f}\n"
+                            f"  val/rollout_psnr@{cfg.eval.horizon}: {metrics[f'val/rollout_psnr@{cfg.eval.horizon}']:.1f}"
+                            f" dB (copy-last-frame {metrics[f'val/copy_last_psnr@{cfg.eval.horizon}']:.1f} dB)\n"
+                            f"  Best val: {best['value']:.1f} dB (epoch {best['epoch']}, step {best['step']})")
+                    barrier()
+                if step % lg.save_interval == 0 or step == total_steps or is_eval:
+                    save(metrics if is_eval else None)
+                if step >= total_steps:
+                    done = True
+                    break
+                if t.stop_after_steps is not None and step >= t.stop_after_steps:
+                    if step % lg.save_interval and not is_eval:
+                        save(None)
+                    say(f"stopping after step {step} (training.stop_after_steps); continue with --resume auto")
+                    done = True
+                    break
+                if stop.should_stop():
+                    say(f"stopping on {stop.signal_name}: saving step {step}; continue with --resume auto")
+                    save(None)
+                    done = True
+                    break
+            if hasattr(bar, "close"):
+                bar.close()
+            if not done:
+                epoch, batch_pos = epoch + 1, 0
+    finally:
+        tracker.close()
+        stop.restore()
+        cleanup()
+    return metrics
+
+
+def log_images(tracker: Tracker, model: WorldModel, out: dict, frames: torch.Tensor, val_set: WindowDataset,
+               num_samples: int, device, precision: str, step: int) -> None:
+    """train/reconstruction (GT over reconstruction), train/prediction (GT next frames over 1-step predictions)
+    from the last training batch; val/samples (GT / reconstructed / predicted) for fixed validation windows."""
+    k = min(2, frames.shape[0])
+    rows = []
+    for i in range(k):
+        rows += [frames[i], to_unit(out["reconstructed"][i].float())]
+    tracker.log_image("train/reconstruction", image_grid(rows), step)
+    rows = []
+    for i in range(k):
+        rows += [frames[i, 1:], to_unit(out["predicted"][i].float())]
+    tracker.log_image("train/prediction", image_grid(rows), step)
+    idx = np.linspace(0, len(val_set) - 1, min(num_samples, len(val_set))).round().astype(int).tolist()
+    batch = collate([val_set[i] for i in idx])
+    model.eval()
+    with torch.no_grad(), autocast(device, precision):
+        vo = model(batch["frames"].to(device), batch["actions"].to(device), rollout_latents=False)
+    model.train()
+    rows = []
+    blank = torch.zeros_like(batch["frames"][0, :1])
+    for i in range(len(idx)):
+        rows += [batch["frames"][i], to_unit(vo["reconstructed"][i].float()).cpu(),
+                 torch.cat([blank, to_unit(vo["predicted"][i].float()).cpu()])]
+    tracker.log_image("val/samples", image_grid(rows), step)
+
+
+__all__ = ["train", "resolve_run_config", "build_optimizer", "param_groups", "lr_factor", "effective_warmup"]

@@ -1,0 +1,269 @@
+import csv
+import json
+import math
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trainkit.config import load_config
+from trainkit.errors import UserError
+
+from worldmodel.config import Config
+from worldmodel.data import ProcessedDataset, WindowDataset
+from worldmodel.sources import prepare, read_carla, read_nuscenes
+from worldmodel.synthetic import generate, generate_episode
+
+# ---------------------------------------------------------------- synthetic
+
+
+def test_synthetic_is_deterministic_and_actions_change_frames():
+    f1, a1 = generate_episode(32, 18, 10, seed=5)
+    f2, a2 = generate_episode(32, 18, 10, seed=5)
+    assert np.array_equal(f1, f2) and np.array_equal(a1, a2)
+    f3, _ = generate_episode(32, 18, 10, seed=6)
+    assert not np.array_equal(f1, f3)
+    # steering harder from frame 4 on: frames up to 4 are identical, later ones differ, and the action says so
+    f4, a4 = generate_episode(32, 18, 10, seed=5, yaw_rate_offset=0.3, offset_from=4)
+    assert np.array_equal(f1[:5], f4[:5])
+    assert np.abs(f1[6:].astype(int) - f4[6:].astype(int)).mean() > 2.0
+    assert np.allclose(a4[4:, 1] - a1[4:, 1], 0.3, atol=1e-5) or (a4[4:, 1] != a1[4:, 1]).all()
+
+
+def test_processed_format_and_windows_never_cross_scenes(tiny_data):
+    data = ProcessedDataset(tiny_data)
+    index = json.loads((tiny_data / "index.json").read_text())
+    assert data.frames.dtype == np.uint8 and data.frames.shape == (48, 18, 32, 3)
+    assert isinstance(data.frames, np.memmap)
+    assert index["image_size"] == [32, 18] and index["action_names"] == ["speed", "yaw_rate", "accel", "curvature"]
+    assert sorted(index["splits"]["train"] + index["splits"]["val"]) == [s["name"] for s in index["scenes"]]
+    assert len(index["splits"]["val"]) == 1
+    stamps = np.load(tiny_data / "timestamps.npy")
+    assert (np.diff(stamps[:12]) == 100_000).all()
+    ids = np.load(tiny_data / "scene_ids.npy")
+    for skip in (1, 2):
+        w = WindowDataset(data, "train", 4, skip, 1)
+        per_scene = 12 - (4 - 1) * skip
+        assert len(w) == 3 * per_scene
+        for i in range(len(w)):
+            assert len(set(ids[w.frame_indices(i)])) == 1
+        item = w[len(w) - 1]
+        assert item["frames"].shape == (4, 3, 18, 32) and 0 <= item["frames"].min() and item["frames"].max() <= 1
+    # with frame_skip 2 the action of a step is the mean of the two per-frame actions it spans
+    w2 = WindowDataset(data, "train", 4, 2, 1)
+    norm = data.normalise(data.actions)
+    s0 = w2.starts[0]
+    assert np.allclose(w2.actions_of(0)[1], norm[s0 + 2:s0 + 4].mean(0), atol=1e-6)
+
+
+def test_sequence_longer_than_every_scene_is_a_user_error(tiny_data):
+    with pytest.raises(UserError, match="longer than every"):
+        WindowDataset(ProcessedDataset(tiny_data), "train", 13, 1, 1)
+
+
+def test_nan_actions_are_refused(tiny_data, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_data, bad)
+    a = np.load(bad / "actions.npy")
+    a[20, 2] = np.nan
+    np.save(bad / "actions.npy", a)
+    with pytest.raises(UserError, match="NaN/Inf in actions at frame 20 \\(scene synthetic-0001\\)"):
+        ProcessedDataset(bad)
+
+
+def test_output_folder_is_refused_then_replaced_whole(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    with pytest.raises(UserError, match="not empty"):
+        generate(out, num_scenes=2, num_frames=4, image_size=(16, 9))
+    generate(out, num_scenes=2, num_frames=4, image_size=(16, 9), overwrite=True)
+    assert not (out / "stale.txt").exists() and (out / "index.json").is_file()
+
+
+# ---------------------------------------------------------------- nuScenes (exact v1.0 schema, hand-made)
+YAWS = [0.3, 0.35, 0.45, 0.5]
+STEPS = [1.0, 1.2, 0.9]                       # metres driven along the current heading between frames
+T0 = 1_533_151_603_512_404
+OFFSETS = [0, 83_000, 170_000, 250_000]       # irregular camera intervals (dropped frames happen)
+
+
+def _quat(yaw):
+    return [math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]
+
+
+def make_nuscenes(root, cam_front_in_second_scene=True, can_bus=False):
+    """Two scenes; each: 2 keyframe samples and CAM_FRONT frames kf - sweep - sweep - kf chained by prev/next
+    (the first scene's last frame links on into the second scene), plus a LIDAR_TOP keyframe per sample."""
+    v = root / "v1.0-mini"
+    v.mkdir(parents=True)
+    tables = {k: [] for k in ("scene", "sample", "sample_data", "ego_pose", "calibrated_sensor", "sensor", "log")}
+    tables["sensor"] = [{"token": "sen_cf", "channel": "CAM_FRONT", "modality": "camera"},
+                        {"token": "sen_lid", "channel": "LIDAR_TOP", "modality": "lidar"}]
+    tables["calibrated_sensor"] = [
+        {"token": "cs_cf", "sensor_token": "sen_cf", "translation": [1.7, 0, 1.5], "rotation": [1, 0, 0, 0],
+         "camera_intrinsic": [[1266, 0, 816], [0, 1266, 491], [0, 0, 1]]},
+        {"token": "cs_lid", "sensor_token": "sen_lid", "translation": [0.9, 0, 1.8], "rotation": [1, 0, 0, 0],
+         "camera_intrinsic": []}]
+    tables["log"] = [{"token": "log0", "logfile": "n015-2018-07-24-11-22-45+0800", "vehicle": "n015",
+                      "date_captured": "2018-07-24", "location": "singapore-onenorth"}]
+    prev_last = ""
+    for si, name in enumerate(["scene-0061", "scene-0103"]):
+        st, base = f"scene{si}", T0 + si * 10_000_000
+        samples = [f"s{si}_0", f"s{si}_1"]
+        tables["scene"].append({"token": st, "log_token": "log0", "nbr_samples": 2, "first_sample_token": samples[0],
+                                "last_sample_token": samples[1], "name": name, "description": "test"})
+        for k, tok in enumerate(samples):
+            tables["sample"].append({"token": tok, "timestamp": base + OFFSETS[3 * k], "scene_token": st,
+                                     "prev": samples[k - 1] if k else "", "next": samples[k + 1] if k == 0 else ""})
+            tables["sample_data"].append({
+                "token": f"lid{si}_{k}", "sample_token": tok, "ego_pose_token": f"ep_lid{si}_{k}",
+                "calibrated_sensor_token": "cs_lid", "timestamp": base + OFFSETS[3 * k], "fileformat": "pcd",
+                "is_key_frame": True, "height": 0, "width": 0,
+                "filename": f"samples/LIDAR_TOP/x{si}{k}.pcd.bin", "prev": "", "next": ""})
+            tables["ego_pose"].append({"token": f"ep_lid{si}_{k}", "timestamp": base + OFFSETS[3 * k],
+                                       "rotation": _quat(0.0), "translation": [0.0, 0.0, 0.0]})
+        if si == 1 and not cam_front_in_second_scene:
+            continue
+        x, y = 100.0 * si, 50.0
+        toks = [f"cf{si}_{i}" for i in range(4)]
+        for i in range(4):
+            key = i in (0, 3)
+            folder = "samples" if key else "sweeps"
+            fname = f"{folder}/CAM_FRONT/n015__CAM_FRONT__{base + OFFSETS[i]}.jpg"
+            (root / folder / "CAM_FRONT").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((36, 64, 3), 40 * i + 20 * si, np.uint8)).save(root / fname, quality=95)
+            tables["sample_data"].append({
+                "token": toks[i], "sample_token": samples[0] if i == 0 else samples[1],
+                "ego_pose_token": f"ep{si}_{i}", "calibrated_sensor_token": "cs_cf", "timestamp": base + OFFSETS[i],
+                "fileformat": "jpg", "is_key_frame": key, "height": 36, "width": 64, "filename": fname,
+                "prev": toks[i - 1] if i else prev_last, "next": toks[i + 1] if i < 3 else ""})
+            tables["ego_pose"].append({"token": f"ep{si}_{i}", "timestamp": base + OFFSETS[i],
+                                       "rotation": _quat(YAWS[i]), "translation": [x, y, 0.0]})
+            if i < 3:
+                x += STEPS[i] * math.cos(YAWS[i])
+                y += STEPS[i] * math.sin(YAWS[i])
+        if prev_last:  # link the previous scene's last frame into this scene, as one continuous log would
+            next(r for r in tables["sample_data"] if r["token"] == prev_last)["next"] = toks[0]
+        prev_last = toks[3]
+    for name, rows in tables.items():
+        (v / f"{name}.json").write_text(json.dumps(rows))
+    if can_bus:
+        (root / "can_bus").mkdir()
+        msgs = [{"utime": T0 - 10_000 + 20_000 * k, "vel": [5.0 + k, 0.1, 0], "rotation_rate": [0, 0, 0.01 * k],
+                 "accel": [0.5, 0, 9.8], "pos": [0, 0, 0], "orientation": [1, 0, 0, 0]} for k in range(20)]
+        (root / "can_bus" / "scene-0061_pose.json").write_text(json.dumps(msgs))
+    return root
+
+
+def test_nuscenes_reader_chain_split_and_hand_computed_actions(tmp_path):
+    root = make_nuscenes(tmp_path / "nuscenes")
+    scenes, extra = read_nuscenes(str(root), "v1.0-mini", (32, 18), smoothing=1, use_can_bus=True,
+                                  val_fraction=0.2, log=lambda *a: None)
+    assert [s.name for s in scenes] == ["scene-0061", "scene-0103"]
+    assert [s.split for s in scenes] == ["train", "val"]          # the official mini split
+    a = scenes[0]
+    # the chain goes kf -> sweep -> sweep -> kf and stops at the scene boundary (no LIDAR rows, no next scene)
+    assert len(a.frames) == 4 and a.frames.shape[1:] == (18, 32, 3)
+    assert list(a.timestamps_us - T0) == OFFSETS
+    assert [int(f.mean()) for f in a.frames] == pytest.approx([0, 40, 80, 120], abs=2)
+    # by hand: dt = 0.083, 0.087, 0.080 s
+    dt = [0.083, 0.087, 0.080]
+    speed = [1.0 / 0.083, 1.2 / 0.087, 0.9 / 0.080]
+    yaw_rate = [0.05 / 0.083, 0.10 / 0.087, 0.05 / 0.080]
+    accel = [(speed[1] - speed[0]) / ((dt[0] + dt[1]) / 2), (speed[2] - speed[1]) / ((dt[1] + dt[2]) / 2)]
+    expect = np.array([
+        [speed[0], yaw_rate[0], accel[0], yaw_rate[0] / speed[0]],
+        [speed[1], yaw_rate[1], accel[1], yaw_rate[1] / speed[1]],
+        [speed[2], yaw_rate[2], accel[1], yaw_rate[2] / speed[2]],
+        [speed[2], yaw_rate[2], accel[1], yaw_rate[2] / speed[2]],   # the last frame repeats the last interval
+    ])
+    assert np.allclose(a.actions, expect, rtol=1e-4, atol=1e-4)
+    assert a.meta["action_source"] == "ego_pose" and extra["nuscenes"]["split_rule"].startswith("official")
+
+
+def test_nuscenes_can_bus_takes_the_last_message_at_or_before_each_frame(tmp_path):
+    root = make_nuscenes(tmp_path / "nuscenes", can_bus=True)
+    scenes, _ = read_nuscenes(str(root), "v1.0-mini", (32, 18), 1, True, 0.2, log=lambda *a: None)
+    a = scenes[0]
+    assert a.meta["action_source"] == "can_bus" and scenes[1].meta["action_source"] == "ego_pose"
+    # messages at T0-10ms + 20ms*k: frame offsets 0, 83, 170, 250 ms -> k = 0, 4, 9, 13
+    ks = [0, 4, 9, 13]
+    assert np.allclose(a.actions[:, 0], [5.0 + k for k in ks])
+    assert np.allclose(a.actions[:, 1], [0.01 * k for k in ks])
+    assert np.allclose(a.actions[:, 2], 0.5)
+
+
+def test_nuscenes_missing_channel_table_and_image_errors(tmp_path):
+    root = make_nuscenes(tmp_path / "a", cam_front_in_second_scene=False)
+    with pytest.raises(UserError, match="scene scene-0103 has no CAM_FRONT"):
+        read_nuscenes(str(root), "v1.0-mini", (32, 18), 1, False, 0.2, log=lambda *a: None)
+    root = make_nuscenes(tmp_path / "b")
+    (root / "v1.0-mini" / "ego_pose.json").unlink()
+    with pytest.raises(UserError, match="missing nuScenes table ego_pose.json"):
+        read_nuscenes(str(root), "v1.0-mini", (32, 18), 1, False, 0.2, log=lambda *a: None)
+    root = make_nuscenes(tmp_path / "c")
+    img = next((root / "sweeps" / "CAM_FRONT").glob("*.jpg"))
+    img.write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match="unreadable image") as e:
+        read_nuscenes(str(root), "v1.0-mini", (32, 18), 1, False, 0.2, log=lambda *a: None)
+    assert img.name in str(e.value)
+    img.unlink()
+    with pytest.raises(UserError, match="image file is missing"):
+        read_nuscenes(str(root), "v1.0-mini", (32, 18), 1, False, 0.2, log=lambda *a: None)
+
+
+def test_prepare_nuscenes_keeps_16_9(tmp_path):
+    root = make_nuscenes(tmp_path / "nuscenes")
+    cfg = load_config(Config, None, ["data.dataset=nuscenes", "data.image_size=[32,18]"])
+    out = prepare(cfg, data_root=str(root), out=str(tmp_path / "proc"), overwrite=False, allow_pickle=False,
+                  log=lambda *a: None)
+    d = ProcessedDataset(out)
+    assert d.image_size == (32, 18) and d.index["source"] == "nuscenes" and d.index["action_units"][0] == "m/s"
+    desc = d.describe()
+    assert desc["scenes"][0]["frames"] == 4 and desc["scenes"][0]["duration_s"] == pytest.approx(0.25)
+
+
+# ---------------------------------------------------------------- CARLA (MILE layout)
+def make_carla(root, n=5, pickle_only_run=False):
+    for town, run in (("Town01", "0000"), ("Town02", "0000")):
+        d = root / town / run / "image"
+        d.mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((60, 96, 3), 10 * i, np.uint8)).save(d / f"image_{i:09d}.png")
+        rows = [{"throttle": 0.5, "steer": -0.1 * i, "brake": 0.0, "speed": 3.0 + i} for i in range(n)]
+        if pickle_only_run and town == "Town02":
+            with (d.parent / "pd_dataframe.pkl").open("wb") as fh:
+                pickle.dump({k: [r[k] for r in rows] for k in rows[0]}, fh)
+            continue
+        with (d.parent / "pd_dataframe.csv").open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return root
+
+
+def test_carla_reader_csv_town_split_and_pickle_flag(tmp_path):
+    root = make_carla(tmp_path / "carla")
+    scenes, extra = read_carla(str(root), (32, 18), 25.0, 0.2, False, log=lambda *a: None)
+    assert [(s.name, s.split) for s in scenes] == [("Town01/0000", "train"), ("Town02/0000", "val")]
+    assert np.allclose(scenes[0].actions[:, 1], [-0.1 * i for i in range(5)])
+    assert np.allclose(scenes[0].actions[:, 3], [3.0 + i for i in range(5)])
+    assert list(scenes[0].timestamps_us) == [0, 40_000, 80_000, 120_000, 160_000]
+    assert scenes[0].frames.shape == (5, 18, 32, 3)     # 96x60 center-cropped to 16:9, not squashed
+    root2 = make_carla(tmp_path / "carla2", pickle_only_run=True)
+    with pytest.raises(UserError, match="is a pickle"):
+        read_carla(str(root2), (32, 18), 25.0, 0.2, False, log=lambda *a: None)
+    scenes, _ = read_carla(str(root2), (32, 18), 25.0, 0.2, True, log=lambda *a: None)
+    assert np.allclose(scenes[1].actions[:, 3], [3.0 + i for i in range(5)])
+
+
+def test_carla_row_count_mismatch_names_the_table(tmp_path):
+    root = make_carla(tmp_path / "carla")
+    next((root / "Town01" / "0000" / "image").glob("*.png")).unlink()
+    with pytest.raises(UserError, match="4 images") as e:
+        read_carla(str(root), (32, 18), 25.0, 0.2, False, log=lambda *a: None)
+    assert "pd_dataframe.csv" in str(e.value)

@@ -1,0 +1,157 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from trainkit.checkpoint import load_checkpoint
+
+from worldmodel.cli import main
+from worldmodel.train import resolve_run_config, train
+
+from .conftest import TINY
+from .test_data import make_nuscenes
+
+PKG = Path(__file__).resolve().parents[1]
+
+
+def _run(cfg, **kw):
+    return train(cfg, log=lambda *a: None, **kw)
+
+
+def test_tiny_model_learns_and_every_guide_tag_is_logged(tiny_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_cfg("training.max_steps=40", "optimizer.lr=3e-3", "optimizer.encoder_lr=3e-3",
+                   "optimizer.dynamics_lr=3e-3", "optimizer.decoder_lr=3e-3", "logging.log_interval=4",
+                   "logging.eval_interval=20", "logging.histogram_every=1", "logging.save_interval=20",
+                   "model.dynamics.dropout=0.0")
+    metrics = _run(cfg)
+    run = Path(cfg.training.save_dir)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "train/loss" in r]
+    assert train_rows[-1]["train/loss"] < 0.6 * train_rows[0]["train/loss"]          # the loss falls
+    assert train_rows[-1]["train/psnr"] > train_rows[0]["train/psnr"] + 2.0           # prediction PSNR rises
+    assert metrics["val/psnr"] > 10 and "val/rollout_psnr@2" in metrics and "val/copy_last_psnr@2" in metrics
+    ea = EventAccumulator(str(run), size_guidance={"images": 0, "histograms": 0, "scalars": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    for tag in ("train/loss", "train/recon_loss", "train/pred_loss", "train/perceptual_loss", "train/latent_reg_loss",
+                "train/temporal_loss", "train/psnr", "train/ssim", "val/loss", "val/psnr", "val/ssim", "lr",
+                "lr/encoder", "lr/dynamics", "lr/decoder", "val/action_sensitivity@2"):
+        assert tag in tags["scalars"], tag
+    for tag in ("train/reconstruction", "train/prediction", "val/samples"):
+        assert tag in tags["images"], tag
+    for tag in ("weights/encoder", "weights/dynamics", "weights/decoder", "gradients/encoder", "gradients/decoder"):
+        assert tag in tags["histograms"], tag
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["extra"]["perceptual"] == "ssim_grad" and best["manager"]["best_metric"] == "val/psnr"
+    # evaluate: the promised JSON shape, baseline side by side
+    out = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(run / "checkpoints" / "latest.pt"),
+                                    "--data-root", cfg.data.data_root, "--horizon", "3", "--json"])
+    assert out.exit_code == 0, out.output
+    res = json.loads(out.output)
+    assert set(res) == {"model", "copy_last_frame", "action_sensitivity"}
+    assert {"psnr@1", "ssim@1", "psnr@3"} <= set(res["model"]) and "psnr@3" in res["copy_last_frame"]
+    assert "delta_psnr@3" in res["action_sensitivity"]
+    # rollout: PNG strips + GIFs, refuses a non-empty folder without --overwrite
+    target = tmp_path / "roll"
+    args = ["rollout", "--checkpoint", str(run / "checkpoints" / "latest.pt"), "--data-root", cfg.data.data_root,
+            "--out", str(target), "--num-sequences", "1", "--horizon", "3", "--steer-offset", "0.2"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert len(list(target.glob("*.png"))) == 1 and len(list(target.glob("*.gif"))) == 1
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 2 and "not empty" in again.output
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_cfg, tmp_path):
+    common = ["training.max_steps=6", "logging.save_interval=100", "logging.eval_interval=100",
+              "model.dynamics.dropout=0.2", "training.gradient_accumulation=2", "training.batch_size=2"]
+    straight = tiny_cfg(*common, f"training.save_dir={tmp_path / 'a'}")
+    _run(straight)
+    half = tiny_cfg(*common, f"training.save_dir={tmp_path / 'b'}", "training.stop_after_steps=3")
+    _run(half)
+    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")["step"] == 3
+    cfg, path = resolve_run_config(None, [*TINY, *common, f"data.data_root={straight.data.data_root}",
+                                          f"training.save_dir={tmp_path / 'b'}", "training.resume=auto"], {})
+    assert cfg.training.stop_after_steps == 3 and path is not None
+    cfg.training.stop_after_steps = None   # what `--set training.stop_after_steps=null` on the CLI does
+    _run(cfg, resume_path=path)
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "latest.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")
+    assert a["step"] == b["step"] == 6
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
+
+
+def test_resume_refuses_a_run_changing_flag_and_bad_flags_do_not_touch_the_run(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("training.max_steps=2", f"training.save_dir={tmp_path / 'r'}")
+    _run(cfg)
+    ckpt = tmp_path / "r" / "checkpoints" / "latest.pt"
+    before = ckpt.read_bytes()
+    base = ["train", "--save-dir", str(tmp_path / "r"), "--data-root", cfg.data.data_root]
+    r = CliRunner().invoke(main, [*base, "--resume", "auto", "--set", "model.latent_dim=32"])
+    assert r.exit_code == 2 and "model" in r.output and "--allow-config-change" in r.output
+    r = CliRunner().invoke(main, [*base, "--batch-size", "0"])
+    assert r.exit_code == 2 and r.output.startswith("error: batch-size=0")
+    r = CliRunner().invoke(main, base)          # no --resume into a run directory: refused, not overwritten
+    assert r.exit_code == 2 and "already holds a run" in r.output
+    assert ckpt.read_bytes() == before
+
+
+def test_cli_bad_inputs_are_one_line_errors(tmp_path, tiny_data):
+    cases = [
+        (["train", "--data-root", str(tmp_path / "nope")], "processed dataset not found"),
+        (["train", "--config", "nonexistent_recipe"], "config not found"),
+        (["train", "--set", "model.no_such_key=1"], "unknown config key"),
+        (["inspect", "--data-root", str(tmp_path)], "missing frames.npy"),
+        (["prepare-dataset", "--dataset", "nuscenes", "--data-root", str(tmp_path / "raw")], "not found"),
+        (["prepare-dataset", "--dataset", "carla"], "--data-root is required"),
+        (["evaluate", "--checkpoint", str(tmp_path / "x.pt"), "--data-root", str(tiny_data)], "x.pt"),
+        (["train", "--data-root", str(tiny_data), "--set", "data.sequence_length=40", "--set", "data.image_size=[32,18]",
+          "--set", "model.decoder.init_size=4", "--save-dir", str(tmp_path / "s")], "longer than every"),
+        (["train", "--data-root", str(tiny_data), "--use-dp", "--save-dir", str(tmp_path / "dp")], "--use-dp"),
+        (["find-lr", "--min-lr", "1e-2", "--max-lr", "1e-3"], "max-lr"),
+    ]
+    for args, needle in cases:
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2, (args, r.output)
+        lines = [ln for ln in r.output.strip().splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1 and needle in lines[0], (args, r.output)
+        assert "Traceback" not in r.output
+
+
+def test_inspect_reports_scenes_and_action_units(tiny_data):
+    r = CliRunner().invoke(main, ["inspect", "--data-root", str(tiny_data), "--json"])
+    desc = json.loads(r.output)
+    assert len(desc["scenes"]) == 4 and desc["scenes"][0]["frames"] == 12
+    assert desc["scenes"][0]["duration_s"] == pytest.approx(1.1)
+    assert [a["unit"] for a in desc["actions"]] == ["m/s", "rad/s", "m/s^2", "1/m"]
+    assert 3.0 <= desc["actions"][0]["min"] <= desc["actions"][0]["mean"] <= desc["actions"][0]["max"] <= 16.0
+
+
+def test_the_guides_command_lines_run_from_the_package_folder(tmp_path):
+    """`python scripts/prepare_dataset.py --dataset nuscenes --data-root data/nuscenes` then
+    `python scripts/train.py --config configs/training/base.yaml --data-root data/processed/nuscenes`
+    (tiny sizes through --set; the commands and paths are the guide's)."""
+    work = tmp_path / "w"
+    make_nuscenes(work / "data" / "nuscenes")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
+           "WORLDMODEL_CACHE": str(tmp_path / "cache")}
+    scripts = PKG / "scripts"
+    r = subprocess.run([sys.executable, str(scripts / "prepare_dataset.py"), "--dataset", "nuscenes", "--data-root",
+                        "data/nuscenes", "--image-size", "32x18"], cwd=work, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (work / "data" / "processed" / "nuscenes" / "index.json").is_file()
+    small = [f"--set={s}" for s in TINY if not s.startswith(("data.sequence_length", "training.batch_size"))]
+    r = subprocess.run([sys.executable, str(scripts / "train.py"), "--config", "configs/training/base.yaml",
+                        "--data-root", "data/processed/nuscenes", *small, "--set=data.sequence_length=3",
+                        "--set=eval.horizon=1", "--set=training.batch_size=1", "--set=training.max_steps=1",
+                        "--save-dir", "runs/guide"], cwd=work, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "train/loss:" in r.stderr and (work / "runs" / "guide" / "checkpoints" / "latest.pt").is_file()
