@@ -60,10 +60,14 @@ def build_config(ctx, config_path, overrides, split=None, precision=None, flags=
 @handle_user_errors
 def train(ctx, split, allow_config_change, config_path, overrides, precision, **_):
     """Train (the guide's `python train.py --config configs/default_config.yaml [--resume ...]`)."""
-    cfg = build_config(ctx, config_path, overrides, split, precision)
+    from .train import config_for_run
     from .train import train as run
 
-    out = run(cfg, log=lambda m: click.echo(m, err=True), allow_config_change=allow_config_change)
+    values = explicit_cli_values(ctx, TRAIN_FLAGS)
+    values.update(_split_values(split))
+    values.update(_precision_values(precision))
+    cfg = config_for_run(resolve_config_path(config_path), overrides, values, allow_config_change)
+    out = run(cfg, log=lambda m: click.echo(m, err=True))
     click.echo(json.dumps({"run_dir": out["run_dir"], "step": out["step"],
                            **{k: round(v, 4) for k, v in out["metrics"].items() if isinstance(v, float)}}))
 

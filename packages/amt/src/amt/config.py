@@ -248,8 +248,3 @@ def shipped_configs() -> list[str]:
 TRAIN_FLAGS = {"data_root": "data.root", "device": "training.device", "seed": "training.seed",
                "quiet": "training.quiet", "resume": "training.resume", "output_dir": "output_dir",
                "experiment_name": "experiment_name"}
-
-# Keys a resumed run may change; any other difference from the checkpoint's config changes what the run is.
-RESUME_MUTABLE = {"training.resume", "training.device", "training.stop_after_epoch", "training.log_freq",
-                  "training.quiet", "training.use_wandb", "training.threads", "data.num_workers", "training.image_freq",
-                  "optimizations.use_compile", "optimizations.compile_mode"}

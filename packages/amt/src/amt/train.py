@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from trainkit.checkpoint import CheckpointManager, load_checkpoint, restore_training_state, training_state
 from trainkit.cli import prepare_run_dir
-from trainkit.config import config_from_dict, config_to_dict, load_config, save_config
+from trainkit.config import config_to_dict, load_config, save_config
 from trainkit.device import autocast, make_grad_scaler, seed_everything
 from trainkit.distributed import GracefulStop, barrier, cleanup, init_distributed, wrap_ddp
 from trainkit.ema import EMA
@@ -19,7 +19,7 @@ from trainkit.progress import progress
 from trainkit.step import OptimizerStep
 from trainkit.tracking import Tracker
 
-from .config import RESUME_MUTABLE, Config
+from .config import Config
 from .evaluate import build_model, make_dataset, make_loader, mean_pose, metrics_from_predictions, predict, resolve_root
 from .losses import LOSS_TERMS, compute_losses
 from .metrics import collapse_monitor
@@ -111,57 +111,42 @@ def apply_stage(model: AMTModel, cfg: Config, epoch: int, schedule: WarmRestartS
     return weights, st.name
 
 
-def resume_config(cfg_cli: Config, state: dict, where: str, allow_change: bool) -> Config:
-    """On --resume the checkpoint's config is the run's config. Flags/--set/--config that differ from it are
-    applied only for keys that do not change what the run is; others are refused (or allowed explicitly)."""
-    saved = config_from_dict(Config, state["config"], where=where)
-    new, old = _flatten(config_to_dict(cfg_cli)), _flatten(state["config"])
-    changed = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k) and k not in RESUME_MUTABLE)
-    if changed and not allow_change:
-        raise UserError(f"--resume with a different {changed[0]} ({old.get(changed[0])!r} in the checkpoint, "
-                        f"{new.get(changed[0])!r} now)", where,
-                        "the checkpoint's settings (omit the flag), or --allow_config_change to change what the run is")
-    if allow_change:
-        return cfg_cli
-    d = config_to_dict(saved)
-    for k in RESUME_MUTABLE:
-        _set(d, k, _get(config_to_dict(cfg_cli), k))
-    return config_from_dict(Config, d, where=where)
+# Keys that define what a run is: changing them on --resume is refused unless --allow_config_change.
+RUN_DEFINING = ("experiment_name", "data", "model", "loss_weights", "stages", "training.batch_size",
+                "training.learning_rate", "training.num_epochs", "training.weight_decay", "training.accumulation_steps",
+                "training.multi_rate", "training.scheduler", "training.T_0", "training.T_mult", "training.min_lr",
+                "training.warmup_epochs", "training.seed", "training.ema_decay", "training.diversity_target_ratio",
+                "training.input_noise", "training.grad_clip")
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and not (k == "loss_weights" and prefix.startswith("stages")):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def config_for_run(config_path: str | None, overrides=(), cli_values: dict | None = None,
+                   allow_config_change: bool = False) -> Config:
+    """The run's config. Fresh: defaults < YAML < flags < --set. On --resume: the checkpoint's config with only
+    what the user gave on top; run-defining changes are refused (one line naming the key) unless allowed."""
+    from trainkit.config import resolve_resume_config
+
+    cfg = load_config(Config, config_path, overrides, cli_values)
+    resume = cfg.training.resume
+    if not resume:
+        return cfg
+    path = Path(resume) if resume != "auto" else PthCheckpoints(cfg.run_dir / "checkpoints").resolve_resume("auto")
+    if path is None:
+        raise UserError("no checkpoint to resume from", f"--resume auto ({cfg.run_dir / 'checkpoints'})",
+                        "a run directory with checkpoints/latest.pth")
+    state = load_checkpoint(path)
+    if not isinstance(state.get("config"), dict) or "amt" not in (state.get("extra") or {}):
+        raise UserError("not an amt checkpoint", str(path), "a latest.pth / best.pth written by `amt train`")
+    values = dict(cli_values or {})
+    values["training.resume"] = str(path)
+    if path.parent.name == "checkpoints":
+        values.setdefault("output_dir", str(path.parent.parent))  # the run the checkpoint belongs to
+    return resolve_resume_config(Config, state["config"], path=config_path, overrides=overrides, cli_values=values,
+                                 run_defining=RUN_DEFINING, may_change=("data.num_workers",),
+                                 allow_changes=allow_config_change, where=str(path))
 
 
-def _get(d: dict, dotted: str):
-    for p in dotted.split("."):
-        d = d[p]
-    return d
-
-
-def _set(d: dict, dotted: str, value) -> None:
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        d = d[p]
-    d[parts[-1]] = value
-
-
-def train(cfg: Config, log=print, allow_config_change: bool = False) -> dict:
-    """Train; returns the last validation metrics (``val/...``) and paths."""
-    # ---- resume: the checkpoint's config is the run's config ----
-    resume_state, resume_path = None, None
-    if cfg.training.resume and cfg.training.resume != "auto":
-        resume_path = Path(cfg.training.resume)
-        resume_state = load_checkpoint(resume_path)
-        if not isinstance(resume_state.get("config"), dict) or "amt" not in (resume_state.get("extra") or {}):
-            raise UserError("not an amt checkpoint", str(resume_path), "a latest.pth / best.pth written by `amt train`")
-        cfg = resume_config(cfg, resume_state, str(resume_path), allow_config_change)
+def train(cfg: Config, log=print) -> dict:
+    """Train with a config from :func:`config_for_run`; returns the last validation metrics and the run dir."""
     t = cfg.training
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -169,21 +154,15 @@ def train(cfg: Config, log=print, allow_config_change: bool = False) -> dict:
     device = info.device
     say = log if info.is_main else (lambda *a, **k: None)
     run_dir = cfg.run_dir
+    resume_path = Path(t.resume) if t.resume else None
     if resume_path is not None and resume_path.parent.name == "checkpoints":
-        run_dir = resume_path.parent.parent  # the run the checkpoint belongs to
+        run_dir = resume_path.parent.parent
+    resume_state = load_checkpoint(resume_path) if resume_path is not None else None
     if info.is_main:
         prepare_run_dir(run_dir, resume=t.resume)
     barrier()
     ckpts = PthCheckpoints(run_dir / "checkpoints", keep_last=3, filename="epoch_{epoch:04d}.pth",
                            best_metric="val/mpjpe", best_mode="min", enabled=info.is_main)
-    if t.resume == "auto":
-        resume_path = ckpts.resolve_resume("auto")
-        if resume_path is None:
-            raise UserError("no checkpoint to resume from", f"--resume auto ({run_dir / 'checkpoints'})",
-                            "a run directory with checkpoints/latest.pth")
-        resume_state = load_checkpoint(resume_path)
-        cfg = resume_config(cfg, resume_state, str(resume_path), allow_config_change)
-        t = cfg.training
 
     # ---- data ----
     root = resolve_root(cfg, say)
@@ -277,7 +256,7 @@ def train(cfg: Config, log=print, allow_config_change: bool = False) -> dict:
             sampler.set_epoch(epoch)
             base_train.set_epoch(epoch)
             t0 = time.time()
-            sums = {k: 0.0 for k in ["loss", *LOSS_TERMS]}
+            sums = {k: torch.zeros((), device=device) for k in ["loss", *LOSS_TERMS]}
             n = 0
             bar = progress(loader, total=usable_batches, desc=f"epoch {epoch + 1}/{t.num_epochs} [{stage_name}]",
                            quiet=t.quiet)
@@ -299,15 +278,15 @@ def train(cfg: Config, log=print, allow_config_change: bool = False) -> dict:
                     ema.update(raw_model)
                 if res.boundary:
                     step += 1
-                sums["loss"] += float(loss.detach())
+                sums["loss"] += loss.detach()  # tensors: no host sync per micro-batch
                 for k, v in terms.items():
-                    sums[k] += float(v)
+                    sums[k] += v
                 n += 1
                 if res.boundary and step % t.log_freq == 0:
                     final = (out["refined"][-1] if out["refined"] else out["joints_rel"]).detach().float()
                     stats, warning = collapse_monitor(final, b["joints_rel"], t.collapse_std_threshold)
                     scalars = {"train/loss": float(loss.detach()), **{f"train/{k}": float(v) for k, v in terms.items()},
-                               "train/grad_norm": float(res.grad_norm or 0.0),
+                               "train/grad_norm": float(res.grad_norm) if res.grad_norm is not None else 0.0,
                                **{f"train/{k}": v for k, v in stats.items()}}
                     for g in optimizer.param_groups:
                         scalars[f"train/lr_{g['name']}"] = g["lr"]
@@ -315,7 +294,7 @@ def train(cfg: Config, log=print, allow_config_change: bool = False) -> dict:
                     if warning:
                         say(f"WARNING step {step}: {warning}")
                     if hasattr(bar, "set_postfix"):
-                        bar.set_postfix(loss=f"{float(loss):.4f}")
+                        bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
                 if info.is_main and res.boundary and step - last_val_step >= t.val_freq:
                     last_val_step = step
                     metrics = validate(epoch + 1)
@@ -329,7 +308,7 @@ def train(cfg: Config, log=print, allow_config_change: bool = False) -> dict:
                 break
             epoch_time = time.time() - t0
             ep = epoch + 1
-            scalars = {f"train/epoch_{k}": v / max(n, 1) for k, v in sums.items()}
+            scalars = {f"train/epoch_{k}": float(v) / max(n, 1) for k, v in sums.items()}
             scalars.update({"train/epoch": ep, "train/epoch_time_s": epoch_time, "train/ema_decay": ema.current_decay})
             is_last = ep == t.num_epochs
             if info.is_main:
@@ -353,4 +332,4 @@ def train(cfg: Config, log=print, allow_config_change: bool = False) -> dict:
     return {"run_dir": str(run_dir), "metrics": metrics, "parameters": ptab, "step": step}
 
 
-__all__ = ["train", "WarmRestartSchedule", "param_groups", "apply_stage", "resume_config"]
+__all__ = ["train", "config_for_run", "WarmRestartSchedule", "param_groups", "apply_stage"]
