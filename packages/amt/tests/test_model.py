@@ -86,6 +86,15 @@ def test_freeze_all_except_and_unfreeze_all_use_the_guides_names():
     assert all(p.requires_grad for p in m.parameters())
 
 
+def test_gradient_checkpointing_picks_the_ratio_of_blocks():
+    m = _model(backbone="dinov2_tiny", image_size=56, num_decoder_layers=4)
+    m.set_gradient_checkpointing(True, 0.5)
+    assert m._ckpt_backbone == {0, 2} and len(m._ckpt_decoder) == 2
+    m.set_gradient_checkpointing(False, 0.5)
+    assert not m._ckpt_backbone and not m._ckpt_decoder
+
+
+@pytest.mark.slow  # torch.utils.checkpoint imports torch._dynamo on first use (~10-40 s)
 def test_gradient_checkpointing_gives_the_same_gradients():
     b = _batch()
     grads = []
