@@ -1,13 +1,10 @@
 """Skeleton overlays (prediction vs ground truth) on hand crops, and dataset previews."""
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt  # headless sessions get Agg automatically; notebooks keep their inline backend
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .data import BONES, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from .data import BONES, IMAGENET_MEAN, IMAGENET_STD
 
 FINGER_COLOURS = ["#e63c32", "#3cc846", "#3c6eeb", "#ebd732", "#d246d2"]
 
