@@ -124,3 +124,23 @@ def test_bounded_diversity_and_penetration():
     joints[0, 0] = torch.tensor([0.0, 0.0, 0.01])  # 1 cm from the centre of a 3 cm sphere: 2 cm inside
     pen = penetration_loss(joints, torch.zeros(1, 3), torch.tensor([0.03]))
     assert pen.item() == pytest.approx((0.02 + 20 * 0.03) / 21, rel=1e-4)
+
+
+def test_backbone_weights_from_a_local_file_and_loud_random_fallback_without_network(tmp_path, monkeypatch):
+    import socket
+
+    def no_network(*a, **k):
+        raise AssertionError("the backbone tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))  # an empty cache
+    src = _model(backbone="dinov2_tiny", image_size=56)
+    path = tmp_path / "dinov2_tiny.pth"
+    torch.save(src.backbone.vit.state_dict(), path)
+    loaded = _model(backbone="dinov2_tiny", image_size=56, backbone_weights=str(path))
+    assert loaded.backbone.pretrained and loaded.backbone.weights_source == str(path)
+    for (k, a), b in zip(src.backbone.vit.state_dict().items(), loaded.backbone.vit.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.warns(UserWarning, match="RANDOM"):
+        m = _model(backbone="dinov2_vits14", image_size=56, hidden_dim=32)
+    assert not m.backbone.pretrained and m.backbone.vit.embed_dim == 384 and len(m.backbone.vit.blocks) == 12

@@ -180,6 +180,23 @@ class CNNBackbone(nn.Module):
         return len(self.blocks)
 
 
+def cached_timm_weights(arch: str) -> str | None:
+    """Path of the architecture's default pretrained weights in the local Hugging Face cache, or None.
+    Looks at files only (``try_to_load_from_cache``); nothing is requested over the network."""
+    try:
+        import timm
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = timm.models.get_pretrained_cfg(arch).hf_hub_id
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            path = try_to_load_from_cache(repo, filename)
+            if isinstance(path, str) and os.path.isfile(path):
+                return path
+    except Exception:  # noqa: BLE001 - no hub library / no such config: treated as "not cached"
+        return None
+    return None
+
+
 class DinoV2Backbone(nn.Module):
     """The DINOv2 architecture from timm (ViT, patch 14, LayerScale; positional embeddings interpolated to the
     crop size). Weights: ``weights`` (a local file) > an already-populated local HF/timm cache > random init
@@ -203,19 +220,10 @@ class DinoV2Backbone(nn.Module):
             model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=weights), **kwargs)
             self.pretrained, self.weights_source = True, weights
         elif name != "dinov2_tiny":
-            old = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-            os.environ["HF_HUB_OFFLINE"] = "1"
-            try:  # an already-populated local cache only: offline mode forbids any download
-                model = timm.create_model(arch, pretrained=True, **kwargs)
-                self.pretrained, self.weights_source = True, "local HF cache"
-            except Exception:  # noqa: BLE001 - absent from the cache (or no hub library): random init below
-                model = None
-            finally:
-                for k, v in old.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
+            cached = cached_timm_weights(arch)  # an already-populated local HF cache only: never a request
+            if cached is not None:
+                model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=cached), **kwargs)
+                self.pretrained, self.weights_source = True, cached
         if model is None:
             model = timm.create_model(arch, pretrained=False, **kwargs)
             msg = (f"WARNING: no local DINOv2 weights for {name} (give model.backbone_weights=PATH or populate the HF "
