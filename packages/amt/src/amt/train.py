@@ -12,7 +12,7 @@ from trainkit.checkpoint import CheckpointManager, load_checkpoint, restore_trai
 from trainkit.cli import prepare_run_dir
 from trainkit.config import config_to_dict, load_config, save_config
 from trainkit.device import autocast, make_grad_scaler, seed_everything
-from trainkit.distributed import GracefulStop, barrier, cleanup, init_distributed, wrap_ddp
+from trainkit.distributed import GracefulStop, barrier, cleanup, init_distributed, seed_rank_streams, wrap_ddp
 from trainkit.ema import EMA
 from trainkit.errors import UserError
 from trainkit.progress import progress
@@ -192,6 +192,7 @@ def train(cfg: Config, log=print) -> dict:
                                          cfg.optimizations.memory.checkpoint_ratio)
     ema = EMA(raw_model, decay=t.ema_decay, warmup=True)
     model = wrap_ddp(raw_model, info)
+    seed_rank_streams(t.seed)  # same init above; per-rank dropout/noise from here (resume restores)
     if cfg.optimizations.use_compile:
         model = torch.compile(model, mode=cfg.optimizations.compile_mode)
     optimizer = torch.optim.AdamW(param_groups(raw_model, cfg), lr=t.learning_rate)
