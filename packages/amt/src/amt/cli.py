@@ -1,10 +1,20 @@
-"""`amt`: command-line entry point (skeleton; commands land with the package issue)."""
+"""`amt`: train, evaluate, make-synthetic, visualize, info.
 
+Thin: parse flags, build the config, call one function. User mistakes print one ``error:`` line, exit 2.
+"""
 from __future__ import annotations
+
+import json
+import sys
 
 import click
 
-from trainkit.cli import Group
+from trainkit.cli import Group, common_options
+from trainkit.config import explicit_cli_values, load_config
+from trainkit.errors import UserError, handle_user_errors
+
+from .config import TRAIN_FLAGS, Config, resolve_config_path
+from .data import SPLITS
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -12,7 +22,169 @@ def main():
     """Advanced Manipulation Transformer: 3D hand pose from RGB with pixel-aligned refinement and sigma-reparam."""
 
 
+def _split_values(split: str | None) -> dict:
+    """--split s1 (a setup) sets train/val/test of that setup; --split s1_test also picks the test split."""
+    if split is None:
+        return {}
+    setup = split.split("_")[0]
+    if setup not in ("s0", "s1", "s2", "s3") or (("_" in split) and split not in SPLITS):
+        raise UserError(f"unknown split {split!r}", "--split", f"s0..s3 or one of {', '.join(SPLITS)}")
+    out = {"data.train_split": f"{setup}_train", "data.val_split": f"{setup}_val", "data.test_split": f"{setup}_test"}
+    return out
+
+
+def _precision_values(precision: str | None) -> dict:
+    if precision is None:
+        return {}
+    return {"training.use_amp": precision != "fp32", "training.use_bf16": precision == "bf16"}
+
+
+def build_config(ctx, config_path, overrides, split=None, precision=None, flags=TRAIN_FLAGS) -> Config:
+    values = explicit_cli_values(ctx, flags)
+    values.update(_split_values(split))
+    values.update(_precision_values(precision))
+    return load_config(Config, resolve_config_path(config_path), overrides, values)
+
+
 @main.command()
-def train():
-    """Train (not built yet)."""
-    raise click.UsageError("amt train is not built yet")
+@click.option("--data_root", "--data-root", "data_root", default=None,
+              help="DexYCB root (DEX_YCB_DIR layout). Default: the synthetic default, generated on first use.")
+@click.option("--split", default=None, help="Toolkit setup s0..s3 (train/val/test of it), e.g. s1 or s0_train.")
+@click.option("--resume", default=None, help="checkpoints/latest.pth of a run, or 'auto' (the run's newest).")
+@click.option("--output_dir", "--output-dir", "output_dir", default=None, help="Run directory [runs/<experiment_name>].")
+@click.option("--experiment_name", "--experiment-name", "experiment_name", default=None, help="Run name.")
+@click.option("--allow_config_change", is_flag=True, default=False,
+              help="On --resume, accept settings that differ from the checkpoint's (data, model, schedule).")
+@common_options
+@click.pass_context
+@handle_user_errors
+def train(ctx, split, allow_config_change, config_path, overrides, precision, **_):
+    """Train (the guide's `python train.py --config configs/default_config.yaml [--resume ...]`)."""
+    from .train import config_for_run
+    from .train import train as run
+
+    values = explicit_cli_values(ctx, TRAIN_FLAGS)
+    values.update(_split_values(split))
+    values.update(_precision_values(precision))
+    cfg = config_for_run(resolve_config_path(config_path), overrides, values, allow_config_change)
+    out = run(cfg, log=lambda m: click.echo(m, err=True))
+    click.echo(json.dumps({"run_dir": out["run_dir"], "step": out["step"],
+                           **{k: round(v, 4) for k, v in out["metrics"].items() if isinstance(v, float)}}))
+
+
+@main.command()
+@click.option("--checkpoint", required=True, help="best.pth / latest.pth from `amt train`.")
+@click.option("--split", default=None, help="Split to evaluate, e.g. s0_test [the config's data.test_split].")
+@click.option("--data_root", "--data-root", "data_root", default=None, help="DexYCB root [the checkpoint's].")
+@click.option("--results", default=None, help="Write the toolkit's HPE result file (index + 63 numbers in mm per frame).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--batch_size", "--batch-size", "batch_size", type=int, default=None, help="Evaluation batch size.")
+@click.option("--config", "config_path", default=None, help="YAML applied over the checkpoint's config.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+@click.option("--device", default="auto", show_default=True)
+@click.pass_context
+@handle_user_errors
+def evaluate(ctx, checkpoint, split, data_root, results, as_json, batch_size, config_path, overrides, device):
+    """Model vs mean-pose baseline: MPJPE (root-relative, absolute), PA-MPJPE, AUC, 3-D PCK, PCK@5px."""
+    if split is not None and split not in SPLITS:
+        raise UserError(f"unknown split {split!r}", "--split", f"one of {', '.join(SPLITS)}")
+    if batch_size is not None and batch_size <= 0:
+        raise UserError(f"batch_size={batch_size}", "--batch_size", "a positive integer")
+    from .evaluate import evaluate_checkpoint, format_report, report_json
+
+    cli_values = {"data.root": data_root} if data_root is not None else None
+    r = evaluate_checkpoint(checkpoint, split=split, config_path=resolve_config_path(config_path), overrides=overrides,
+                            cli_values=cli_values, results=results, device=device, batch_size=batch_size,
+                            log=lambda m: click.echo(m, err=True))
+    click.echo(report_json(r) if as_json else format_report(r))
+
+
+@main.command("make-synthetic")
+@click.option("--out", "--out_dir", "out", required=True, help="Folder to write (DexYCB layout).")
+@click.option("--sequences_per_subject", type=int, default=5, show_default=True)
+@click.option("--frames_per_sequence", type=int, default=8, show_default=True, help="Frame 0 of each has no hand.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out whole.")
+@handle_user_errors
+def make_synthetic(out, sequences_per_subject, frames_per_sequence, seed, overwrite):
+    """Write the synthetic hand dataset in the DexYCB on-disk layout."""
+    from .synthetic import make_synthetic as run
+
+    root = run(out, sequences_per_subject=sequences_per_subject, frames_per_sequence=frames_per_sequence, seed=seed,
+               overwrite=overwrite, log=lambda m: click.echo(m, err=True))
+    click.echo(f"wrote {root}")
+
+
+@main.command()
+@click.option("--out", required=True, help="PNG to write.")
+@click.option("--checkpoint", default=None, help="Overlay this model's predictions (else ground truth only).")
+@click.option("--data_root", "--data-root", "data_root", default=None)
+@click.option("--split", default=None, help="Split [the config's val split].")
+@click.option("--num", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--augment", is_flag=True, help="Show augmented crops (checks image/label consistency by eye).")
+@click.option("--config", "config_path", default=None)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--device", default="auto", show_default=True)
+@click.pass_context
+@handle_user_errors
+def visualize(ctx, out, checkpoint, data_root, split, num, augment, config_path, overrides, device):
+    """Hand crops with skeletons: ground truth (dashed) and, with --checkpoint, predictions (solid)."""
+    from trainkit.device import resolve_device
+
+    from .evaluate import load_for_inference, make_dataset, make_loader, predict, resolve_root
+    from .plots import overlay_figure
+
+    if split is not None and split not in SPLITS:
+        raise UserError(f"unknown split {split!r}", "--split", f"one of {', '.join(SPLITS)}")
+    cli_values = {"data.root": data_root} if data_root is not None else None
+    dev = resolve_device(device)
+    if checkpoint:
+        model, cfg, _ = load_for_inference(checkpoint, dev, resolve_config_path(config_path), overrides, cli_values)
+    else:
+        model, cfg = None, load_config(Config, resolve_config_path(config_path), overrides, cli_values)
+    root = resolve_root(cfg, lambda m: click.echo(m, err=True))
+    ds = make_dataset(cfg, root, split or cfg.data.val_split, augment=augment, limit=num)
+    if model is None:
+        items = [ds[i] for i in range(len(ds))]
+        fig = overlay_figure([it["image"].numpy() for it in items], [it["joints_2d"].numpy() for it in items])
+    else:
+        p = predict(model, make_loader(ds, num), dev, cfg.precision, keep_images=num)
+        fig = overlay_figure([x.numpy() for x in p["images"]], [x.numpy() for x in p["gt_uv_crop"]],
+                             [x.numpy() for x in p["pred_uv_crop"]])
+    fig.savefig(out, dpi=100)
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.option("--data_root", "--data-root", "data_root", default=None)
+@click.option("--no_data", is_flag=True, help="Skip the dataset summary (no synthetic generation).")
+@common_options
+@click.pass_context
+@handle_user_errors
+def info(ctx, no_data, config_path, overrides, precision, **_):
+    """Resolved config, dataset frames per split, model parameters per component."""
+    from .data import DexYCBIndex
+    from .evaluate import build_model, resolve_root
+    from .model import parameter_table
+
+    cfg = build_config(ctx, config_path, overrides, None, precision)
+    click.echo(f"config: experiment {cfg.experiment_name}, backbone {cfg.model.backbone}, hidden {cfg.model.hidden_dim}, "
+               f"crop {cfg.data.image_size}px, precision {cfg.precision}, run dir {cfg.run_dir}")
+    model = build_model(cfg, log=lambda m: click.echo(m, err=True))
+    total = trainable = 0
+    for comp, t in parameter_table(model).items():
+        click.echo(f"  {comp:<16}{t['total']:>14,} parameters ({t['trainable']:,} trainable)")
+        total += t["total"]
+        trainable += t["trainable"]
+    click.echo(f"  {'total':<16}{total:>14,} parameters ({trainable:,} trainable); backbone weights: "
+               f"{getattr(model.backbone, 'weights_source', 'random init (CNN)')}")
+    if not no_data:
+        root = resolve_root(cfg, lambda m: click.echo(m, err=True))
+        for split in (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split):
+            idx = DexYCBIndex(root, split)
+            click.echo(f"  {split}: {len(idx)} labelled frames ({idx.num_empty} without a hand dropped) "
+                       f"from {len(idx.intrinsics)} cameras at {root}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""`amt train`: the training loop, top to bottom."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from trainkit.checkpoint import CheckpointManager, load_checkpoint, restore_training_state, training_state
+from trainkit.cli import prepare_run_dir
+from trainkit.config import config_to_dict, load_config, save_config
+from trainkit.device import autocast, make_grad_scaler, seed_everything
+from trainkit.distributed import GracefulStop, barrier, cleanup, init_distributed, seed_rank_streams, wrap_ddp
+from trainkit.ema import EMA
+from trainkit.errors import UserError
+from trainkit.progress import progress
+from trainkit.step import OptimizerStep
+from trainkit.tracking import Tracker
+
+from .config import Config
+from .evaluate import build_model, make_dataset, make_loader, mean_pose, metrics_from_predictions, predict, resolve_root
+from .losses import LOSS_TERMS, compute_losses
+from .metrics import collapse_monitor
+from .model import AMTModel, count_parameters, parameter_table
+from .plots import overlay_figure
+
+
+class PthCheckpoints(CheckpointManager):
+    """The guide's names: checkpoints/latest.pth, best.pth and epoch_NNNN.pth every save_freq epochs."""
+    LATEST = "latest.pth"
+    BEST = "best.pth"
+
+
+class WarmRestartSchedule:
+    """LR multiplier per optimizer step: linear warmup, then cosine annealing with warm restarts (cycle i lasts
+    T_0 * T_mult^i epochs). Cycles are cut so the run ends annealed: the last cycle ends at the last step (a
+    remainder shorter than half a cycle is merged into the previous cycle). ``stage_scale`` multiplies it."""
+
+    def __init__(self, steps_per_epoch: int, num_epochs: int, warmup_steps: int, T_0: float, T_mult: float,
+                 min_ratio: float, kind: str = "cosine"):
+        self.total = steps_per_epoch * num_epochs
+        self.warmup, self.min_ratio, self.kind = warmup_steps, min_ratio, kind
+        self.stage_scale = 1.0
+        bounds, length, b = [0.0], T_0 * steps_per_epoch, 0.0
+        while b + length < self.total - 1e-9:
+            b += length
+            bounds.append(b)
+            length *= T_mult
+        last_len = self.total - bounds[-1]
+        if len(bounds) > 1 and last_len < 0.5 * (bounds[-1] - bounds[-2]) * T_mult:
+            bounds.pop()
+        self.bounds = bounds + [float(self.total)]
+
+    def base(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.kind == "constant":
+            return 1.0
+        for a, b in zip(self.bounds[:-1], self.bounds[1:]):
+            if step < b:
+                frac = (step - max(a, self.warmup if a == 0 else a)) / max(b - max(a, self.warmup if a == 0 else a), 1)
+                return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * min(max(frac, 0.0), 1.0)))
+        return self.min_ratio
+
+    def __call__(self, step: int) -> float:
+        return self.base(step) * self.stage_scale
+
+
+def param_groups(model: AMTModel, cfg: Config) -> list[dict]:
+    """AdamW groups per component with the guide's multi-rate multipliers; no weight decay on biases, norms,
+    sigma-reparam gains and the learned queries."""
+    mr, t = cfg.training.multi_rate, cfg.training
+    backbone_mult = mr.pretrained if model.backbone.pretrained else mr.new_encoders
+    mult = {"backbone": backbone_mult, "hand_encoder": mr.new_encoders, "object_encoder": mr.new_encoders,
+            "hand_decoder": mr.decoders, "object_decoder": mr.decoders, "refinement": mr.decoders}
+    groups: dict[tuple[str, bool], list] = {}
+    for name, p in model.named_parameters():
+        comp = model.component_of(name)
+        decay = p.ndim >= 2 and "queries" not in name and "query" not in name
+        groups.setdefault((comp, decay), []).append(p)
+    return [{"params": ps, "lr": t.learning_rate * mult[c], "weight_decay": t.weight_decay if d else 0.0,
+             "name": f"{c}{'' if d else '_nodecay'}"} for (c, d), ps in groups.items()]
+
+
+def stage_at(cfg: Config, epoch: int):
+    """The stage an epoch belongs to (None without a stage schedule)."""
+    e = 0
+    for st in cfg.stages:
+        e += st.epochs
+        if epoch < e:
+            return st
+    return None
+
+
+def apply_stage(model: AMTModel, cfg: Config, epoch: int, schedule: WarmRestartSchedule) -> tuple[dict, str]:
+    """Freeze/unfreeze, LR scale and loss weights of the epoch's stage; returns (loss weights, stage name)."""
+    weights = dict(vars(cfg.loss_weights))
+    st = stage_at(cfg, epoch)
+    if st is None:
+        model.unfreeze_all()
+        schedule.stage_scale = 1.0
+        return weights, "main"
+    if st.freeze_all_except is None:
+        model.unfreeze_all()
+    else:
+        model.freeze_all_except(list(st.freeze_all_except))
+    schedule.stage_scale = st.lr_scale
+    weights.update(st.loss_weights)
+    return weights, st.name
+
+
+# Keys that define what a run is: changing them on --resume is refused unless --allow_config_change.
+RUN_DEFINING = ("experiment_name", "data", "model", "loss_weights", "stages", "training.batch_size",
+                "training.learning_rate", "training.num_epochs", "training.weight_decay", "training.accumulation_steps",
+                "training.multi_rate", "training.scheduler", "training.T_0", "training.T_mult", "training.min_lr",
+                "training.warmup_epochs", "training.seed", "training.ema_decay", "training.diversity_target_ratio",
+                "training.input_noise", "training.grad_clip")
+
+
+def config_for_run(config_path: str | None, overrides=(), cli_values: dict | None = None,
+                   allow_config_change: bool = False) -> Config:
+    """The run's config. Fresh: defaults < YAML < flags < --set. On --resume: the checkpoint's config with only
+    what the user gave on top; run-defining changes are refused (one line naming the key) unless allowed."""
+    from trainkit.config import resolve_resume_config
+
+    cfg = load_config(Config, config_path, overrides, cli_values)
+    resume = cfg.training.resume
+    if not resume:
+        return cfg
+    path = Path(resume) if resume != "auto" else PthCheckpoints(cfg.run_dir / "checkpoints").resolve_resume("auto")
+    if path is None:
+        raise UserError("no checkpoint to resume from", f"--resume auto ({cfg.run_dir / 'checkpoints'})",
+                        "a run directory with checkpoints/latest.pth")
+    state = load_checkpoint(path)
+    if not isinstance(state.get("config"), dict) or "amt" not in (state.get("extra") or {}):
+        raise UserError("not an amt checkpoint", str(path), "a latest.pth / best.pth written by `amt train`")
+    values = dict(cli_values or {})
+    values["training.resume"] = str(path)
+    if path.parent.name == "checkpoints":
+        values.setdefault("output_dir", str(path.parent.parent))  # the run the checkpoint belongs to
+    return resolve_resume_config(Config, state["config"], path=config_path, overrides=overrides, cli_values=values,
+                                 run_defining=RUN_DEFINING, may_change=("data.num_workers",),
+                                 allow_changes=allow_config_change, where=str(path))
+
+
+def train(cfg: Config, log=print) -> dict:
+    """Train with a config from :func:`config_for_run`; returns the last validation metrics and the run dir."""
+    t = cfg.training
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    info = init_distributed(t.device)
+    device = info.device
+    say = log if info.is_main else (lambda *a, **k: None)
+    run_dir = cfg.run_dir
+    resume_path = Path(t.resume) if t.resume else None
+    if resume_path is not None and resume_path.parent.name == "checkpoints":
+        run_dir = resume_path.parent.parent
+    resume_state = load_checkpoint(resume_path) if resume_path is not None else None
+    if info.is_main:
+        prepare_run_dir(run_dir, resume=t.resume)
+    barrier()
+    ckpts = PthCheckpoints(run_dir / "checkpoints", keep_last=3, filename="epoch_{epoch:04d}.pth",
+                           best_metric="val/mpjpe", best_mode="min", enabled=info.is_main)
+
+    # ---- data ----
+    root = resolve_root(cfg, say)
+    d = cfg.data
+    train_set = make_dataset(cfg, root, d.train_split, augment=d.augment, limit=d.max_train_samples)
+    val_set = make_dataset(cfg, root, d.val_split, limit=d.max_val_samples)
+    base_train = train_set.dataset if hasattr(train_set, "dataset") else train_set
+    sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=t.seed,
+                                 drop_last=False)
+    loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, num_workers=d.num_workers, drop_last=True,
+                        persistent_workers=False)
+    if len(loader) == 0:
+        raise UserError(f"training split has {len(train_set)} frames, fewer than one batch", "training.batch_size",
+                        f"a batch size <= {len(train_set) // max(info.world_size, 1)}")
+    val_loader = make_loader(val_set, t.batch_size, d.num_workers)
+    steps_per_epoch = len(loader) // t.accumulation_steps  # optimizer steps
+    if steps_per_epoch == 0:
+        raise UserError(f"{len(loader)} batches per epoch < accumulation_steps={t.accumulation_steps}",
+                        "training.accumulation_steps", f"at most {len(loader)} for this data and batch size")
+    usable_batches = steps_per_epoch * t.accumulation_steps
+    total_steps = steps_per_epoch * t.num_epochs
+
+    # ---- model, optimiser, schedule ----
+    seed_everything(t.seed)
+    raw_model = build_model(cfg, log=say).to(device)
+    raw_model.set_gradient_checkpointing(cfg.optimizations.memory.gradient_checkpointing,
+                                         cfg.optimizations.memory.checkpoint_ratio)
+    ema = EMA(raw_model, decay=t.ema_decay, warmup=True)
+    model = wrap_ddp(raw_model, info)
+    seed_rank_streams(t.seed)  # same init above; per-rank dropout/noise from here (resume restores)
+    if cfg.optimizations.use_compile:
+        model = torch.compile(model, mode=cfg.optimizations.compile_mode)
+    optimizer = torch.optim.AdamW(param_groups(raw_model, cfg), lr=t.learning_rate)
+    warmup = min(round(t.warmup_epochs * steps_per_epoch), total_steps // 10)
+    schedule = WarmRestartSchedule(steps_per_epoch, t.num_epochs, warmup, t.T_0, t.T_mult,
+                                   min(t.min_lr / t.learning_rate, 1.0), t.scheduler)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scaler = make_grad_scaler(device, cfg.precision)
+    stepper = OptimizerStep(model, optimizer, scaler=scaler, accum_steps=t.accumulation_steps, grad_clip=t.grad_clip)
+
+    step, start_epoch, micro = 0, 0, 0
+    baseline = None
+    if resume_state is not None:
+        rest = restore_training_state(resume_state, model=raw_model, optimizer=optimizer, scheduler=scheduler,
+                                      scaler=scaler, ema=ema, where=str(resume_path))
+        extra = rest.get("extra") or {}
+        stepper.load_state_dict(extra.get("stepper", {}))
+        ckpts.load_manager_state(resume_state)
+        step, start_epoch, micro = int(rest["step"]), int(rest["epoch"]), int(extra.get("micro", 0))
+        baseline = {k: extra["amt"][k] for k in ("mean_rel", "mean_root")}
+        say(f"resumed from {resume_path} at epoch {start_epoch}, step {step}")
+    if baseline is None:
+        baseline = mean_pose(train_set)
+    if info.is_main:
+        save_config(cfg, run_dir)
+    tracker = Tracker(run_dir, config=config_to_dict(cfg), wandb_project=t.wandb_project if t.use_wandb else None,
+                      run_name=cfg.experiment_name, resume_step=step if resume_state is not None else None)
+    ptab = parameter_table(raw_model)
+    say(f"run {run_dir} | data {root} | {len(train_set)} train / {len(val_set)} val crops ({d.train_split}/"
+        f"{d.val_split}) | {count_parameters(raw_model):,} parameters | backbone {cfg.model.backbone} "
+        f"({'pretrained' if raw_model.backbone.pretrained else 'random init'}) | device {device} | precision "
+        f"{cfg.precision} | {steps_per_epoch} optimizer steps/epoch")
+
+    def save(epoch: int, metrics: dict | None) -> None:
+        extra = {"amt": {**baseline, "data_root": str(root), "backbone_pretrained": bool(raw_model.backbone.pretrained)},
+                 "stepper": stepper.state_dict(), "micro": micro}
+        payload = training_state(model=raw_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
+                                 step=step, epoch=epoch, config=config_to_dict(cfg), extra=extra)
+        ckpts.save(payload, step=step, epoch=epoch, metrics=metrics)
+        if info.is_main and epoch % t.save_freq != 0:
+            # CheckpointManager writes a periodic file every save; keep only every save_freq-th one.
+            (run_dir / "checkpoints" / ckpts.filename.format(epoch=epoch, step=step)).unlink(missing_ok=True)
+
+    def validate(epoch: int) -> dict:
+        p = predict(ema.module, val_loader, device, cfg.precision, keep_images=8)
+        m = metrics_from_predictions(p, t.collapse_std_threshold)
+        scalars = {f"val/{k}": v for k, v in m.items() if isinstance(v, float)}
+        if info.is_main and epoch % t.image_freq == 0:
+            fig = overlay_figure([x.numpy() for x in p["images"]], [x.numpy() for x in p["gt_uv_crop"]],
+                                 [x.numpy() for x in p["pred_uv_crop"]])
+            tracker.log_figure("val/skeleton_overlay", fig, step)
+        return scalars
+
+    # ---- loop ----
+    stop = GracefulStop()
+    metrics: dict = {}
+    last_val_step = step
+    try:
+        for epoch in range(start_epoch, t.num_epochs):
+            weights, stage_name = apply_stage(raw_model, cfg, epoch, schedule)
+            model.train()
+            sampler.set_epoch(epoch)
+            base_train.set_epoch(epoch)
+            t0 = time.time()
+            sums = {k: torch.zeros((), device=device) for k in ["loss", *LOSS_TERMS]}
+            n = 0
+            bar = progress(loader, total=usable_batches, desc=f"epoch {epoch + 1}/{t.num_epochs} [{stage_name}]",
+                           quiet=t.quiet)
+            for i, batch in enumerate(bar):
+                if i >= usable_batches:
+                    break  # a partial accumulation window would step with a different scale: skip it
+                b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                x = b["image"]
+                if t.input_noise > 0:
+                    x = x + t.input_noise * torch.randn_like(x)
+                with stepper.micro_batch():
+                    with autocast(device, cfg.precision):
+                        out = model(x, b["K"])
+                    loss, terms = compute_losses(out, b, weights, t.diversity_target_ratio)
+                    res = stepper.backward(loss)
+                micro += 1
+                if res.stepped:
+                    scheduler.step()
+                    ema.update(raw_model)
+                if res.boundary:
+                    step += 1
+                sums["loss"] += loss.detach()  # tensors: no host sync per micro-batch
+                for k, v in terms.items():
+                    sums[k] += v
+                n += 1
+                if res.boundary and step % t.log_freq == 0:
+                    final = (out["refined"][-1] if out["refined"] else out["joints_rel"]).detach().float()
+                    stats, warning = collapse_monitor(final, b["joints_rel"], t.collapse_std_threshold)
+                    scalars = {"train/loss": float(loss.detach()), **{f"train/{k}": float(v) for k, v in terms.items()},
+                               "train/grad_norm": float(res.grad_norm) if res.grad_norm is not None else 0.0,
+                               **{f"train/{k}": v for k, v in stats.items()}}
+                    for g in optimizer.param_groups:
+                        scalars[f"train/lr_{g['name']}"] = g["lr"]
+                    tracker.log_scalars(scalars, step)
+                    if warning:
+                        say(f"WARNING step {step}: {warning}")
+                    if hasattr(bar, "set_postfix"):
+                        bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+                if info.is_main and res.boundary and step - last_val_step >= t.val_freq:
+                    last_val_step = step
+                    metrics = validate(epoch + 1)
+                    tracker.log_scalars(metrics, step)
+                    model.train()
+                if stop.should_stop():
+                    break
+            if stop.should_stop():
+                say(f"stopping on {stop.signal_name} after step {step}; the last complete epoch's checkpoint is "
+                    f"checkpoints/latest.pth (resume with --resume)")
+                break
+            epoch_time = time.time() - t0
+            ep = epoch + 1
+            scalars = {f"train/epoch_{k}": float(v) / max(n, 1) for k, v in sums.items()}
+            scalars.update({"train/epoch": ep, "train/epoch_time_s": epoch_time, "train/ema_decay": ema.current_decay})
+            is_last = ep == t.num_epochs
+            if info.is_main:
+                metrics = validate(ep)
+                last_val_step = step
+                scalars.update(metrics)
+            tracker.log_scalars(scalars, step)
+            say(f"epoch {ep}/{t.num_epochs} [{stage_name}] step {step} loss {scalars['train/epoch_loss']:.4f} "
+                f"({epoch_time:.0f}s) | val mpjpe {metrics.get('val/mpjpe', float('nan')):.2f} mm, pa "
+                f"{metrics.get('val/pa_mpjpe', float('nan')):.2f} mm, pck@5px {metrics.get('val/pck_5px', float('nan')):.3f},"
+                f" spread {metrics.get('val/std_ratio', float('nan')):.2f}x GT")
+            save(ep, metrics)
+            if t.stop_after_epoch and ep >= t.stop_after_epoch and not is_last:
+                say(f"stopping after epoch {ep} (training.stop_after_epoch); continue with --resume "
+                    f"{run_dir / 'checkpoints' / 'latest.pth'}")
+                break
+    finally:
+        tracker.close()
+        stop.restore()
+        cleanup()
+    return {"run_dir": str(run_dir), "metrics": metrics, "parameters": ptab, "step": step}
+
+
+__all__ = ["train", "config_for_run", "WarmRestartSchedule", "param_groups", "apply_stage"]

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import orthogonal_procrustes
+from scipy.spatial.transform import Rotation
+
+from amt.metrics import auc, collapse_monitor, hand_metrics, pa_mpjpe, pck, procrustes_align
+
+
+def toolkit_align_w_scale(gt, pred):
+    """The toolkit's align_w_scale (freihand eval.py): unit-norm both, scipy orthogonal_procrustes."""
+    t1, t2 = gt.mean(0), pred.mean(0)
+    g, p = gt - t1, pred - t2
+    s1, s2 = np.linalg.norm(g) + 1e-8, np.linalg.norm(p) + 1e-8
+    g, p = g / s1, p / s2
+    R, s = orthogonal_procrustes(g, p)
+    return np.dot(p, R.T) * s * s1 + t1
+
+
+def test_procrustes_matches_scipy_toolkit_on_random_data():
+    rng = np.random.default_rng(0)
+    gt = rng.normal(0, 40, (64, 21, 3))
+    pred = gt + rng.normal(0, 15, gt.shape)
+    ours = procrustes_align(torch.tensor(pred), torch.tensor(gt)).numpy()
+    ref = np.stack([toolkit_align_w_scale(g, p) for g, p in zip(gt, pred)])
+    assert np.abs(ours - ref).max() < 1e-6
+
+
+def test_procrustes_recovers_a_similarity_exactly():
+    rng = np.random.default_rng(1)
+    gt = rng.normal(0, 50, (4, 21, 3))
+    R = Rotation.random(4, random_state=2).as_matrix()
+    pred = 0.7 * np.einsum("bij,bnj->bni", R, gt) + np.array([10.0, -5.0, 300.0])
+    assert pa_mpjpe(torch.tensor(pred), torch.tensor(gt)) < 1e-8
+    # a reflection is not a rotation: the aligned error stays large
+    assert pa_mpjpe(torch.tensor(gt * [-1, 1, 1]), torch.tensor(gt)) > 1.0
+
+
+def test_pck_and_auc_match_hand_computed_values():
+    # one keypoint, errors 0, 25, 50 mm: PCK(t) over linspace(0, 50, 100) is 1/3 for t < 25, 2/3 for 25 <= t < 50
+    e = torch.tensor([[0.0], [25.0], [50.0]])
+    t = np.linspace(0, 50, 100)
+    curve = np.array([(np.array([0, 25, 50]) <= x).mean() for x in t])
+    expected = np.trapezoid(curve, t) / 50
+    assert auc(e) == pytest.approx(expected)
+    assert 0.49 < auc(e) < 0.51  # ~ mean of 1/3 and 2/3 plus the endpoint
+    assert pck(e, 25.0) == pytest.approx(2 / 3)  # <= as in the toolkit
+    # AUC is per keypoint then averaged: a perfect keypoint and a hopeless one give 0.5
+    e2 = torch.tensor([[0.0, 100.0], [0.0, 100.0]])
+    assert auc(e2) == pytest.approx(0.5)
+
+
+def test_hand_metrics_conventions():
+    gt = torch.zeros(2, 21, 3, dtype=torch.float64)
+    gt[:, :, 2] = 600
+    gt[:, 1:, 0] = torch.arange(1, 21, dtype=torch.float64) * 5
+    pred = gt + torch.tensor([10.0, 0, 0])  # a pure root offset
+    m = hand_metrics(pred, gt)
+    assert m["mpjpe"] == pytest.approx(0, abs=1e-9)  # root-relative ignores it
+    assert m["mpjpe_abs"] == pytest.approx(10)
+    uv_gt = torch.full((2, 21, 2), 100.0)
+    uv_gt[0, 0] = -1  # masked
+    m = hand_metrics(pred, gt, uv_gt + torch.tensor([3.0, 4.0]), uv_gt)  # 5 px error: counts (<=)
+    assert m["pck_5px"] == 1.0
+
+
+def test_collapse_monitor_fires_on_constant_predictions():
+    gt = torch.randn(16, 21, 3) * 0.03
+    stats, warning = collapse_monitor(torch.zeros(16, 21, 3) + 0.01, gt)
+    assert warning is not None and "std" in warning and stats["pred_std"] == 0
+    stats, warning = collapse_monitor(gt + 0.001 * torch.randn_like(gt), gt)
+    assert warning is None and stats["std_ratio"] == pytest.approx(1, abs=0.05)
