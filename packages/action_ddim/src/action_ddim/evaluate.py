@@ -21,12 +21,17 @@ EVAL_BATCH = 256
 
 @torch.no_grad()
 def validate(model, diffusion: Diffusion, dataset: ActionDataset, indices, cfg: Config, device,
-             num_inference_steps: int | None = None) -> dict[str, float]:
+             num_inference_steps: int | None = None, *, heldout: np.ndarray | None = None,
+             gen_reference: np.ndarray | None = None, rate_hz: float = M.DEFAULT_RATE_HZ,
+             return_samples: bool = False):
     """Every ``val/`` metric on ``dataset[indices]`` with ``model`` (the EMA weights during training).
 
     Reconstructions: DDIM inversion then decoding, eta = 0, S steps each way. Generation: as many
     unconditional samples as ``train.num_gen_samples`` (eta and clipping as configured) compared with
-    the same validation sequences. All random draws use fixed seeds, so repeated calls agree.
+    the same validation sequences (or ``gen_reference``, data units). ``heldout`` (real sequences in
+    data units that are not in the reference, e.g. training sequences) gives every generation distance
+    its real-vs-real floor and ratio (``metrics.fidelity_metrics``). All random draws use fixed seeds,
+    so repeated calls agree. With ``return_samples`` returns ``(metrics, samples)``.
     """
     d = cfg.diffusion
     S = num_inference_steps or d.num_inference_steps
@@ -54,23 +59,69 @@ def validate(model, diffusion: Diffusion, dataset: ActionDataset, indices, cfg: 
     out = {f"val/{k}": v for k, v in M.reconstruction_metrics(orig, recon).items()}
     out["val/loss"] = loss_sum / max(n, 1)
     n_gen = cfg.train.num_gen_samples
+    samples = None
     if n_gen:
-        gen = torch.Generator(device="cpu").manual_seed(1)
-        samples = []
-        for start in range(0, n_gen, EVAL_BATCH):
-            b = min(EVAL_BATCH, n_gen - start)
-            xT = torch.randn((b, *orig.shape[1:]), generator=gen).to(device)
-            x = diffusion.sample(model, xT.shape, S, eta=d.eta, spacing=d.spacing, clip=d.clip_sample, x_T=xT,
-                                 generator=gen if d.eta > 0 else None)
-            samples.append(norm.decode(x.float()).cpu().numpy())
-        out.update({f"val/{k}": v for k, v in M.generation_metrics(orig, np.concatenate(samples)).items()})
+        samples = draw_samples(model, diffusion, norm, n_gen, orig.shape[1], cfg, device, S)
+        reference = orig if gen_reference is None else gen_reference
+        fid = M.fidelity_metrics(reference, samples, heldout_draws(heldout, n_gen), rate_hz=rate_hz)
+        out.update({f"val/{k}": v for k, v in fid.items()})
     model.train(was_training)
-    return out
+    return (out, samples) if return_samples else out
+
+
+# The real-vs-real floor averages this many disjoint held-out draws (as many sequences as samples each),
+# so the floor itself is not one noisy draw.
+FLOOR_DRAWS = 5
+
+
+def heldout_draws(heldout: np.ndarray | None, n: int, max_draws: int = FLOOR_DRAWS) -> list[np.ndarray]:
+    """Disjoint slices of ``n`` held-out real sequences (at most ``max_draws``; none if fewer than ``n``)."""
+    if heldout is None or n <= 0:
+        return []
+    return [heldout[k * n:(k + 1) * n] for k in range(min(max_draws, len(heldout) // n))]
+
+
+@torch.no_grad()
+def draw_samples(model, diffusion: Diffusion, norm, n: int, seq_len: int, cfg: Config, device,
+                 num_inference_steps: int | None = None, seed: int = 1) -> np.ndarray:
+    """``n`` unconditional samples in the dataset format (data units, press in {0, 1}), seeded (the same
+    draws as validation's)."""
+    d = cfg.diffusion
+    S = num_inference_steps or d.num_inference_steps
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    chunks = []
+    for start in range(0, n, EVAL_BATCH):
+        b = min(EVAL_BATCH, n - start)
+        xT = torch.randn((b, seq_len, 3), generator=gen).to(device)
+        x = diffusion.sample(model, xT.shape, S, eta=d.eta, spacing=d.spacing, clip=d.clip_sample, x_T=xT,
+                             generator=gen if d.eta > 0 else None)
+        chunks.append(norm.decode(x.float()).cpu().numpy())
+    return np.concatenate(chunks)
+
+
+def read_rate_hz(directory) -> float:
+    """Sampling rate of a data directory: ``rate_hz`` (import-log) or the generator's ``settings.sample_rate_hz``
+    in its metadata.json; the generator's 30 Hz when neither is there."""
+    meta = Path(directory) / "metadata.json"
+    try:
+        info = json.loads(meta.read_text())
+        rate = info.get("rate_hz") or (info.get("settings") or {}).get("sample_rate_hz")
+        return float(rate) if rate and float(rate) > 0 else M.DEFAULT_RATE_HZ
+    except (OSError, ValueError, AttributeError, TypeError):
+        return M.DEFAULT_RATE_HZ
 
 
 def evaluate_checkpoint(checkpoint: str, data_dir: str, num_inference_steps: int | None, device_spec: str,
                         seq_len: int | None, num_gen_samples: int | None = None, *, config_path=None, overrides=(),
-                        precision: str = "fp32") -> dict[str, float]:
+                        precision: str = "fp32", real_dir: str | None = None, plot: str | None = None
+                        ) -> dict[str, float]:
+    """Every validation metric of a checkpoint on ``data_dir``.
+
+    The real-vs-real floors of the generation metrics need real sequences that are not in the reference
+    set: ``real_dir`` (e.g. the training directory) gives them; without it, ``FLOOR_DRAWS`` (fewer if
+    the directory is small) seeded draws of ``num_gen_samples`` sequences are held out of ``data_dir``
+    and the samples are compared with the rest. ``plot``: a PNG of samples beside real sequences.
+    """
     from .train import load_for_inference
 
     device = resolve_device(device_spec)
@@ -84,8 +135,30 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str, num_inference_steps: int
     steps = num_inference_steps or cfg.diffusion.num_inference_steps
     if not 1 <= steps <= diffusion.T:
         raise UserError(f"num_inference_steps={steps}", "--num_inference_steps", f"between 1 and {diffusion.T}")
+    n_gen = cfg.train.num_gen_samples
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(2)).tolist()
+    gen_reference = None
+    if real_dir is not None:
+        real = ActionDataset(real_dir, ckpt_len, flag="--real_dir", normalizer=norm)
+        if real.seq_len != ckpt_len:
+            raise UserError(f"sequences have {real.seq_len} steps but the model was trained on {ckpt_len}",
+                            f"--real_dir {real_dir}", f"data with seq_len {ckpt_len}")
+        real_perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(2)).tolist()
+        heldout = real.raw_batch(sorted(real_perm[:FLOOR_DRAWS * n_gen]))
+    else:
+        k = n_gen * min(FLOOR_DRAWS, (len(ds) // 2) // n_gen) if n_gen else 0
+        heldout = ds.raw_batch(sorted(perm[:k])) if k else None
+        gen_reference = ds.raw_batch(sorted(perm[k:]))
     with autocast(device, precision):
-        return validate(model, diffusion, ds, list(range(len(ds))), cfg, device, steps)
+        m, samples = validate(model, diffusion, ds, list(range(len(ds))), cfg, device, steps, heldout=heldout,
+                              gen_reference=gen_reference, rate_hz=read_rate_hz(data_dir), return_samples=True)
+    if plot is not None and samples is not None:
+        from .plots import save_samples_vs_real
+
+        real_show = ds.raw_batch(sorted(perm[-8:]))
+        save_samples_vs_real(plot, samples[:8], real_show, rate_hz=read_rate_hz(data_dir),
+                             title=f"{Path(checkpoint).name}: samples ({steps} DDIM steps) | real ({data_dir})")
+    return m
 
 
 def format_metrics(m: dict[str, float]) -> str:
