@@ -136,5 +136,8 @@ def test_evaluate_prints_floors_and_writes_samples_beside_real(tmp_path):
     m2 = json.loads(with_real.output)
     assert m2["val/gen/speed_w1"] != m["val/gen/speed_w1"]  # the whole val set is the reference now
     assert m2["val/mse"] == m["val/mse"]  # reconstruction metrics always use every sequence
+    gen_only = json.loads(CliRunner().invoke(main, args[:-2] + ["--gen_only"], catch_exceptions=False).output)
+    assert "val/mse" not in gen_only
+    assert {k: v for k, v in m.items() if "/gen/" in k} == gen_only  # the same samples and floors
     bad = CliRunner().invoke(main, args[:-1] + [str(tmp_path / "x.jpg")])
     assert bad.exit_code == 2 and bad.output.startswith("error: ") and "--plot" in bad.output

@@ -89,10 +89,11 @@ def inference_options(fn):
               help="Real sequences outside --data_dir for the real-vs-real floors (e.g. the training directory); "
                    "default: hold some out of --data_dir.")
 @click.option("--plot", "plot_path", default=None, help="Write a PNG of samples beside real sequences here.")
+@click.option("--gen_only", is_flag=True, help="Only the generation/fidelity metrics (skips the reconstructions).")
 @inference_options
 @handle_user_errors
 def evaluate(checkpoint, data_dir, num_inference_steps, num_gen_samples, seq_len, as_json, real_dir, plot_path,
-             config_path, overrides, device, precision):
+             gen_only, config_path, overrides, device, precision):
     """Print every validation metric for a checkpoint on a data directory (fidelity beside real-vs-real floors)."""
     from .evaluate import evaluate_checkpoint, format_metrics, metrics_json
 
@@ -100,7 +101,7 @@ def evaluate(checkpoint, data_dir, num_inference_steps, num_gen_samples, seq_len
         raise UserError("plot must be a .png file", f"--plot {plot_path}", "a path ending in .png")
     m = evaluate_checkpoint(checkpoint, data_dir, num_inference_steps, device, seq_len, num_gen_samples,
                             config_path=config_path, overrides=overrides, precision=precision, real_dir=real_dir,
-                            plot=plot_path)
+                            plot=plot_path, gen_only=gen_only)
     click.echo(metrics_json(m) if as_json else format_metrics(m))
 
 

@@ -113,14 +113,15 @@ def read_rate_hz(directory) -> float:
 
 def evaluate_checkpoint(checkpoint: str, data_dir: str, num_inference_steps: int | None, device_spec: str,
                         seq_len: int | None, num_gen_samples: int | None = None, *, config_path=None, overrides=(),
-                        precision: str = "fp32", real_dir: str | None = None, plot: str | None = None
-                        ) -> dict[str, float]:
+                        precision: str = "fp32", real_dir: str | None = None, plot: str | None = None,
+                        gen_only: bool = False) -> dict[str, float]:
     """Every validation metric of a checkpoint on ``data_dir``.
 
     The real-vs-real floors of the generation metrics need real sequences that are not in the reference
     set: ``real_dir`` (e.g. the training directory) gives them; without it, ``FLOOR_DRAWS`` (fewer if
     the directory is small) seeded draws of ``num_gen_samples`` sequences are held out of ``data_dir``
     and the samples are compared with the rest. ``plot``: a PNG of samples beside real sequences.
+    ``gen_only``: only the generation (fidelity) metrics, skipping the DDIM reconstructions.
     """
     from .train import load_for_inference
 
@@ -149,14 +150,23 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str, num_inference_steps: int
         k = n_gen * min(FLOOR_DRAWS, (len(ds) // 2) // n_gen) if n_gen else 0
         heldout = ds.raw_batch(sorted(perm[:k])) if k else None
         gen_reference = ds.raw_batch(sorted(perm[k:]))
+    rate_hz = read_rate_hz(data_dir)
     with autocast(device, precision):
-        m, samples = validate(model, diffusion, ds, list(range(len(ds))), cfg, device, steps, heldout=heldout,
-                              gen_reference=gen_reference, rate_hz=read_rate_hz(data_dir), return_samples=True)
+        if gen_only:
+            if not n_gen:
+                raise UserError("--gen_only with no samples", "--num_gen_samples", "a positive number of samples")
+            samples = draw_samples(model, diffusion, norm, n_gen, ckpt_len, cfg, device, steps)
+            reference = gen_reference if gen_reference is not None else ds.raw_batch(list(range(len(ds))))
+            fid = M.fidelity_metrics(reference, samples, heldout_draws(heldout, n_gen), rate_hz=rate_hz)
+            m = {f"val/{k}": v for k, v in fid.items()}
+        else:
+            m, samples = validate(model, diffusion, ds, list(range(len(ds))), cfg, device, steps, heldout=heldout,
+                                  gen_reference=gen_reference, rate_hz=rate_hz, return_samples=True)
     if plot is not None and samples is not None:
         from .plots import save_samples_vs_real
 
         real_show = ds.raw_batch(sorted(perm[-8:]))
-        save_samples_vs_real(plot, samples[:8], real_show, rate_hz=read_rate_hz(data_dir),
+        save_samples_vs_real(plot, samples[:8], real_show, rate_hz=rate_hz,
                              title=f"{Path(checkpoint).name}: samples ({steps} DDIM steps) | real ({data_dir})")
     return m
 

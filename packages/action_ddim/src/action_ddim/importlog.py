@@ -264,9 +264,10 @@ def import_logs(inputs: list[str | Path], out_dir: str | Path, settings: ImportS
         width = max(float(lg.x.max()) for lg in logs) + 1
         height = max(float(lg.y.max()) for lg in logs) + 1
         screen_source = "inferred from the logs' extent (max x + 1, max y + 1)"
-    log(f"screen {width:g}x{height:g} px, {screen_source}")
+    # Progress lines are printed once the import has succeeded, so a failure stays one error line.
+    lines = [f"screen {width:g}x{height:g} px, {screen_source}"]
     if any(float(min(lg.x.min(), lg.y.min())) < 0 for lg in logs):
-        log("note: negative coordinates are clipped to 0")
+        lines.append("note: negative coordinates are clipped to 0")
 
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -298,7 +299,7 @@ def import_logs(inputs: list[str | Path], out_dir: str | Path, settings: ImportS
                 rep.output = name
                 total += rep.windows
             reports.append(rep)
-            log(f"{lg.path}: {rep.events} events, {rep.segments} segments, {rep.steps} steps at {s.rate_hz:g} Hz "
+            lines.append(f"{lg.path}: {rep.events} events, {rep.segments} segments, {rep.steps} steps at {s.rate_hz:g} Hz "
                 f"-> {rep.windows} windows of {s.seq_len} ({rep.dropped_steps} steps dropped, "
                 f"{rep.clipped_steps} clipped to the screen)")
         if total == 0:
@@ -318,6 +319,8 @@ def import_logs(inputs: list[str | Path], out_dir: str | Path, settings: ImportS
             "files": [asdict(r) for r in reports],
         }
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+        for line in lines:
+            log(line)
         if out.exists():
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
