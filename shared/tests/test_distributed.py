@@ -30,6 +30,10 @@ def test_ddp_two_ranks_accumulation_stay_in_sync(tmp_path):
     r1 = json.loads((tmp_path / "result_rank1.json").read_text())
     assert r0["world_size"] == 2
     assert r0["params"] == r1["params"]  # identical after accumulated, no_sync'd steps
+    # seed_rank_streams: identical init on both ranks (before DDP's broadcast), different streams afterwards.
+    assert r0["init_params"] == r1["init_params"]
+    assert r0["rank_seed"] != r1["rank_seed"]
+    assert all(a != b for a, b in zip(r0["draws"], r1["draws"]))  # torch, numpy and python draws all differ
     assert r0["rank_mean"] == r1["rank_mean"] == 0.5  # all-reduce of {0, 1}
     # 64 samples / 2 ranks / batch 8 = 4 micro-batches per epoch, accum 2 -> 2 steps per epoch.
     assert r0["step"] == 4
@@ -59,6 +63,25 @@ def test_graceful_stop_flag_single_process():
         assert stop.should_stop() and stop.signal_name == "SIGTERM"
     finally:
         stop.restore()
+
+
+def test_seed_rank_streams_differs_per_rank_and_repeats(monkeypatch):
+    import random
+
+    import numpy as np
+
+    from trainkit.distributed import seed_rank_streams
+
+    def draws(rank):
+        monkeypatch.setenv("RANK", str(rank))
+        seed = seed_rank_streams(5)
+        return seed, torch.rand(3).tolist(), float(np.random.rand()), random.random()
+
+    r0, r1, r0_again = draws(0), draws(1), draws(0)
+    assert r0 == r0_again  # deterministic in (seed, rank)
+    assert r0[0] != r1[0] and r0[1] != r1[1] and r0[2] != r1[2] and r0[3] != r1[3]
+    monkeypatch.setenv("RANK", "0")
+    assert seed_rank_streams(6) != r0[0]  # and in the seed
 
 
 def test_helpers_without_process_group():

@@ -93,3 +93,14 @@ def test_wandb_offline_without_key_or_network_writes_run_folder(tmp_path, monkey
     assert list(runs[0].glob("run-*.wandb"))
     assert list(runs[0].glob("files/media/images/img_1_*.png"))
     assert (tmp_path / "wandb_run_id.txt").read_text() in runs[0].name
+
+
+def test_log_scalars_accepts_zero_dim_tensors(tmp_path):
+    import torch
+
+    with Tracker(tmp_path, tensorboard=False) as tr:
+        tr.log_scalars({"train/grad_norm": torch.tensor(2.5), "train/loss": torch.tensor(0.25, dtype=torch.bfloat16),
+                        "train/lr": 1e-3, "skip": None}, 4)
+    row = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert row["train/grad_norm"] == 2.5 and row["train/loss"] == 0.25 and row["train/lr"] == 1e-3
+    assert list(row)[2:] == ["train/grad_norm", "train/loss", "train/lr"] and "skip" not in row

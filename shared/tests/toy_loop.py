@@ -46,14 +46,21 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     info = tk.init_distributed("cpu")
-    tk.seed_everything(1234 + info.rank)
+    tk.seed_everything(1234)  # same seed on every rank: identical init (DDP broadcasts rank 0's anyway)
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
     dataset = make_data()
     sampler = tk.make_sampler(dataset, shuffle=True, seed=0)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler)
-    model = tk.wrap_ddp(make_model(), info)
+    raw_model = make_model()
+    init_params = torch.cat([p.detach().reshape(-1) for p in raw_model.parameters()]).tolist()
+    model = tk.wrap_ddp(raw_model, info)
+    rank_seed = tk.seed_rank_streams(1234)  # per-step randomness (dropout) differs per rank from here on
+    rng_before = tk.capture_rng_state()
+    with torch.random.fork_rng():
+        draws = torch.rand(4).tolist() + [float(__import__("numpy").random.rand()), __import__("random").random()]
+    tk.restore_rng_state(rng_before)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     steps_per_epoch = math.ceil(len(loader) / args.accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 / (1.0 + 0.05 * s))
@@ -112,7 +119,7 @@ def main(argv=None) -> dict:
     flat = torch.cat([p.detach().reshape(-1) for p in tk.unwrap_model(model).parameters()])
     result = {"rank": info.rank, "world_size": info.world_size, "step": step, "steps_per_epoch": steps_per_epoch,
               "params": flat.tolist(), "rank_mean": tk.all_reduce_mean({"r": float(info.rank)})["r"],
-              "stopped": stopped_by_signal}
+              "stopped": stopped_by_signal, "init_params": init_params, "rank_seed": rank_seed, "draws": draws}
     (run_dir / f"result_rank{info.rank}.json").write_text(json.dumps(result))
     tracker.close()
     tk.cleanup()

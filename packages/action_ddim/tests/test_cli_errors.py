@@ -126,3 +126,46 @@ def test_generate_data_and_checkpoint_errors(tmp_path):
                        "junk.pt")
     _assert_user_error(_run(["sample", "--checkpoint", str(tmp_path / "missing.pt"), "--num_samples", "2",
                              "--out", str(tmp_path / "s.npy")]), "missing.pt")
+
+
+@pytest.mark.parametrize("command,flag,value", [
+    ("evaluate", "--num_inference_steps", "0"),
+    ("evaluate", "--num_inference_steps", "-2"),
+    ("evaluate", "--seq_len", "0"),
+    ("evaluate", "--num_gen_samples", "-1"),
+    ("sample", "--num_inference_steps", "0"),
+    ("sample", "--eta", "nan"),
+    ("reconstruct", "--num_inference_steps", "0"),
+])
+def test_zero_or_negative_inference_options_are_errors_not_the_checkpoints_value(
+        tiny_checkpoint, tiny_data, tmp_path, command, flag, value):
+    # `0` used to mean "not given" (`x or default`) and -1 ended in a traceback; not given is None.
+    src = sorted((tiny_data / "val").glob("*_actions.npy"))[0]
+    extra = {"evaluate": ["--data_dir", str(tiny_data / "val")],
+             "sample": ["--num_samples", "2", "--out", str(tmp_path / "s.npy")],
+             "reconstruct": ["--input", str(src), "--out", str(tmp_path / "r.npy")]}[command]
+    result = _run([command, "--checkpoint", str(tiny_checkpoint), *extra, flag, value])
+    _assert_user_error(result, f"{flag.lstrip('-')}={value}", flag)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_train_lr_nan_is_an_error(tmp_path, tiny_data):
+    for args, needle in ((["--lr", "nan"], "lr=nan"), (["--grad_clip", "inf"], "grad_clip=inf"),
+                         (["--set", "train.min_lr_ratio=2"], "min_lr_ratio=2")):
+        result = _run(["train", "--data_dir", str(tiny_data / "train"), "--val_data_dir", str(tiny_data / "val"),
+                       "--save_dir", str(tmp_path / "run"), *args])
+        _assert_user_error(result, needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_output_paths_that_cannot_be_written_are_errors(tiny_checkpoint, tiny_data, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir.npy").mkdir()
+    src = sorted((tiny_data / "val").glob("*_actions.npy"))[0]
+    for out, needle in ((tmp_path / "afile" / "s.npy", "is a file"), (tmp_path / "adir.npy", "is a directory")):
+        _assert_user_error(_run(["sample", "--checkpoint", str(tiny_checkpoint), "--num_samples", "2",
+                                 "--out", str(out)]), needle, "--out")
+        _assert_user_error(_run(["reconstruct", "--checkpoint", str(tiny_checkpoint), "--input", str(src),
+                                 "--out", str(out)]), needle, "--out")
+    _assert_user_error(_run(["generate-data", "--out_dir", str(tmp_path / "afile")]), "is a file", "--out_dir")
+    assert (tmp_path / "afile").read_text() == "x"

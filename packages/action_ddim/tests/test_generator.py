@@ -63,3 +63,48 @@ def test_dataset_files_and_metadata(tmp_path):
     assert meta["seq_len"] == 32 and meta["num_sequences"] == 12
     val = np.load(root / "val" / "part000_actions.npy")
     assert not np.array_equal(val[:32], arr[:32])  # val is an independent stream
+
+
+def test_val_stream_never_equals_another_seeds_train_stream():
+    from action_ddim.augmentation import split_seed
+
+    # Train data per seed is unchanged by the derived streams (same as the plain seed).
+    assert np.array_equal(generate_sequences(3, split_seed(0, "train")), generate_sequences(3, 0))
+    for seed in range(4):
+        val = generate_sequences(3, split_seed(seed, "val"))
+        for other in range(5):  # with "seed + 1" for val, seed 1's train equalled seed 0's val
+            assert not np.array_equal(val, generate_sequences(3, split_seed(other, "train"))), (seed, other)
+
+
+def test_generate_data_refuses_a_non_empty_target_and_replaces_it_whole(tmp_path):
+    from click.testing import CliRunner
+
+    from action_ddim.augmentation import generate_click_dataset
+    from action_ddim.cli import main
+    from action_ddim.data import ActionDataset
+
+    out = tmp_path / "data"
+    generate_click_dataset(out, num_train=12, num_val=3, seq_len=16, seed=0, sequences_per_file=5)
+    assert len(list((out / "train").glob("*_actions.npy"))) == 3
+    before = sorted(p.read_bytes() for p in out.rglob("*.npy"))
+
+    args = ["generate-data", "--out_dir", str(out), "--num_train", "2", "--num_val", "2", "--seq_len", "32"]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 2 and refused.output.startswith("error: ") and "--replace" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+    assert sorted(p.read_bytes() for p in out.rglob("*.npy")) == before  # untouched
+
+    assert CliRunner().invoke(main, args + ["--replace"]).exit_code == 0
+    train = ActionDataset(out / "train")
+    assert len(train) == 2 and train.seq_len == 32  # no stale part001/part002 from the first generation
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["metadata.json", "part000_actions.npy"]
+    assert not list(tmp_path.glob(".data.*"))  # no temporary folders left beside it
+
+    # An output path that is a file, and --replace on a folder that is not a dataset: errors, nothing deleted.
+    (tmp_path / "file").write_text("x")
+    r = CliRunner().invoke(main, ["generate-data", "--out_dir", str(tmp_path / "file"), "--replace"])
+    assert r.exit_code == 2 and "output path is a file" in r.output and (tmp_path / "file").read_text() == "x"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    r = CliRunner().invoke(main, ["generate-data", "--out_dir", str(tmp_path / "mine"), "--replace"])
+    assert r.exit_code == 2 and "notes.txt" in r.output and (tmp_path / "mine" / "notes.txt").read_text() == "keep"

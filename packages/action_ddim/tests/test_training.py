@@ -7,6 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from action_ddim.cli import main
+from action_ddim.train import effective_warmup, lr_lambda
 from trainkit.checkpoint import load_checkpoint
 
 GUIDE_TAGS = ["val/mse", "val/coord_mse", "val/press_accuracy", "val/mean_snr_db", "val/variance_ratio_x",
@@ -52,6 +53,19 @@ def test_quick_cpu_run_layout_and_tensorboard_tags(quick_cpu_run):
     assert ckpt["epoch"] == 3 and ckpt["step"] == 15
     assert ckpt["extra"]["normalizer"] == {"low": [0.0, 0.0, 0.0], "high": [1.0, 1.0, 1.0], "binary_channels": [2]}
     assert ckpt["config"]["train"]["lr"] == 1e-3 and ckpt["config"]["model"]["d_model"] == 32
+
+
+def test_short_run_reaches_its_peak_lr(quick_cpu_run):
+    # 15 steps against the default warmup of 500: before the cap the LR rose for the whole run (2.2e-5
+    # at step 10 with --lr 1e-3); now warmup is 3 steps and step 10 is on the cosine decay.
+    rows = [json.loads(x) for x in (quick_cpu_run / "metrics.jsonl").read_text().splitlines()]
+    lr10 = next(r["train/lr"] for r in rows if r["step"] == 10 and "train/lr" in r)
+    f = lr_lambda(effective_warmup(500, 15), 15, 0.0)
+    assert lr10 == pytest.approx(1e-3 * f(10)) and 3e-4 < lr10 < 1e-3
+    assert effective_warmup(500, 15) == 3 and effective_warmup(500, 5) == 1 and effective_warmup(0, 15) == 0
+    assert effective_warmup(500, 3950) == 500  # the guide's full run keeps the configured warmup
+    assert max(f(s) for s in range(15)) == 1.0  # the peak is reached
+    assert "20%" in CliRunner().invoke(main, ["train", "--help"]).output
 
 
 def test_existing_run_dir_is_refused_without_resume(quick_cpu_run, tiny_data):
@@ -142,7 +156,7 @@ def test_no_data_flags_generates_the_default_dataset_into_the_cache(tmp_path):
             "--set", "train.num_gen_samples=4"]
     first = _invoke(args + ["--save_dir", str(tmp_path / "a")], env=env)
     assert "generating the default dataset" in first.output
-    data = tmp_path / "cache" / "click_n8_v4_L64_s0"
+    data = tmp_path / "cache" / "click_v2_n8_v4_L64_s0"
     assert len(list((data / "train").glob("*_actions.npy"))) == 1
     # A second use finds it in the cache and does not regenerate.
     from action_ddim.config import Config

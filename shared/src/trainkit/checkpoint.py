@@ -122,8 +122,13 @@ def restore_rng_state(state: dict) -> None:
 
 
 def training_state(*, model, optimizer=None, scheduler=None, scaler=None, ema=None, step: int = 0, epoch: int = 0,
-                   best_metric: float | None = None, config: dict | None = None, extra: dict | None = None) -> dict:
+                   best_metric: float | None = None, config: dict | None = None, extra: dict | None = None,
+                   sampler=None, stepper=None) -> dict:
     """Everything a bit-exact resume needs, as plain data.
+
+    ``sampler`` (a :class:`trainkit.data.ResumableSampler`) stores the data order and mid-epoch position;
+    ``stepper`` (an :class:`trainkit.step.OptimizerStep`) its accumulation/skip counters. Both are plain
+    ints, so the result stays ``weights_only``-loadable.
 
     Under DDP call it on every rank (it gathers each rank's RNG state); only rank 0 then writes the file.
     """
@@ -148,14 +153,22 @@ def training_state(*, model, optimizer=None, scheduler=None, scaler=None, ema=No
         state["scaler"] = scaler.state_dict()
     if ema is not None:
         state["ema"] = ema.state_dict()
+    if sampler is not None:
+        state["sampler"] = sampler.state_dict()
+    if stepper is not None:
+        state["stepper"] = stepper.state_dict()
     if extra:
         state["extra"] = extra
     return state
 
 
 def restore_training_state(state: dict, *, model, optimizer=None, scheduler=None, scaler=None, ema=None,
-                           restore_rng: bool = True, where: str = "checkpoint") -> dict:
-    """Load what :func:`training_state` wrote into the live objects; returns the remaining metadata."""
+                           sampler=None, stepper=None, restore_rng: bool = True, where: str = "checkpoint") -> dict:
+    """Load what :func:`training_state` wrote into the live objects; returns the remaining metadata.
+
+    A checkpoint without a sampler state (older, or saved without one) leaves ``sampler`` at the start of
+    the checkpoint's epoch.
+    """
     version = state.get("format_version")
     if version is None or int(version) > FORMAT_VERSION:
         raise UserError(f"unsupported checkpoint format version {version!r}", where,
@@ -170,9 +183,16 @@ def restore_training_state(state: dict, *, model, optimizer=None, scheduler=None
             scaler.load_state_dict(state["scaler"])
         if ema is not None and "ema" in state:
             ema.load_state_dict(state["ema"])
+        if stepper is not None and "stepper" in state:
+            stepper.load_state_dict(state["stepper"])
     except (RuntimeError, KeyError, ValueError) as err:
         raise UserError("checkpoint does not match this model/configuration", where,
                         " ".join(str(err).split())[:300]) from None
+    if sampler is not None:
+        if "sampler" in state:
+            sampler.load_state_dict(state["sampler"], where=where)
+        else:
+            sampler.load_state_dict({"epoch": int(state.get("epoch", 0)), "consumed": 0}, where=where)
     if restore_rng:
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         per_rank = state.get("rng_per_rank")

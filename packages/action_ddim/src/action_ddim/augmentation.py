@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from trainkit.errors import UserError
 
 SAMPLE_RATE_HZ = 30.0
 
@@ -174,8 +178,19 @@ def generate_sequence(rng: np.random.Generator, s: GeneratorSettings | None = No
     return out, clipped
 
 
-def generate_sequences(n: int, seed: int = 0, settings: GeneratorSettings | None = None) -> np.ndarray:
-    """``n`` traces as ``float32 [n, seq_len, 3]``, deterministic in ``seed``."""
+# Split -> spawn key of its random stream. Train uses the plain seed (its data is what it always was);
+# val uses a child stream of the same seed, so no seed's val set is ever another seed's train set
+# (with "seed + 1" for val, --seed 1's train set was --seed 0's val set).
+SPLIT_STREAMS = {"train": (), "val": (1,)}
+
+
+def split_seed(seed: int, split: str) -> np.random.SeedSequence:
+    return np.random.SeedSequence(seed, spawn_key=SPLIT_STREAMS[split])
+
+
+def generate_sequences(n: int, seed: int | np.random.SeedSequence = 0,
+                       settings: GeneratorSettings | None = None) -> np.ndarray:
+    """``n`` traces as ``float32 [n, seq_len, 3]``, deterministic in ``seed`` (an int or a SeedSequence)."""
     rng = np.random.default_rng(seed)
     s = settings or GeneratorSettings()
     if n == 0:
@@ -185,18 +200,57 @@ def generate_sequences(n: int, seed: int = 0, settings: GeneratorSettings | None
 
 def generate_click_dataset(out_dir: str | Path, num_train: int = 5000, num_val: int = 1000,
                            seq_len: int = 64, seed: int = 0,
-                           sequences_per_file: int = 1000) -> Path:
+                           sequences_per_file: int = 1000, replace: bool = False) -> Path:
     """Write ``out_dir/{train,val}/part*_actions.npy`` (float32 ``[N*seq_len, 3]``) + ``metadata.json``.
 
-    Train and val come from independent random streams (seed and seed + 1), so val is held out.
-    Returns ``out_dir``.
+    Train and val come from independent random streams of ``seed`` (``split_seed``), so val is held
+    out and differs from every seed's train set. A non-empty ``out_dir`` is refused unless
+    ``replace``; then it is replaced whole (only if it holds nothing but an earlier dataset's
+    ``train/`` and ``val/``), so no stale file from an earlier generation survives. The new data is
+    written beside the target and renamed into place. Returns ``out_dir``.
     """
     out = Path(out_dir)
+    existing = _check_target(out, replace)
+    tmp = out.resolve().with_name(f".{out.resolve().name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_dataset(tmp, num_train, num_val, seq_len, seed, sequences_per_file)
+        if existing:
+            old = out.resolve().with_name(f".{out.resolve().name}.old{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            if out.is_dir():
+                out.rmdir()  # empty
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _check_target(out: Path, replace: bool) -> bool:
+    """True when ``out`` holds an earlier dataset to replace; a UserError for anything unsafe."""
+    if out.exists() and not out.is_dir():
+        raise UserError("output path is a file", f"--out_dir {out}", "a new or empty directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return False
+    if not replace:
+        raise UserError("output directory is not empty", f"--out_dir {out}",
+                        "a new or empty directory, or --replace to replace the dataset in it whole")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in ("train", "val"))
+    if foreign:
+        raise UserError(f"not a generated dataset (holds {foreign[0]!r}); refusing to delete it", f"--out_dir {out}",
+                        "a directory holding only train/ and val/ from generate-data, or a new one")
+    return True
+
+
+def _write_dataset(out: Path, num_train: int, num_val: int, seq_len: int, seed: int, sequences_per_file: int) -> None:
     settings = GeneratorSettings(seq_len=seq_len)
-    for split, n, split_seed in (("train", num_train, seed), ("val", num_val, seed + 1)):
+    for split, n in (("train", num_train), ("val", num_val)):
         d = out / split
         d.mkdir(parents=True, exist_ok=True)
-        data = generate_sequences(n, split_seed, settings)
+        data = generate_sequences(n, split_seed(seed, split), settings)
         for i, start in enumerate(range(0, n, sequences_per_file)):
             chunk = data[start:start + sequences_per_file].reshape(-1, 3)
             np.save(d / f"part{i:03d}_actions.npy", np.ascontiguousarray(chunk, dtype=np.float32))
@@ -204,9 +258,9 @@ def generate_click_dataset(out_dir: str | Path, num_train: int = 5000, num_val: 
             "seq_len": seq_len,
             "num_sequences": n,
             "split": split,
-            "seed": split_seed,
+            "seed": seed,
+            "stream": f"numpy SeedSequence({seed}, spawn_key={list(SPLIT_STREAMS[split])})",
             "generator": "action_ddim.augmentation.generate_click_dataset",
             "settings": asdict(settings),
         }
         (d / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return out

@@ -30,7 +30,9 @@ def main():
 @click.option("--batch_size", type=int, default=None, help="Sequences per step [32].")
 @click.option("--num_epochs", type=int, default=None, help="Epochs [50].")
 @click.option("--lr", type=float, default=None, help="Peak AdamW learning rate [1e-4].")
-@click.option("--warmup_steps", type=int, default=None, help="Linear LR warmup steps before cosine annealing [500].")
+@click.option("--warmup_steps", type=int, default=None,
+              help="Linear LR warmup steps before cosine annealing [500]. A short run warms up for at most 20%% "
+                   "of its steps, so the LR still reaches --lr (a 15-step run: 3 steps).")
 @click.option("--grad_clip", type=float, default=None, help="Gradient-norm clip, 0 = off [1.0].")
 @click.option("--ema_decay", type=float, default=None, help="EMA decay ceiling (with warmup) [0.9995].")
 @click.option("--schedule", type=click.Choice(["cosine", "linear"]), default=None, help="Noise schedule [cosine].")
@@ -146,15 +148,18 @@ def reconstruct(checkpoint, input_path, out, num_inference_steps, config_path, o
 @click.option("--num_val", type=int, default=1000, show_default=True)
 @click.option("--seq_len", type=int, default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--replace", is_flag=True,
+              help="Replace an existing dataset in --out_dir whole (a non-empty --out_dir is refused otherwise).")
 @handle_user_errors
-def generate_data(out_dir, num_train, num_val, seq_len, seed):
+def generate_data(out_dir, num_train, num_val, seq_len, seed, replace):
     """Write the synthetic gesture dataset (train/ and val/ with metadata.json)."""
     for name, v, lo in (("--num_train", num_train, 1), ("--num_val", num_val, 1), ("--seq_len", seq_len, 4)):
         if v < lo:
             raise UserError(f"{name.lstrip('-')}={v}", name, f"an integer >= {lo}")
     from .augmentation import generate_click_dataset
 
-    root = generate_click_dataset(out_dir, num_train=num_train, num_val=num_val, seq_len=seq_len, seed=seed)
+    root = generate_click_dataset(out_dir, num_train=num_train, num_val=num_val, seq_len=seq_len, seed=seed,
+                                  replace=replace)
     click.echo(f"wrote {num_train} train and {num_val} val sequences of {seq_len} steps to {root}/train and {root}/val")
 
 

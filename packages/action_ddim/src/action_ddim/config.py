@@ -6,7 +6,8 @@ through ``TRAIN_FLAGS``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
@@ -100,8 +101,22 @@ def _positive(value, name: str) -> None:
         raise UserError(f"{name.split('.')[-1]}={value}", f"--{name.split('.')[-1]}", "a positive number")
 
 
+def _check_finite(cfg: Config) -> None:
+    """NaN/inf pass every ``<=``/``<`` range check below (``nan <= 0`` is False): refuse them first."""
+    flags = {key: param for param, key in TRAIN_FLAGS.items()}
+    for section_name in ("data", "model", "diffusion", "train"):
+        section = getattr(cfg, section_name)
+        for f in fields(section):
+            value = getattr(section, f.name)
+            for v in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(v, float) and not math.isfinite(v):
+                    key = f"{section_name}.{f.name}"
+                    raise UserError(f"{f.name}={v}", f"--{flags[key]}" if key in flags else key, "a finite number")
+
+
 def validate(cfg: Config) -> None:
     m, d, t = cfg.model, cfg.diffusion, cfg.train
+    _check_finite(cfg)
     for name, value in (("model.d_model", m.d_model), ("model.num_layers", m.num_layers), ("model.nhead", m.nhead),
                         ("train.batch_size", t.batch_size), ("train.num_epochs", t.num_epochs), ("train.lr", t.lr),
                         ("data.seq_len", cfg.data.seq_len), ("diffusion.num_inference_steps", d.num_inference_steps),
@@ -139,6 +154,10 @@ def validate(cfg: Config) -> None:
                         ("train.stop_after_epoch", t.stop_after_epoch)):
         if value < 0:
             raise UserError(f"{name.split('.')[-1]}={value}", name, "a value >= 0")
+    if not 0.0 <= t.min_lr_ratio <= 1.0:
+        raise UserError(f"min_lr_ratio={t.min_lr_ratio}", "train.min_lr_ratio", "a value in [0, 1]")
+    if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
+        raise UserError(f"betas={list(t.betas)}", "train.betas", "two values in [0, 1), e.g. [0.9, 0.999]")
     if not 0.0 <= t.ema_decay < 1.0:
         raise UserError(f"ema_decay={t.ema_decay}", "--ema_decay", "a value in [0, 1)")
 

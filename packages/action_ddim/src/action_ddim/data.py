@@ -177,7 +177,8 @@ def default_cache_dir() -> Path:
 def ensure_default_dataset(num_train: int, num_val: int, seq_len: int, seed: int,
                            log=print) -> tuple[Path, Path]:
     """Generate (once) the default synthetic dataset in the cache and return its train/val dirs."""
-    root = default_cache_dir() / f"click_n{num_train}_v{num_val}_L{seq_len}_s{seed}"
+    # "_v2": the val split's stream changed (augmentation.SPLIT_STREAMS); older caches are not reused.
+    root = default_cache_dir() / f"click_v2_n{num_train}_v{num_val}_L{seq_len}_s{seed}"
     if not (root / "train").is_dir() or not (root / "val").is_dir():
         log(f"generating the default dataset into {root} (first use)")
         # Build beside the target and rename, so an interrupted or concurrent first run never

@@ -64,6 +64,20 @@ def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "lea
     return sorted(set(ts), reverse=True)
 
 
+def check_generator(generator: torch.Generator | None, device: torch.device | str) -> None:
+    """Fail fast, on any machine (CPU included), when a generator cannot draw on ``device``.
+
+    ``make_generator("meta")`` returns a CPU-backed generator that stands for ``meta`` (``target_device``).
+    """
+    device = torch.device(device)
+    if generator is None:
+        return
+    target = getattr(generator, "target_device", None) or generator.device
+    if target.type != device.type:
+        raise ValueError(f"a {target.type} generator cannot draw on {device}; "
+                         f"make it with trainkit.device.make_generator({str(device)!r}, seed)")
+
+
 class Diffusion:
     """Schedule + parameterisation; stateless apart from the abar table."""
 
@@ -75,11 +89,22 @@ class Diffusion:
         self.schedule = schedule
         self.T = num_train_timesteps
         self.prediction_type = prediction_type
+        # float64 on the CPU: the master table, read as Python floats by the sampler.
         self.alphas_cumprod = make_alphas_cumprod(schedule, num_train_timesteps, force=force_schedule)
+        # Per (device, dtype) copies made once: MPS has no float64, and a host-to-device copy per
+        # training step or sampling step is waste on any accelerator.
+        self._tables: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def table(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """abar as ``dtype`` on ``device``, converted on the CPU first and cached."""
+        key = (torch.device(device), dtype)
+        if key not in self._tables:
+            self._tables[key] = self.alphas_cumprod.to(dtype).to(key[0])
+        return self._tables[key]
 
     # --- training ---------------------------------------------------------------------------
     def abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        a = self.alphas_cumprod.to(like.device)[t].to(like.dtype)
+        a = self.table(like.device, like.dtype)[t]
         return a.view(-1, *([1] * (like.dim() - 1)))
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -96,6 +121,7 @@ class Diffusion:
 
     def loss(self, model: Denoiser, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The DDPM simple loss: MSE between the model output and its target at a uniform random t."""
+        check_generator(generator, x0.device)
         t = torch.randint(0, self.T, (x0.shape[0],), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         out = model(self.q_sample(x0, t, noise), t)
@@ -139,7 +165,13 @@ class Diffusion:
     def sample(self, model: Denoiser, shape: tuple[int, ...], num_steps: int = 50, *, eta: float = 0.0,
                spacing: str = "leading", clip: bool = True, x_T: torch.Tensor | None = None,
                generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-        """DDIM from x_T ~ N(0, I) (or the given x_T) to x_0."""
+        """DDIM from x_T ~ N(0, I) (or the given x_T) to x_0.
+
+        ``generator`` (needed for reproducible draws of x_T and of the eta > 0 noise) must live on the
+        sampling device: make it with ``make_generator(device, seed)``.
+        """
+        target = x_T.device if x_T is not None else torch.device(device)
+        check_generator(generator, target)
         x = x_T if x_T is not None else torch.randn(shape, generator=generator, device=device)
         ts, prev = self._levels(num_steps, spacing)
         for t, a_s in zip(ts, prev):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from trainkit.device import autocast, resolve_device
+from trainkit.device import autocast, make_generator, resolve_device
 from trainkit.errors import UserError
 
 from . import metrics as M
@@ -34,12 +35,12 @@ def validate(model, diffusion: Diffusion, dataset: ActionDataset, indices, cfg: 
     so repeated calls agree. With ``return_samples`` returns ``(metrics, samples)``.
     """
     d = cfg.diffusion
-    S = num_inference_steps or d.num_inference_steps
+    S = d.num_inference_steps if num_inference_steps is None else num_inference_steps
     was_training = model.training
     model.eval()
     norm = dataset.normalizer
     origs, recons, loss_sum, n = [], [], 0.0, 0
-    g = torch.Generator(device="cpu").manual_seed(0)
+    g = make_generator(device, 0)
     for start in range(0, len(indices), EVAL_BATCH):
         idx = indices[start:start + EVAL_BATCH]
         raw = torch.from_numpy(dataset.raw_batch(idx))
@@ -47,13 +48,7 @@ def validate(model, diffusion: Diffusion, dataset: ActionDataset, indices, cfg: 
         _, rec = diffusion.reconstruct(model, x0, S, spacing=d.spacing, clip=d.clip_reconstruction)
         origs.append(raw.numpy())
         recons.append(norm.decode_continuous(rec.float()).cpu().numpy())
-        # Validation diffusion loss at fixed (seeded) timesteps and noise, so epochs are comparable.
-        t = torch.randint(0, diffusion.T, (len(idx),), generator=g)
-        noise = torch.randn(x0.shape, generator=g)
-        t, noise = t.to(device), noise.to(device)
-        out = model(diffusion.q_sample(x0, t, noise), t)
-        loss_sum += torch.nn.functional.mse_loss(out.float(), diffusion.target(x0, t, noise).float(),
-                                                 reduction="sum").item()
+        loss_sum += seeded_loss_sum(model, diffusion, x0, g).item()
         n += x0.numel()
     orig, recon = np.concatenate(origs), np.concatenate(recons)
     out = {f"val/{k}": v for k, v in M.reconstruction_metrics(orig, recon).items()}
@@ -61,7 +56,8 @@ def validate(model, diffusion: Diffusion, dataset: ActionDataset, indices, cfg: 
     n_gen = cfg.train.num_gen_samples
     samples = None
     if n_gen:
-        samples = draw_samples(model, diffusion, norm, n_gen, orig.shape[1], cfg, device, S)
+        x = draw_samples(model, diffusion, n_gen, orig.shape[1], S, d, device, seed=1)
+        samples = norm.decode(x.float()).cpu().numpy()
         reference = orig if gen_reference is None else gen_reference
         fid = M.fidelity_metrics(reference, samples, heldout_draws(heldout, n_gen), rate_hz=rate_hz)
         out.update({f"val/{k}": v for k, v in fid.items()})
@@ -81,24 +77,6 @@ def heldout_draws(heldout: np.ndarray | None, n: int, max_draws: int = FLOOR_DRA
     return [heldout[k * n:(k + 1) * n] for k in range(min(max_draws, len(heldout) // n))]
 
 
-@torch.no_grad()
-def draw_samples(model, diffusion: Diffusion, norm, n: int, seq_len: int, cfg: Config, device,
-                 num_inference_steps: int | None = None, seed: int = 1) -> np.ndarray:
-    """``n`` unconditional samples in the dataset format (data units, press in {0, 1}), seeded (the same
-    draws as validation's)."""
-    d = cfg.diffusion
-    S = num_inference_steps or d.num_inference_steps
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    chunks = []
-    for start in range(0, n, EVAL_BATCH):
-        b = min(EVAL_BATCH, n - start)
-        xT = torch.randn((b, seq_len, 3), generator=gen).to(device)
-        x = diffusion.sample(model, xT.shape, S, eta=d.eta, spacing=d.spacing, clip=d.clip_sample, x_T=xT,
-                             generator=gen if d.eta > 0 else None)
-        chunks.append(norm.decode(x.float()).cpu().numpy())
-    return np.concatenate(chunks)
-
-
 def read_rate_hz(directory) -> float:
     """Sampling rate of a data directory: ``rate_hz`` (import-log) or the generator's ``settings.sample_rate_hz``
     in its metadata.json; the generator's 30 Hz when neither is there."""
@@ -109,6 +87,36 @@ def read_rate_hz(directory) -> float:
         return float(rate) if rate and float(rate) > 0 else M.DEFAULT_RATE_HZ
     except (OSError, ValueError, AttributeError, TypeError):
         return M.DEFAULT_RATE_HZ
+
+
+def seeded_loss_sum(model, diffusion: Diffusion, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Summed squared error of the training loss at timesteps and noise drawn from ``generator``.
+
+    Validation uses a fixed-seed generator so that epochs are comparable. Stays on ``x0``'s device.
+    """
+    t = torch.randint(0, diffusion.T, (len(x0),), generator=generator, device=x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    out = model(diffusion.q_sample(x0, t, noise), t)
+    return torch.nn.functional.mse_loss(out.float(), diffusion.target(x0, t, noise).float(), reduction="sum")
+
+
+@torch.no_grad()
+def draw_samples(model, diffusion: Diffusion, num: int, seq_len: int, steps: int, d, device, *, seed: int,
+                 eta: float | None = None) -> torch.Tensor:
+    """``num`` unconditional DDIM samples in model space, on ``device``, from a generator seeded on it.
+
+    ``d`` is the diffusion config (spacing, clipping, eta unless ``eta`` is given). A given seed gives
+    the same samples on every run on the same device type (CPU and CUDA streams differ).
+    """
+    eta = d.eta if eta is None else eta
+    gen = make_generator(device, seed)
+    chunks = []
+    for start in range(0, num, EVAL_BATCH):
+        b = min(EVAL_BATCH, num - start)
+        xT = torch.randn((b, seq_len, 3), generator=gen, device=device)
+        chunks.append(diffusion.sample(model, xT.shape, steps, eta=eta, spacing=d.spacing, clip=d.clip_sample,
+                                       x_T=xT, generator=gen if eta > 0 else None))
+    return torch.cat(chunks)
 
 
 def evaluate_checkpoint(checkpoint: str, data_dir: str, num_inference_steps: int | None, device_spec: str,
@@ -125,17 +133,18 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str, num_inference_steps: int
     """
     from .train import load_for_inference
 
+    _check_count("--seq_len", seq_len, 1)
+    _check_count("--num_gen_samples", num_gen_samples, 0)
+    _check_count("--num_inference_steps", num_inference_steps, 1)
     device = resolve_device(device_spec)
     model, diffusion, norm, cfg, ckpt_len = load_for_inference(checkpoint, device, config_path, overrides)
-    ds = ActionDataset(data_dir, seq_len or ckpt_len, flag="--data_dir", normalizer=norm)
+    ds = ActionDataset(data_dir, ckpt_len if seq_len is None else seq_len, flag="--data_dir", normalizer=norm)
     if ds.seq_len != ckpt_len:
         raise UserError(f"sequences have {ds.seq_len} steps but the model was trained on {ckpt_len}",
                         f"--data_dir {data_dir}", f"data with seq_len {ckpt_len}")
     if num_gen_samples is not None:
         cfg.train.num_gen_samples = num_gen_samples
-    steps = num_inference_steps or cfg.diffusion.num_inference_steps
-    if not 1 <= steps <= diffusion.T:
-        raise UserError(f"num_inference_steps={steps}", "--num_inference_steps", f"between 1 and {diffusion.T}")
+    steps = inference_steps(num_inference_steps, cfg, diffusion)
     n_gen = cfg.train.num_gen_samples
     perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(2)).tolist()
     gen_reference = None
@@ -155,7 +164,8 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str, num_inference_steps: int
         if gen_only:
             if not n_gen:
                 raise UserError("--gen_only with no samples", "--num_gen_samples", "a positive number of samples")
-            samples = draw_samples(model, diffusion, norm, n_gen, ckpt_len, cfg, device, steps)
+            x = draw_samples(model, diffusion, n_gen, ckpt_len, steps, cfg.diffusion, device, seed=1)
+            samples = norm.decode(x.float()).cpu().numpy()
             reference = gen_reference if gen_reference is not None else ds.raw_batch(list(range(len(ds))))
             fid = M.fidelity_metrics(reference, samples, heldout_draws(heldout, n_gen), rate_hz=rate_hz)
             m = {f"val/{k}": v for k, v in fid.items()}
@@ -186,30 +196,22 @@ def sample_to_file(checkpoint: str, num_samples: int, out: str, num_inference_st
     from .plots import plot_samples
     from .train import load_for_inference
 
-    if num_samples < 1:
-        raise UserError(f"num_samples={num_samples}", "--num_samples", "a positive integer")
+    _check_count("--num_samples", num_samples, 1)
+    _check_count("--num_inference_steps", num_inference_steps, 1)
+    if eta is not None and not (math.isfinite(eta) and eta >= 0):
+        raise UserError(f"eta={eta}", "--eta", "a finite eta >= 0 (0 = deterministic DDIM, 1 = DDPM)")
+    out_path = _npy_path(out)
     device = resolve_device(device_spec)
     model, diffusion, norm, cfg, seq_len = load_for_inference(checkpoint, device, config_path, overrides)
     d = cfg.diffusion
-    steps = num_inference_steps or d.num_inference_steps
+    steps = inference_steps(num_inference_steps, cfg, diffusion)
     eta = d.eta if eta is None else eta
-    if eta < 0:
-        raise UserError(f"eta={eta}", "--eta", "eta >= 0")
-    if not 1 <= steps <= diffusion.T:
-        raise UserError(f"num_inference_steps={steps}", "--num_inference_steps", f"between 1 and {diffusion.T}")
-    g = torch.Generator().manual_seed(seed)
-    chunks = []
-    for start in range(0, num_samples, EVAL_BATCH):
-        b = min(EVAL_BATCH, num_samples - start)
-        xT = torch.randn((b, seq_len, 3), generator=g).to(device)
-        with autocast(device, precision):
-            x = diffusion.sample(model, xT.shape, steps, eta=eta, spacing=d.spacing, clip=d.clip_sample, x_T=xT,
-                                 generator=g if eta > 0 else None)
-        chunks.append(norm.decode(x.float()).cpu().numpy())
-    seqs = np.concatenate(chunks).astype(np.float32)
+    with autocast(device, precision):
+        x = draw_samples(model, diffusion, num_samples, seq_len, steps, d, device, seed=seed, eta=eta)
+    seqs = norm.decode(x.float()).cpu().numpy()
+    seqs = seqs.astype(np.float32)
     seqs[..., :2] = np.clip(seqs[..., :2], 0.0, 1.0)  # the dataset format requires x, y in [0, 1]
-    out_path = _npy_path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(out_path)
     np.save(out_path, seqs.reshape(-1, 3))
     fig = plot_samples(seqs[:16], title=f"{num_samples} samples, {steps} DDIM steps, eta={eta}")
     png = out_path.with_suffix(".png")
@@ -225,6 +227,8 @@ def reconstruct_file(checkpoint: str, input_path: str, out: str, num_inference_s
                      ) -> tuple[Path, dict[str, float]]:
     from .train import load_for_inference
 
+    _check_count("--num_inference_steps", num_inference_steps, 1)
+    out_path = _npy_path(out)
     device = resolve_device(device_spec)
     model, diffusion, norm, cfg, seq_len = load_for_inference(checkpoint, device, config_path, overrides)
     src = Path(input_path)
@@ -235,9 +239,7 @@ def reconstruct_file(checkpoint: str, input_path: str, out: str, num_inference_s
     except (ValueError, OSError) as e:
         raise UserError("unreadable .npy file", f"--input {src}", f"a float32 [N*seq_len, 3] array ({e})")
     validate_actions(arr, src, seq_len)
-    steps = num_inference_steps or cfg.diffusion.num_inference_steps
-    if not 1 <= steps <= diffusion.T:
-        raise UserError(f"num_inference_steps={steps}", "--num_inference_steps", f"between 1 and {diffusion.T}")
+    steps = inference_steps(num_inference_steps, cfg, diffusion)
     raw = np.array(arr, dtype=np.float32).reshape(-1, seq_len, 3)
     recons = []
     for start in range(0, len(raw), EVAL_BATCH):
@@ -251,17 +253,40 @@ def reconstruct_file(checkpoint: str, input_path: str, out: str, num_inference_s
     fmt = recon.copy()
     fmt[..., :2] = np.clip(fmt[..., :2], 0.0, 1.0)
     fmt[..., 2] = M.press_decoded(recon[..., 2])
-    out_path = _npy_path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(out_path)
     np.save(out_path, fmt.astype(np.float32).reshape(-1, 3))
     return out_path, summary
 
 
+def _check_count(flag: str, value: int | None, low: int) -> None:
+    """``None`` means "not given" (use the checkpoint's value); anything below ``low`` is an error."""
+    if value is not None and value < low:
+        raise UserError(f"{flag.lstrip('-')}={value}", flag, f"an integer >= {low}")
+
+
+def inference_steps(given: int | None, cfg: Config, diffusion: Diffusion) -> int:
+    steps = cfg.diffusion.num_inference_steps if given is None else given
+    if not 1 <= steps <= diffusion.T:
+        raise UserError(f"num_inference_steps={steps}", "--num_inference_steps", f"between 1 and {diffusion.T}")
+    return steps
+
+
 def _npy_path(out: str) -> Path:
+    """Check an output path before any work: a .npy name that is not a directory."""
     p = Path(out)
     if p.suffix != ".npy":
         raise UserError("output must be a .npy file", f"--out {out}", "a path ending in .npy")
+    if p.is_dir():
+        raise UserError("output path is a directory", f"--out {out}", "a .npy file path")
+    for parent in p.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"{parent} is a file, not a directory", f"--out {out}",
+                            "a path whose parent folders are directories")
     return p
+
+
+def _make_parent(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
 
 
 __all__ = ["validate", "evaluate_checkpoint", "sample_to_file", "reconstruct_file"]

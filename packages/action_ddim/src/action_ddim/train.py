@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from trainkit.checkpoint import CheckpointManager, load_checkpoint, restore_training_state, training_state
 from trainkit.cli import prepare_run_dir
 from trainkit.config import config_to_dict, save_config
-from trainkit.device import autocast, make_grad_scaler, seed_everything
+from trainkit.device import autocast, make_generator, make_grad_scaler, seed_everything
 from trainkit.distributed import GracefulStop, barrier, cleanup, init_distributed, wrap_ddp
 from trainkit.ema import EMA
 from trainkit.errors import UserError
@@ -36,6 +36,19 @@ def build_model(cfg: Config, seq_len: int) -> ActionDenoiser:
 def build_diffusion(cfg: Config) -> Diffusion:
     d = cfg.diffusion
     return Diffusion(d.schedule, d.num_train_timesteps, d.prediction_type, force_schedule=d.force_schedule)
+
+
+# A warmup longer than the run would keep the LR rising for the whole run and never reach --lr (the
+# guide's quick and GPU tests are 15 and 5 steps against 500 warmup steps), so short runs warm up for
+# at most this fraction of their steps. Runs of 2500+ steps keep the default 500 unchanged.
+WARMUP_MAX_FRACTION = 0.2
+
+
+def effective_warmup(warmup_steps: int, total_steps: int) -> int:
+    """``warmup_steps``, capped at ``WARMUP_MAX_FRACTION`` of the run (at least 1 step when warming up)."""
+    if warmup_steps <= 0:
+        return 0
+    return min(warmup_steps, max(1, int(WARMUP_MAX_FRACTION * total_steps)))
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
@@ -78,7 +91,7 @@ def train(cfg: Config, log=print) -> dict:
                         f"--val_data_dir {val_dir}", "sequences of the same length as the training data")
     seq_len = train_set.seq_len
     # A fixed, seeded subset keeps per-epoch validation comparable across epochs and resumes.
-    val_order = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(0)).tolist()
+    val_order = torch.randperm(len(val_set), generator=make_generator("cpu", 0)).tolist()
     val_subset = val_order[: t.val_subset] if t.val_subset else val_order
     # Real sequences outside the validation set (a fixed, seeded slice of the training set) give every
     # generation distance its real-vs-real floor at the same sample count (metrics.fidelity_metrics).
@@ -99,7 +112,11 @@ def train(cfg: Config, log=print) -> dict:
     ema = EMA(raw_model, decay=t.ema_decay, warmup=t.ema_warmup)
     model = wrap_ddp(raw_model, info)
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.warmup_steps, total_steps, t.min_lr_ratio))
+    warmup = effective_warmup(t.warmup_steps, total_steps)
+    if warmup < t.warmup_steps:
+        say(f"warmup {warmup} steps: warmup_steps={t.warmup_steps} capped at {WARMUP_MAX_FRACTION:.0%} "
+            f"of this {total_steps}-step run")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_steps, t.min_lr_ratio))
     scaler = make_grad_scaler(device, t.precision)
     stepper = OptimizerStep(model, optimizer, scaler=scaler, grad_clip=t.grad_clip)
 
@@ -206,26 +223,32 @@ def train(cfg: Config, log=print) -> dict:
 
 
 def make_plots(tracker, model, diffusion, val_set, val_subset, cfg: Config, device, step: int, epoch: int) -> None:
-    d = cfg.diffusion
-    idx = val_subset[:4]
-    x0 = torch.stack([val_set[i] for i in idx]).to(device)
-    t_star = min(diffusion.T - 1, int(round(d.plot_t_fraction * diffusion.T)) - 1)
-    g = torch.Generator(device="cpu").manual_seed(1234)
-    noised = diffusion.q_sample(x0, torch.full((len(idx),), t_star, device=device),
-                                torch.randn(x0.shape, generator=g).to(device))
-    _, rec = diffusion.reconstruct(model, x0, d.num_inference_steps, spacing=d.spacing, clip=d.clip_reconstruction)
-    norm = val_set.normalizer
+    x0 = torch.stack([val_set[i] for i in val_subset[:4]]).to(device)
+    noised, rec, samples, t_star = plot_tensors(model, diffusion, x0, cfg)
+    d, norm = cfg.diffusion, val_set.normalizer
     fig = plot_reconstructions(norm.decode_continuous(x0).cpu().numpy(), norm.decode_continuous(noised).cpu().numpy(),
                                norm.decode_continuous(rec).cpu().numpy(), t_star, d.num_inference_steps)
     tracker.log_figure(f"val/reconstructions_epoch_{epoch}", fig, step)
-    samples = diffusion.sample(model, (8, x0.shape[1], x0.shape[2]), d.num_inference_steps, eta=d.eta, spacing=d.spacing,
-                               clip=d.clip_sample, generator=torch.Generator().manual_seed(4321), device=device)
     fig = plot_samples(norm.decode(samples).cpu().numpy(), title=f"unconditional samples, epoch {epoch}")
     tracker.log_figure(f"val/samples_epoch_{epoch}", fig, step)
     real = val_set.raw_batch(val_subset[:8])
     fig = plot_samples_vs_real(norm.decode(samples).cpu().numpy(), real, rate_hz=read_rate_hz(val_set.directory),
                                title=f"epoch {epoch}: generated (left) | real validation sequences (right)")
     tracker.log_figure(f"val/samples_vs_real_epoch_{epoch}", fig, step)
+
+
+@torch.no_grad()
+def plot_tensors(model, diffusion: Diffusion, x0: torch.Tensor, cfg: Config):
+    """What the plots show, computed on ``x0``'s device: (noised at t*, reconstruction, 8 samples, t*)."""
+    d, device = cfg.diffusion, x0.device
+    t_star = min(diffusion.T - 1, int(round(d.plot_t_fraction * diffusion.T)) - 1)
+    noise = torch.randn(x0.shape, generator=make_generator(device, 1234), device=device, dtype=x0.dtype)
+    noised = diffusion.q_sample(x0, torch.full((len(x0),), t_star, device=device), noise)
+    _, rec = diffusion.reconstruct(model, x0, d.num_inference_steps, spacing=d.spacing, clip=d.clip_reconstruction)
+    samples = diffusion.sample(model, (8, x0.shape[1], x0.shape[2]), d.num_inference_steps, eta=d.eta,
+                               spacing=d.spacing, clip=d.clip_sample, generator=make_generator(device, 4321),
+                               device=device)
+    return noised, rec, samples, t_star
 
 
 def load_for_inference(path: str | Path, device, config_path: str | None = None, overrides=()
