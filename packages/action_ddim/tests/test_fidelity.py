@@ -141,3 +141,14 @@ def test_evaluate_prints_floors_and_writes_samples_beside_real(tmp_path):
     assert {k: v for k, v in m.items() if "/gen/" in k} == gen_only  # the same samples and floors
     bad = CliRunner().invoke(main, args[:-1] + [str(tmp_path / "x.jpg")])
     assert bad.exit_code == 2 and bad.output.startswith("error: ") and "--plot" in bad.output
+
+
+def test_fidelity_config_loads_and_differs_from_the_guide_only_where_documented():
+    from trainkit.config import load_config
+
+    from action_ddim.config import Config, default_config_path
+
+    cfg = load_config(Config, default_config_path().with_name("fidelity.yaml"))
+    assert (cfg.model.d_model, cfg.model.num_layers, cfg.model.nhead) == (64, 3, 4)
+    assert (cfg.train.lr, cfg.train.warmup_steps, cfg.train.ema_decay, cfg.diffusion.eta) == (1e-3, 200, 0.999, 1.0)
+    assert cfg.data.num_train == 20000 and cfg.train.num_gen_samples == 256
