@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 from action_ddim.cli import main
@@ -124,29 +125,96 @@ def _rows(run):
     return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 
-def test_resume_gives_identical_parameters_and_metrics(tiny_data, tmp_path):
-    common = ["train", "--data_dir", str(tiny_data / "train"), "--val_data_dir", str(tiny_data / "val"),
-              "--batch_size", "4", "--num_epochs", "2", "--lr", "1e-3", "--d_model", "32", "--num_layers", "1",
-              "--nhead", "2", "--num_inference_steps", "5", "--warmup_steps", "4", "--dropout", "0.1",
-              "--set", "train.num_gen_samples=8", "--save_every", "1", "--plot_every", "100"]
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    _invoke(common + ["--save_dir", str(straight)])
-    _invoke(common + ["--save_dir", str(split), "--set", "train.stop_after_epoch=1"])
-    first = load_checkpoint(split / "checkpoints" / "latest.pt")
-    assert first["epoch"] == 1
-    _invoke(common + ["--save_dir", str(split), "--resume", "auto"])
-    a = load_checkpoint(straight / "checkpoints" / "latest.pt")
-    b = load_checkpoint(split / "checkpoints" / "latest.pt")
-    assert a["step"] == b["step"] == 6 and a["epoch"] == b["epoch"] == 2
-    for key in ("model",):
-        for name, tensor in a[key].items():
-            assert torch.equal(tensor, b[key][name]), name
+def _assert_same_run(a_dir, b_dir, step):
+    a = load_checkpoint(a_dir / "checkpoints" / "latest.pt")
+    b = load_checkpoint(b_dir / "checkpoints" / "latest.pt")
+    assert a["step"] == b["step"] == step and a["epoch"] == b["epoch"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
     for name, tensor in a["ema"]["module"].items():
         assert torch.equal(tensor, b["ema"]["module"][name]), name
-    assert a["scheduler"] == b["scheduler"]
-    ra, rb = _rows(straight), _rows(split)
-    assert ra == rb  # every logged value of both epochs, including the epoch-2 validation metrics
-    assert any("val/mse" in r and r["step"] == 6 for r in rb)
+    assert a["scheduler"] == b["scheduler"] and a["config"]["data"] == b["config"]["data"]
+    # config.yaml says what the run used: the same as the uninterrupted run's, apart from where it lives.
+    ya, yb = (yaml.safe_load((d / "config.yaml").read_text()) for d in (a_dir, b_dir))
+    for y in (ya, yb):
+        y["train"].pop("save_dir"), y["train"].pop("resume")
+    assert ya == yb
+    ra, rb = _rows(a_dir), _rows(b_dir)
+    assert ra == rb  # every logged value, train/loss at step 10 and each epoch's val/ metrics included
+    return ra
+
+
+def test_resume_gives_identical_parameters_and_metrics(tiny_data, tmp_path, monkeypatch):
+    """2 epochs (10 steps) straight == stopped after epoch 1 + resumed == SIGTERM in step 7 + resumed.
+
+    Both resumes pass only --resume and --save_dir: every other setting, the data included, comes from
+    the checkpoint (before, the resume switched to the generated default dataset).
+    """
+    import os
+    import signal
+
+    from action_ddim.diffusion import Diffusion
+
+    common = ["train", "--data_dir", str(tiny_data / "train"), "--val_data_dir", str(tiny_data / "val"),
+              "--batch_size", "2", "--num_epochs", "2", "--lr", "1e-3", "--d_model", "32", "--num_layers", "1",
+              "--nhead", "2", "--num_inference_steps", "5", "--warmup_steps", "4", "--dropout", "0.1",
+              "--set", "train.num_gen_samples=8", "--save_every", "1", "--plot_every", "100", "--quiet"]
+    straight, split, killed = tmp_path / "straight", tmp_path / "split", tmp_path / "killed"
+    _invoke(common + ["--save_dir", str(straight)])
+
+    _invoke(common + ["--save_dir", str(split), "--set", "train.stop_after_epoch=1"])
+    assert load_checkpoint(split / "checkpoints" / "latest.pt")["epoch"] == 1
+    _invoke(["train", "--resume", "auto", "--save_dir", str(split)])
+    rows = _assert_same_run(straight, split, 10)
+    assert any("val/mse" in r and r["step"] == 10 for r in rows) and any("train/loss" in r for r in rows)
+
+    # A real SIGTERM in the middle of epoch 2 (step 7 of 10): the loop finishes the step, saves, returns.
+    calls, loss = [0], Diffusion.loss
+
+    def loss_with_sigterm(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(Diffusion, "loss", loss_with_sigterm)
+        stopped = _invoke(common + ["--save_dir", str(killed)])
+    assert "stopping on SIGTERM after step 7 (4 of 10 sequences of epoch 2)" in stopped.output
+    mid = load_checkpoint(killed / "checkpoints" / "latest.pt")
+    assert mid["step"] == 7 and mid["epoch"] == 1 and mid["sampler"]["consumed"] == 4
+    assert sorted(p.name for p in (killed / "checkpoints").glob("epoch*.pt")) == ["epoch0001.pt"]  # end of epoch 1 kept
+    resumed = _invoke(["train", "--resume", "auto", "--save_dir", str(killed)])
+    assert "4 sequences into epoch 2" in resumed.output
+    _assert_same_run(straight, killed, 10)
+
+
+def test_resume_refuses_run_changing_flags_and_keeps_config_yaml_honest(quick_cpu_run, tiny_data, tmp_path):
+    from action_ddim.train import resolve_config
+
+    run = quick_cpu_run  # d_model 32, batch 2, 3 epochs on the mini data; nothing below writes to it
+    config_before = (run / "config.yaml").read_bytes()
+    ckpt_before = (run / "checkpoints" / "latest.pt").read_bytes()
+    for args, key in ((["--d_model", "64"], "model.d_model"), (["--data_dir", str(tmp_path)], "data.data_dir"),
+                      (["--seq_len", "32"], "data.seq_len"), (["--num_epochs", "4"], "train.num_epochs"),
+                      (["--set", "diffusion.schedule=linear"], "diffusion.schedule")):
+        result = CliRunner().invoke(main, ["train", "--resume", "auto", "--save_dir", str(run), *args])
+        assert result.exit_code == 2 and result.output.startswith("error: ") and f"'{key}'" in result.output, \
+            result.output
+        assert "--allow_config_change" in result.output and len(result.output.strip().splitlines()) == 1
+    assert (run / "config.yaml").read_bytes() == config_before  # a refused flag writes nothing
+    assert (run / "checkpoints" / "latest.pt").read_bytes() == ckpt_before
+
+    # The override flag accepts the change; settings not given still come from the checkpoint.
+    values = {"train.resume": "auto", "train.save_dir": str(run), "train.num_epochs": 5, "train.val_every": 2}
+    cfg, resume = resolve_config(cli_values=values, allow_config_change=True, log=lambda *a: None)
+    assert cfg.train.num_epochs == 5 and cfg.train.val_every == 2 and cfg.model.d_model == 32
+    assert cfg.data.data_dir == str(tiny_data / "train") and cfg.train.batch_size == 2 and resume[0]["epoch"] == 3
+    # Without it, non-defining settings (how often to validate, the device) may still change.
+    cfg, _ = resolve_config(cli_values={k: v for k, v in values.items() if k != "train.num_epochs"})
+    assert cfg.train.val_every == 2 and cfg.train.num_epochs == 3
+    refused = CliRunner().invoke(main, ["train", "--allow_config_change", "--save_dir", str(tmp_path / "new")])
+    assert refused.exit_code == 2 and "--resume" in refused.output
 
 
 def test_no_data_flags_generates_the_default_dataset_into_the_cache(tmp_path):

@@ -44,7 +44,12 @@ def main():
 @click.option("--wandb_project", "--wandb-project", "wandb_project", default=None,
               help="Log to this W&B project (offline without key/network). Off when not given.")
 @click.option("--save_dir", "--save-dir", "save_dir", default=None, help="Run directory [checkpoints].")
-@click.option("--resume", default=None, help="Checkpoint path, or 'auto' for the newest in --save_dir.")
+@click.option("--resume", default=None,
+              help="Checkpoint path, or 'auto' for the newest in --save_dir. The checkpoint's config is the run's: "
+                   "flags not given come from it; flags changing data, model, diffusion schedule, batch size, "
+                   "epochs, LR curve or seed are refused (see --allow_config_change).")
+@click.option("--allow_config_change", "--allow-config-change", "allow_config_change", is_flag=True,
+              help="With --resume: accept flags that change what the run is (config.yaml then records them).")
 @click.option("--save_every", type=int, default=None, help="Checkpoint every N epochs (and at the end) [20].")
 @click.option("--plot_every", type=int, default=None, help="Plots every N epochs (and at the end) [10].")
 @click.option("--val_every", type=int, default=None, help="Validate every N epochs (and at the end) [1].")
@@ -53,12 +58,19 @@ def main():
 @common_options
 @click.pass_context
 @handle_user_errors
-def train(ctx, config_path, overrides, **_):
+def train(ctx, config_path, overrides, allow_config_change, **_):
     """Train the denoiser (the guide's train_diffusion_ddim.py)."""
-    cfg = load_config(Config, config_path, overrides, explicit_cli_values(ctx, TRAIN_FLAGS))
+    cli_values = explicit_cli_values(ctx, TRAIN_FLAGS)
+    # Bad flags are refused here, before the training stack is even imported.
+    if not load_config(Config, config_path, overrides, cli_values).train.resume and allow_config_change:
+        raise UserError("--allow_config_change without --resume", "--allow_config_change",
+                        "use it only together with --resume")
+    from .train import resolve_config
     from .train import train as run
 
-    run(cfg, log=_log)
+    cfg, resume = resolve_config(config_path, overrides, cli_values, allow_config_change=allow_config_change,
+                                 log=_log)
+    run(cfg, log=_log, resume=resume)
 
 
 def _log(msg: str) -> None:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
-from trainkit.checkpoint import CheckpointManager, load_checkpoint, restore_training_state, training_state
+from trainkit.checkpoint import (CheckpointManager, load_checkpoint, restore_training_state, save_checkpoint,
+                                 training_state)
 from trainkit.cli import prepare_run_dir
-from trainkit.config import config_to_dict, save_config
+from trainkit.config import (config_changes, config_to_dict, flatten_config, load_config, resolve_resume_config,
+                             save_config)
+from trainkit.data import ResumableSampler
 from trainkit.device import autocast, make_generator, make_grad_scaler, seed_everything
-from trainkit.distributed import GracefulStop, barrier, cleanup, init_distributed, wrap_ddp
+from trainkit.distributed import (GracefulStop, barrier, cleanup, init_distributed, rank_seed, seed_rank_streams,
+                                  wrap_ddp)
 from trainkit.ema import EMA
 from trainkit.errors import UserError
 from trainkit.progress import progress
@@ -72,9 +77,75 @@ def resolve_data(cfg: Config, log) -> tuple[Path, Path]:
     return Path(d.data_dir), Path(d.val_data_dir)
 
 
-def train(cfg: Config, log=print) -> dict:
-    """Train; returns the last validation metrics (``val/...`` keys)."""
+# Keys that define what a run is. On --resume the checkpoint's config is the run's config: flags not
+# given come from it, and a flag changing one of these keys is refused unless --allow_config_change.
+RUN_DEFINING = ("data", "model", "diffusion.schedule", "diffusion.num_train_timesteps", "diffusion.prediction_type",
+                "diffusion.force_schedule", "train.batch_size", "train.num_epochs", "train.lr", "train.weight_decay",
+                "train.betas", "train.warmup_steps", "train.min_lr_ratio", "train.grad_clip", "train.ema_decay",
+                "train.ema_warmup", "train.seed")
+MAY_CHANGE = ("data.num_workers",)
+# Settings of one invocation, not of the run: a resume starts them afresh instead of inheriting them
+# (an inherited stop_after_epoch would stop every later resume after one epoch).
+PER_INVOCATION = {"train.resume": None, "train.stop_after_epoch": 0}
+CHECKPOINT_NAME = "epoch{epoch:04d}.pt"
+
+
+def find_resume(save_dir: str | Path, resume: str) -> tuple[dict, Path]:
+    """The checkpoint ``--resume`` names (a path, or ``auto``: the newest usable one in ``save_dir``), loaded."""
+    ckpts = CheckpointManager(Path(save_dir) / "checkpoints", filename=CHECKPOINT_NAME, enabled=False)
+    path = ckpts.resolve_resume(resume)
+    if path is None:
+        raise UserError("no checkpoint to resume from", f"--resume {resume}",
+                        f"a checkpoint file, or 'auto' with checkpoints in {ckpts.directory}")
+    state = load_checkpoint(path, map_location="cpu")
+    if not isinstance(state.get("config"), dict) or "extra" not in state:
+        raise UserError("not an action-ddim training checkpoint", str(path), "a file written by `action-ddim train`")
+    return state, path
+
+
+def resumed_config(state: dict, path: Path, *, config_path=None, overrides=(), cli_values=None,
+                   allow_config_change: bool = False, log=print) -> Config:
+    """The checkpoint's config with what this invocation gave on top (run-defining changes refused)."""
+    saved = copy.deepcopy(state["config"])
+    for dotted, fresh in PER_INVOCATION.items():
+        section, key = dotted.split(".")
+        saved.setdefault(section, {})[key] = fresh
+    cfg = resolve_resume_config(Config, saved, path=config_path, overrides=overrides, cli_values=cli_values,
+                                run_defining=RUN_DEFINING, may_change=MAY_CHANGE, allow_changes=allow_config_change,
+                                override_flag="--allow_config_change", where=str(path))
+    for key, old, new in config_changes(saved, config_to_dict(cfg)):
+        if key not in PER_INVOCATION:
+            log(f"resume: {key} {old!r} -> {new!r}")
+    return cfg
+
+
+def resolve_config(config_path=None, overrides=(), cli_values=None, allow_config_change: bool = False,
+                   log=print) -> tuple[Config, tuple[dict, Path] | None]:
+    """The run's config and, when resuming, the loaded checkpoint.
+
+    A new run: defaults < ``--config`` < flags < ``--set``. A resumed run: the checkpoint's config <
+    ``--config`` < flags < ``--set``, where only what this invocation gave is applied.
+    """
+    cfg = load_config(Config, config_path, overrides, cli_values)
+    if not cfg.train.resume:
+        return cfg, None
+    state, path = find_resume(cfg.train.save_dir, cfg.train.resume)
+    cfg = resumed_config(state, path, config_path=config_path, overrides=overrides, cli_values=cli_values,
+                         allow_config_change=allow_config_change, log=log)
+    return cfg, (state, path)
+
+
+def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) -> dict:
+    """Train; returns the last validation metrics (``val/...`` keys).
+
+    ``resume``: the loaded checkpoint and its path from :func:`resolve_config` (the CLI's way). Called
+    with only ``cfg.train.resume`` set, every key of ``cfg`` must agree with the checkpoint's run-defining keys.
+    """
     t = cfg.train
+    if resume is None and t.resume:
+        resume = find_resume(t.save_dir, t.resume)
+        cfg = resumed_config(resume[0], resume[1], cli_values=flatten_config(config_to_dict(cfg)), log=log)
+        t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
     info = init_distributed(t.device)
@@ -98,19 +169,26 @@ def train(cfg: Config, log=print) -> dict:
     floor_order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(1)).tolist()
     floor_real = train_set.raw_batch(sorted(floor_order[: FLOOR_DRAWS * t.num_gen_samples]))
     rate_hz = read_rate_hz(val_dir)
-    sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=t.seed, drop_last=False)
+    # The shuffle depends on (seed, epoch) only and its mid-epoch position goes into the checkpoint, so a
+    # run stopped mid-epoch resumes at the next micro-batch. Shards per rank under torchrun.
+    sampler = ResumableSampler(len(train_set), shuffle=True, seed=t.seed, drop_last=False)
+    # Its own generator: every DataLoader iterator draws a base seed (for worker seeding), from the global
+    # RNG by default, which would shift the training stream when a resumed epoch starts a new iterator.
     loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
-                        drop_last=False, persistent_workers=cfg.data.num_workers > 0)
+                        drop_last=False, persistent_workers=cfg.data.num_workers > 0,
+                        generator=make_generator("cpu", rank_seed(t.seed, info.rank)))
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * t.num_epochs
 
     # ---- model, optimiser, schedule ----
-    seed_everything(t.seed)
+    seed_everything(t.seed)  # the same seed on every rank: identical initial weights
     diffusion = build_diffusion(cfg)
     raw_model = build_model(cfg, seq_len).to(device)
     ema = EMA(raw_model, decay=t.ema_decay, warmup=t.ema_warmup)
     model = wrap_ddp(raw_model, info)
+    # From here on each rank draws its own timesteps, noise and dropout masks (same streams as before
+    # this call on no rank); a resume then restores each rank's streams from the checkpoint.
+    seed_rank_streams(t.seed)
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
     warmup = effective_warmup(t.warmup_steps, total_steps)
     if warmup < t.warmup_steps:
@@ -123,34 +201,43 @@ def train(cfg: Config, log=print) -> dict:
     # ---- run directory, resume ----
     run_dir = prepare_run_dir(t.save_dir, resume=t.resume) if info.is_main else Path(t.save_dir)
     barrier()
-    ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=t.keep_last, filename="epoch{epoch:04d}.pt",
+    ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=t.keep_last, filename=CHECKPOINT_NAME,
                               best_metric="val/loss", best_mode="min", enabled=info.is_main)
-    step, start_epoch = 0, 0
-    resume_path = ckpts.resolve_resume(t.resume)
-    if t.resume and resume_path is None:
-        raise UserError("no checkpoint to resume from", f"--resume {t.resume}",
-                        f"a checkpoint file, or 'auto' with checkpoints in {run_dir / 'checkpoints'}")
-    if resume_path is not None:
-        state = load_checkpoint(resume_path, map_location=device)
+    step, start_epoch, partial = 0, 0, None
+    if resume is not None:
+        state, resume_path = resume
         rest = restore_training_state(state, model=raw_model, optimizer=optimizer, scheduler=scheduler,
-                                      scaler=scaler, ema=ema, where=str(resume_path))
-        stepper.load_state_dict((rest.get("extra") or {}).get("stepper", {}))
+                                      scaler=scaler, ema=ema, sampler=sampler, stepper=stepper, where=str(resume_path))
+        extra = rest.get("extra") or {}
+        if "stepper" not in state and "stepper" in extra:  # checkpoints written before trainkit stored it
+            stepper.load_state_dict(extra["stepper"])
+        partial = extra.get("epoch_partial")
         ckpts.load_manager_state(state)
         step, start_epoch = int(rest["step"]), int(rest["epoch"])
-        say(f"resumed from {resume_path} at epoch {start_epoch}, step {step}")
+        where = f"step {step}, {sampler.consumed} sequences into epoch {start_epoch + 1}" if partial else f"step {step}"
+        say(f"resumed from {resume_path} at epoch {start_epoch}, {where}")
     if info.is_main:
-        save_config(cfg, run_dir)
+        save_config(cfg, run_dir)  # the resolved config: on resume the checkpoint's, plus allowed changes
     tracker = Tracker(run_dir, config=config_to_dict(cfg), wandb_project=t.wandb_project,
-                      resume_step=step if resume_path is not None else None)
+                      resume_step=step if resume is not None else None)
     say(f"run {run_dir} | {len(train_set)} train / {len(val_set)} val sequences of {seq_len} steps | "
         f"{count_parameters(raw_model):,} parameters | device {device} | {steps_per_epoch} steps/epoch")
 
-    def save(epoch: int, metrics: dict | None) -> None:
+    def save(epoch: int, metrics: dict | None, partial: dict | None = None) -> None:
+        extra = {"normalizer": normalizer.to_dict(), "seq_len": seq_len}
+        if partial is not None:
+            extra["epoch_partial"] = partial
         payload = training_state(model=raw_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
-                                 step=step, epoch=epoch, config=config_to_dict(cfg),
-                                 extra={"normalizer": normalizer.to_dict(), "seq_len": seq_len,
-                                        "stepper": stepper.state_dict()})
-        path = ckpts.save(payload, step=step, epoch=epoch, metrics=metrics)
+                                 step=step, epoch=epoch, config=config_to_dict(cfg), extra=extra, sampler=sampler,
+                                 stepper=stepper)
+        if partial is None:
+            path = ckpts.save(payload, step=step, epoch=epoch, metrics=metrics)
+        elif info.is_main:
+            # Mid-epoch: only latest.pt, so epochNNNN.pt always means "the end of epoch NNNN".
+            payload["manager"] = {"best_value": ckpts.best_value, "best_metric": ckpts.best_metric}
+            path = save_checkpoint(ckpts.directory / ckpts.LATEST, payload)
+        else:
+            path = None
         if path is not None:
             say(f"saved {path}")
 
@@ -161,10 +248,14 @@ def train(cfg: Config, log=print) -> dict:
     try:
         for epoch in range(start_epoch, t.num_epochs):
             model.train()
-            sampler.set_epoch(epoch)
+            sampler.set_epoch(epoch)  # the epoch a checkpoint stopped in keeps its position
             t0 = time.time()
             loss_sum, n_batches = torch.zeros((), device=device), 0
-            bar = progress(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{t.num_epochs}", quiet=t.quiet)
+            if partial is not None and epoch == start_epoch:  # what the stopped run had summed this epoch
+                loss_sum, n_batches = partial["loss_sum"].to(device), int(partial["n_batches"])
+            stopping = False
+            bar = progress(sampler.track(loader), total=steps_per_epoch, initial=sampler.consumed_batches(t.batch_size),
+                           desc=f"epoch {epoch + 1}/{t.num_epochs}", quiet=t.quiet)
             for x0 in bar:
                 x0 = x0.to(device, non_blocking=True)
                 with stepper.micro_batch():
@@ -178,17 +269,19 @@ def train(cfg: Config, log=print) -> dict:
                 loss_sum += loss.detach()
                 n_batches += 1
                 if step % 10 == 0:
-                    tracker.log_scalars({"train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"],
-                                         "train/grad_norm": out.grad_norm or 0.0}, step)
-                if stop.should_stop():
+                    tracker.log_scalars({"train/loss": loss.detach(), "train/lr": optimizer.param_groups[0]["lr"],
+                                         "train/grad_norm": out.grad_norm}, step)
+                if out.boundary and stop.should_stop():
+                    stopping = True
                     break
             train_time = time.time() - t0
             last_epoch = epoch + 1
-            if stop.should_stop():
-                # Mid-epoch: the checkpoint records the epoch as unfinished, so a resume redoes it.
-                say(f"stopping on {stop.signal_name}: saving a checkpoint after step {step}; "
-                    f"resume with --resume auto (epoch {epoch + 1} restarts)")
-                save(epoch, None)
+            if stopping:
+                # Mid-epoch: the sampler's position and this epoch's running loss go into the checkpoint,
+                # so a resume continues with the next micro-batch.
+                save(epoch, None, partial={"loss_sum": loss_sum.detach().cpu(), "n_batches": n_batches})
+                say(f"stopping on {stop.signal_name} after step {step} ({sampler.consumed} of {len(sampler)} "
+                    f"sequences of epoch {epoch + 1}); continue with --resume auto")
                 break
             epoch_loss = (loss_sum / max(n_batches, 1)).item()
             scalars = {"train/epoch_loss": epoch_loss, "train/epoch": last_epoch, "train/epoch_time_s": train_time,
@@ -258,8 +351,6 @@ def load_for_inference(path: str | Path, device, config_path: str | None = None,
     ``config_path`` / ``overrides`` (``--config`` / ``--set``) are applied on top of the checkpoint's
     config, e.g. ``--set diffusion.spacing=trailing``.
     """
-    from trainkit.config import load_config
-
     state = load_checkpoint(path, map_location=device)
     if "config" not in state or "extra" not in state:
         raise UserError("not an action-ddim checkpoint", str(path), "a file written by `action-ddim train`")
@@ -275,4 +366,4 @@ def load_for_inference(path: str | Path, device, config_path: str | None = None,
     return model, build_diffusion(cfg), Normalizer.from_dict(state["extra"]["normalizer"]), cfg, seq_len
 
 
-__all__ = ["train", "load_for_inference", "build_model", "build_diffusion", "lr_lambda"]
+__all__ = ["train", "resolve_config", "load_for_inference", "build_model", "build_diffusion", "lr_lambda"]
