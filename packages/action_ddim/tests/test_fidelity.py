@@ -78,8 +78,9 @@ def test_fidelity_metrics_floor_and_ratio():
     draws = [generate_sequences(32, seed=30 + k) for k in range(3)]
     real_samples = generate_sequences(32, seed=40)
     m = M.fidelity_metrics(ref, real_samples, draws)
+    per_draw = [M.fidelity_metrics(ref, d, []) for d in draws]
     for k in M.FLOORED:
-        floor = np.mean([M.fidelity_metrics(ref, d, [])[k] for d in draws])
+        floor = np.mean([p[k] for p in per_draw])
         assert m[f"{k}_floor"] == pytest.approx(floor)
         assert m[f"{k}_ratio"] == pytest.approx(m[k] / floor)
         assert m[f"{k}_ratio"] < 4  # another real draw is about as far as the floor
