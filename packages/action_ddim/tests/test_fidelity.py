@@ -153,3 +153,22 @@ def test_fidelity_config_loads_and_differs_from_the_guide_only_where_documented(
     assert (cfg.model.d_model, cfg.model.num_layers, cfg.model.nhead) == (64, 3, 4)
     assert (cfg.train.lr, cfg.train.warmup_steps, cfg.train.ema_decay, cfg.diffusion.eta) == (1e-3, 200, 0.999, 1.0)
     assert cfg.data.num_train == 20000 and cfg.train.num_gen_samples == 256
+
+
+def test_training_logs_floors_and_the_samples_vs_real_figure(tmp_path):
+    from action_ddim.augmentation import generate_click_dataset
+    from action_ddim.cli import main
+
+    data = generate_click_dataset(tmp_path / "d", num_train=24, num_val=8, seq_len=64, seed=9)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, [
+        "train", "--data_dir", str(data / "train"), "--val_data_dir", str(data / "val"), "--save_dir", str(run),
+        "--num_epochs", "1", "--batch_size", "8", "--d_model", "16", "--nhead", "2", "--num_layers", "1",
+        "--num_inference_steps", "4", "--quiet", "--set", "train.num_gen_samples=4"],
+        env={"WANDB_MODE": "disabled"}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if "val/gen/c2st_accuracy" in r][-1]
+    for k in M.FLOORED:  # 24 training sequences hold 5 floor draws of 4
+        assert val[f"val/{k}_ratio"] == pytest.approx(val[f"val/{k}"] / val[f"val/{k}_floor"])
+    assert any((run / "samples").glob("val_samples_vs_real_epoch_1_*.png"))
