@@ -1,4 +1,4 @@
-"""`action-ddim`: train, evaluate, sample, reconstruct, generate-data."""
+"""`action-ddim`: train, evaluate, sample, reconstruct, generate-data, import-log."""
 
 from __future__ import annotations
 
@@ -99,15 +99,23 @@ def inference_options(fn):
 @click.option("--num_gen_samples", type=int, default=None, help="Unconditional samples for val/gen/* [checkpoint's].")
 @click.option("--seq_len", type=int, default=None, help="Steps per sequence without metadata.json [checkpoint's].")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object (tag -> value).")
+@click.option("--real_dir", "--real-dir", "real_dir", default=None,
+              help="Real sequences outside --data_dir for the real-vs-real floors (e.g. the training directory); "
+                   "default: hold some out of --data_dir.")
+@click.option("--plot", "plot_path", default=None, help="Write a PNG of samples beside real sequences here.")
+@click.option("--gen_only", is_flag=True, help="Only the generation/fidelity metrics (skips the reconstructions).")
 @inference_options
 @handle_user_errors
-def evaluate(checkpoint, data_dir, num_inference_steps, num_gen_samples, seq_len, as_json, config_path, overrides,
-             device, precision):
-    """Print every validation metric for a checkpoint on a data directory."""
+def evaluate(checkpoint, data_dir, num_inference_steps, num_gen_samples, seq_len, as_json, real_dir, plot_path,
+             gen_only, config_path, overrides, device, precision):
+    """Print every validation metric for a checkpoint on a data directory (fidelity beside real-vs-real floors)."""
     from .evaluate import evaluate_checkpoint, format_metrics, metrics_json
 
+    if plot_path is not None and not plot_path.endswith(".png"):
+        raise UserError("plot must be a .png file", f"--plot {plot_path}", "a path ending in .png")
     m = evaluate_checkpoint(checkpoint, data_dir, num_inference_steps, device, seq_len, num_gen_samples,
-                            config_path=config_path, overrides=overrides, precision=precision)
+                            config_path=config_path, overrides=overrides, precision=precision, real_dir=real_dir,
+                            plot=plot_path, gen_only=gen_only)
     click.echo(metrics_json(m) if as_json else format_metrics(m))
 
 
@@ -165,6 +173,34 @@ def generate_data(out_dir, num_train, num_val, seq_len, seed, replace):
     root = generate_click_dataset(out_dir, num_train=num_train, num_val=num_val, seq_len=seq_len, seed=seed,
                                   replace=replace)
     click.echo(f"wrote {num_train} train and {num_val} val sequences of {seq_len} steps to {root}/train and {root}/val")
+
+
+@main.command("import-log")
+@click.option("--input", "inputs", multiple=True, required=True,
+              help="A CSV pointer log (repeat for several). Default columns: Balabit's "
+                   "'record timestamp,client timestamp,button,state,x,y'.")
+@click.option("--out_dir", "--out-dir", "out_dir", required=True, help="Output directory (the dataset format).")
+@click.option("--rate", "rate_hz", type=float, default=None, help="Resampling rate in Hz [30].")
+@click.option("--seq_len", type=int, default=None, help="Steps per sequence (window) [64].")
+@click.option("--screen", default=None, help="Screen WIDTHxHEIGHT in pixels [inferred from the logs' extent].")
+@click.option("--split_gap", "split_gap_s", type=float, default=None,
+              help="Seconds without an event that split a log into separate sequences [2.0].")
+@click.option("--columns", default=None,
+              help="Column names as ROLE=NAME,... for roles time, x, y, button, state "
+                   "(e.g. 'time=ts,state=touch,button='); unnamed roles keep the Balabit default.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out_dir whole.")
+@handle_user_errors
+def import_log(inputs, out_dir, rate_hz, seq_len, screen, split_gap_s, columns, overwrite):
+    """Import pointer event logs (CSV) as training data: resampled, normalised, split, windowed."""
+    from .importlog import ImportSettings, import_logs, parse_columns, parse_screen
+
+    defaults = ImportSettings()
+    settings = ImportSettings(rate_hz=defaults.rate_hz if rate_hz is None else rate_hz,
+                              seq_len=defaults.seq_len if seq_len is None else seq_len,
+                              screen=parse_screen(screen),
+                              split_gap_s=defaults.split_gap_s if split_gap_s is None else split_gap_s,
+                              columns=parse_columns(columns))
+    import_logs(list(inputs), out_dir, settings, overwrite=overwrite, log=_log)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,17 @@ EVAL_BATCH = 256
 
 @torch.no_grad()
 def validate(model, diffusion: Diffusion, dataset: ActionDataset, indices, cfg: Config, device,
-             num_inference_steps: int | None = None) -> dict[str, float]:
+             num_inference_steps: int | None = None, *, heldout: np.ndarray | None = None,
+             gen_reference: np.ndarray | None = None, rate_hz: float = M.DEFAULT_RATE_HZ,
+             return_samples: bool = False):
     """Every ``val/`` metric on ``dataset[indices]`` with ``model`` (the EMA weights during training).
 
     Reconstructions: DDIM inversion then decoding, eta = 0, S steps each way. Generation: as many
     unconditional samples as ``train.num_gen_samples`` (eta and clipping as configured) compared with
-    the same validation sequences. All random draws use fixed seeds, so repeated calls agree.
+    the same validation sequences (or ``gen_reference``, data units). ``heldout`` (real sequences in
+    data units that are not in the reference, e.g. training sequences) gives every generation distance
+    its real-vs-real floor and ratio (``metrics.fidelity_metrics``). All random draws use fixed seeds,
+    so repeated calls agree. With ``return_samples`` returns ``(metrics, samples)``.
     """
     d = cfg.diffusion
     S = d.num_inference_steps if num_inference_steps is None else num_inference_steps
@@ -49,12 +54,39 @@ def validate(model, diffusion: Diffusion, dataset: ActionDataset, indices, cfg: 
     out = {f"val/{k}": v for k, v in M.reconstruction_metrics(orig, recon).items()}
     out["val/loss"] = loss_sum / max(n, 1)
     n_gen = cfg.train.num_gen_samples
+    samples = None
     if n_gen:
         x = draw_samples(model, diffusion, n_gen, orig.shape[1], S, d, device, seed=1)
         samples = norm.decode(x.float()).cpu().numpy()
-        out.update({f"val/{k}": v for k, v in M.generation_metrics(orig, samples).items()})
+        reference = orig if gen_reference is None else gen_reference
+        fid = M.fidelity_metrics(reference, samples, heldout_draws(heldout, n_gen), rate_hz=rate_hz)
+        out.update({f"val/{k}": v for k, v in fid.items()})
     model.train(was_training)
-    return out
+    return (out, samples) if return_samples else out
+
+
+# The real-vs-real floor averages this many disjoint held-out draws (as many sequences as samples each),
+# so the floor itself is not one noisy draw.
+FLOOR_DRAWS = 5
+
+
+def heldout_draws(heldout: np.ndarray | None, n: int, max_draws: int = FLOOR_DRAWS) -> list[np.ndarray]:
+    """Disjoint slices of ``n`` held-out real sequences (at most ``max_draws``; none if fewer than ``n``)."""
+    if heldout is None or n <= 0:
+        return []
+    return [heldout[k * n:(k + 1) * n] for k in range(min(max_draws, len(heldout) // n))]
+
+
+def read_rate_hz(directory) -> float:
+    """Sampling rate of a data directory: ``rate_hz`` (import-log) or the generator's ``settings.sample_rate_hz``
+    in its metadata.json; the generator's 30 Hz when neither is there."""
+    meta = Path(directory) / "metadata.json"
+    try:
+        info = json.loads(meta.read_text())
+        rate = info.get("rate_hz") or (info.get("settings") or {}).get("sample_rate_hz")
+        return float(rate) if rate and float(rate) > 0 else M.DEFAULT_RATE_HZ
+    except (OSError, ValueError, AttributeError, TypeError):
+        return M.DEFAULT_RATE_HZ
 
 
 def seeded_loss_sum(model, diffusion: Diffusion, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -89,7 +121,16 @@ def draw_samples(model, diffusion: Diffusion, num: int, seq_len: int, steps: int
 
 def evaluate_checkpoint(checkpoint: str, data_dir: str, num_inference_steps: int | None, device_spec: str,
                         seq_len: int | None, num_gen_samples: int | None = None, *, config_path=None, overrides=(),
-                        precision: str = "fp32") -> dict[str, float]:
+                        precision: str = "fp32", real_dir: str | None = None, plot: str | None = None,
+                        gen_only: bool = False) -> dict[str, float]:
+    """Every validation metric of a checkpoint on ``data_dir``.
+
+    The real-vs-real floors of the generation metrics need real sequences that are not in the reference
+    set: ``real_dir`` (e.g. the training directory) gives them; without it, ``FLOOR_DRAWS`` (fewer if
+    the directory is small) seeded draws of ``num_gen_samples`` sequences are held out of ``data_dir``
+    and the samples are compared with the rest. ``plot``: a PNG of samples beside real sequences.
+    ``gen_only``: only the generation (fidelity) metrics, skipping the DDIM reconstructions.
+    """
     from .train import load_for_inference
 
     _check_count("--seq_len", seq_len, 1)
@@ -104,8 +145,40 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str, num_inference_steps: int
     if num_gen_samples is not None:
         cfg.train.num_gen_samples = num_gen_samples
     steps = inference_steps(num_inference_steps, cfg, diffusion)
+    n_gen = cfg.train.num_gen_samples
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(2)).tolist()
+    gen_reference = None
+    if real_dir is not None:
+        real = ActionDataset(real_dir, ckpt_len, flag="--real_dir", normalizer=norm)
+        if real.seq_len != ckpt_len:
+            raise UserError(f"sequences have {real.seq_len} steps but the model was trained on {ckpt_len}",
+                            f"--real_dir {real_dir}", f"data with seq_len {ckpt_len}")
+        real_perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(2)).tolist()
+        heldout = real.raw_batch(sorted(real_perm[:FLOOR_DRAWS * n_gen]))
+    else:
+        k = n_gen * min(FLOOR_DRAWS, (len(ds) // 2) // n_gen) if n_gen else 0
+        heldout = ds.raw_batch(sorted(perm[:k])) if k else None
+        gen_reference = ds.raw_batch(sorted(perm[k:]))
+    rate_hz = read_rate_hz(data_dir)
     with autocast(device, precision):
-        return validate(model, diffusion, ds, list(range(len(ds))), cfg, device, steps)
+        if gen_only:
+            if not n_gen:
+                raise UserError("--gen_only with no samples", "--num_gen_samples", "a positive number of samples")
+            x = draw_samples(model, diffusion, n_gen, ckpt_len, steps, cfg.diffusion, device, seed=1)
+            samples = norm.decode(x.float()).cpu().numpy()
+            reference = gen_reference if gen_reference is not None else ds.raw_batch(list(range(len(ds))))
+            fid = M.fidelity_metrics(reference, samples, heldout_draws(heldout, n_gen), rate_hz=rate_hz)
+            m = {f"val/{k}": v for k, v in fid.items()}
+        else:
+            m, samples = validate(model, diffusion, ds, list(range(len(ds))), cfg, device, steps, heldout=heldout,
+                                  gen_reference=gen_reference, rate_hz=rate_hz, return_samples=True)
+    if plot is not None and samples is not None:
+        from .plots import save_samples_vs_real
+
+        real_show = ds.raw_batch(sorted(perm[-8:]))
+        save_samples_vs_real(plot, samples[:8], real_show, rate_hz=rate_hz,
+                             title=f"{Path(checkpoint).name}: samples ({steps} DDIM steps) | real ({data_dir})")
+    return m
 
 
 def format_metrics(m: dict[str, float]) -> str:

@@ -37,8 +37,20 @@ def plot_reconstructions(orig: np.ndarray, noised: np.ndarray, recon: np.ndarray
     return fig
 
 
+def _draw_path(ax, s: np.ndarray, title: str) -> None:
+    """One sequence as a 2-D path in screen coordinates: pressed steps red, start marked x."""
+    ax.plot(s[:, 0], s[:, 1], "-", color="tab:blue", lw=1)
+    pressed = s[:, 2] > 0.5
+    ax.scatter(s[pressed, 0], s[pressed, 1], s=12, c="tab:red", zorder=3)
+    ax.scatter(s[:1, 0], s[:1, 1], s=25, c="k", marker="x", zorder=4)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(1, 0)
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=8)
+
+
 def plot_samples(samples: np.ndarray, title: str = "samples"):
-    """A grid of 2-D paths with presses marked, plus press(t) as a strip under each."""
+    """A grid of 2-D paths with presses marked."""
     n = len(samples)
     cols = min(4, n)
     rows = (n + cols - 1) // cols
@@ -47,15 +59,60 @@ def plot_samples(samples: np.ndarray, title: str = "samples"):
         if k >= n:
             ax.axis("off")
             continue
-        s = samples[k]
-        ax.plot(s[:, 0], s[:, 1], "-", color="tab:blue", lw=1)
-        pressed = s[:, 2] > 0.5
-        ax.scatter(s[pressed, 0], s[pressed, 1], s=12, c="tab:red", zorder=3)
-        ax.scatter(s[:1, 0], s[:1, 1], s=25, c="k", marker="x", zorder=4)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(1, 0)
-        ax.set_aspect("equal")
-        ax.set_title(f"#{k}: {int(pressed.sum())} pressed steps", fontsize=8)
+        _draw_path(ax, samples[k], f"#{k}: {int((samples[k][:, 2] > 0.5).sum())} pressed steps")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_samples_vs_real(samples: np.ndarray, real: np.ndarray, rate_hz: float = 30.0,
+                         title: str = "generated (left) | real (right)"):
+    """Generated and real sequences side by side in the same layout, so the eye can compare them.
+
+    Each block is a grid of 2-D paths (4 per row) titled with the gestures found by
+    ``metrics.detect_gestures``; under each path its speed (screen fraction per second) over time,
+    shaded where pressed.
+    """
+    from .metrics import detect_gestures
+
+    n = max(len(samples), len(real))
+    cols = 4
+    rows = (n + cols - 1) // cols
+    fig = plt.figure(figsize=(2.6 * 2 * cols + 0.6, 3.4 * rows))
+    outer = fig.add_gridspec(1, 2, wspace=0.08)
+    short = {"tap": "tap", "long_press": "long", "swipe": "swipe", "drag": "drag", "idle": "idle"}
+    vmax = max(float(np.max(np.linalg.norm(np.diff(b[..., :2], axis=1), axis=-1) * rate_hz, initial=0.0))
+               for b in (samples, real) if len(b)) or 1.0
+    for block, (seqs, name) in enumerate(((samples, "generated"), (real, "real"))):
+        grid = outer[block].subgridspec(rows * 2, cols, height_ratios=[3, 1] * rows, hspace=0.55, wspace=0.25)
+        for k in range(rows * cols):
+            ax = fig.add_subplot(grid[2 * (k // cols), k % cols])
+            ax_v = fig.add_subplot(grid[2 * (k // cols) + 1, k % cols])
+            if k >= len(seqs):
+                ax.axis("off")
+                ax_v.axis("off")
+                continue
+            s = seqs[k]
+            kinds = ", ".join(short[g] for g in detect_gestures(s, rate_hz)) or "-"
+            _draw_path(ax, s, f"{name} #{k}\n{kinds}")
+            ax.title.set_fontsize(7)
+            speed = np.linalg.norm(np.diff(s[:, :2], axis=0), axis=-1) * rate_hz
+            t = np.arange(len(speed)) / rate_hz
+            ax_v.plot(t, speed, color="tab:blue", lw=0.8)
+            ax_v.fill_between(np.arange(len(s)) / rate_hz, 0, vmax, where=s[:, 2] > 0.5, color="tab:red",
+                              alpha=0.15, step="post")
+            ax_v.set_ylim(0, vmax)
+            ax_v.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def save_samples_vs_real(path, samples: np.ndarray, real: np.ndarray, rate_hz: float = 30.0, title: str | None = None):
+    """``plot_samples_vs_real`` written to ``path`` (PNG)."""
+    fig = plot_samples_vs_real(samples, real, rate_hz, **({"title": title} if title else {}))
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return path

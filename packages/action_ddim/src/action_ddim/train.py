@@ -28,9 +28,9 @@ from trainkit.tracking import Tracker
 from .config import Config
 from .data import ActionDataset, Normalizer, ensure_default_dataset
 from .diffusion import Diffusion
-from .evaluate import validate
+from .evaluate import FLOOR_DRAWS, read_rate_hz, validate
 from .model import ActionDenoiser, count_parameters
-from .plots import plot_reconstructions, plot_samples
+from .plots import plot_reconstructions, plot_samples, plot_samples_vs_real
 
 
 def build_model(cfg: Config, seq_len: int) -> ActionDenoiser:
@@ -164,6 +164,11 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) ->
     # A fixed, seeded subset keeps per-epoch validation comparable across epochs and resumes.
     val_order = torch.randperm(len(val_set), generator=make_generator("cpu", 0)).tolist()
     val_subset = val_order[: t.val_subset] if t.val_subset else val_order
+    # Real sequences outside the validation set (a fixed, seeded slice of the training set) give every
+    # generation distance its real-vs-real floor at the same sample count (metrics.fidelity_metrics).
+    floor_order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(1)).tolist()
+    floor_real = train_set.raw_batch(sorted(floor_order[: FLOOR_DRAWS * t.num_gen_samples]))
+    rate_hz = read_rate_hz(val_dir)
     # The shuffle depends on (seed, epoch) only and its mid-epoch position goes into the checkpoint, so a
     # run stopped mid-epoch resumes at the next micro-batch. Shards per rank under torchrun.
     sampler = ResumableSampler(len(train_set), shuffle=True, seed=t.seed, drop_last=False)
@@ -285,7 +290,8 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) ->
             if info.is_main and (last_epoch % t.val_every == 0 or is_last):
                 v0 = time.time()
                 idx = val_order if (is_last and t.val_full_at_end) else val_subset
-                metrics = validate(ema.module, diffusion, val_set, idx, cfg, device)
+                metrics = validate(ema.module, diffusion, val_set, idx, cfg, device, heldout=floor_real,
+                                   rate_hz=rate_hz)
                 scalars.update(metrics)
                 scalars["val/time_s"] = time.time() - v0
                 scalars["val/num_sequences"] = len(idx)
@@ -318,6 +324,10 @@ def make_plots(tracker, model, diffusion, val_set, val_subset, cfg: Config, devi
     tracker.log_figure(f"val/reconstructions_epoch_{epoch}", fig, step)
     fig = plot_samples(norm.decode(samples).cpu().numpy(), title=f"unconditional samples, epoch {epoch}")
     tracker.log_figure(f"val/samples_epoch_{epoch}", fig, step)
+    real = val_set.raw_batch(val_subset[:8])
+    fig = plot_samples_vs_real(norm.decode(samples).cpu().numpy(), real, rate_hz=read_rate_hz(val_set.directory),
+                               title=f"epoch {epoch}: generated (left) | real validation sequences (right)")
+    tracker.log_figure(f"val/samples_vs_real_epoch_{epoch}", fig, step)
 
 
 @torch.no_grad()
