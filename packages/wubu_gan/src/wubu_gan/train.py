@@ -221,6 +221,7 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
     if info.is_main:
         prepare_run_dir(ckpt_dir, resume=cfg.resume)
     step, start_epoch, batch_in_epoch, best_value = 0, 0, 0, None
+    val_history: list[float] = []  # the primary validation metric per epoch (the lambda_KL controller's input)
     if cfg.resume:
         state = load_checkpoint(cfg.resume, map_location=device)
         G_raw.load_state_dict(state["gen"])
@@ -237,6 +238,7 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
         lambda_kl = float(state["lambda_kl"])
         step, start_epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
         best_value = state.get("best_value")
+        val_history[:] = [float(v) for v in state.get("val_history", [])]
         restore_rng_state(state["rng"])
         say(f"resumed {cfg.resume} at epoch {start_epoch}, batch {batch_in_epoch}, step {step}")
     elif cfg.load_checkpoint:
@@ -260,6 +262,7 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
             "q_lkl": q_lkl.state_dict() if q_lkl else None, "lambda_kl": float(lambda_kl), "step": step,
             "epoch": epoch, "batch_in_epoch": batch, "metrics": metrics or {}, "best_value": best_value,
             "rng": capture_rng_state(), "config": config_to_dict(cfg), "flow_kind": flow_kind,
+            "val_history": [float(v) for v in val_history],
         }
         path = ckpt_path(ckpt_dir, tag)
         if info.is_main:
@@ -271,7 +274,6 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
     window = {}  # loss sums over the accumulation window (for the Q-controllers)
     last_val: dict = {}
     summary = {"checkpoint_dir": str(ckpt_dir), "flow": flow_kind}
-    val_history = []
     last_batch = None  # (frames, recon) of the latest micro-batch, for the train_recon image
     t_start = time.time()
     try:
