@@ -127,6 +127,7 @@ class TrainConfig:
     demo_num_samples: int = 4
     # ---- ours
     optimizer: str = "riemannian_adam"    # or riemannian_sgd (the original's SGD: momentum 0.9, wd 0.01)
+    wubu_learnable_curvature: bool = True  # false freezes every level's curvature (ablation of the original)
     flow_fallback: str = "ilk"            # weights-free flow when RAFT weights are not cached: ilk | tvl1
     resume: str | None = None             # continue THIS run: a checkpoint path or "auto" (newest in checkpoint_dir)
     device: str = "auto"
@@ -158,7 +159,7 @@ class TrainConfig:
         return {"dims": dims, "curvatures": curv, "use_rotation": getattr(self, f"wubu_{name}_use_rotation"),
                 "phi_curvature": getattr(self, f"wubu_{name}_phi_influence_curvature"),
                 "phi_rotation": getattr(self, f"wubu_{name}_phi_influence_rotation_init"),
-                "dropout": self.wubu_dropout}
+                "dropout": self.wubu_dropout, "learnable_curvature": self.wubu_learnable_curvature}
 
 
 # Keys that define the model's shape or the data: changing them on --resume changes what the run is.

@@ -25,11 +25,12 @@ def _inv_softplus(x: float) -> float:
     return math.log(math.expm1(x))
 
 
-def new_ball(c: float) -> geoopt.PoincareBall:
-    """A Poincare ball whose curvature is a learnable softplus-parameterised tensor (geoopt)."""
+def new_ball(c: float, learnable: bool = True) -> geoopt.PoincareBall:
+    """A Poincare ball whose curvature is a softplus-parameterised tensor (geoopt); learnable unless frozen."""
     ball = geoopt.PoincareBall(c=1.0, learnable=True)
     with torch.no_grad():
         ball.isp_c.fill_(_inv_softplus(max(float(c), 1e-4)))
+    ball.isp_c.requires_grad_(learnable)  # frozen: the ablation of the original's fixed curvatures
     return ball
 
 
@@ -71,10 +72,10 @@ class WuBuLevel(nn.Module):
     """One nested level: point -> tangent -> combine with boundary/descriptor context -> new point (and its log)."""
 
     def __init__(self, dim: int, curvature: float, num_boundaries: int = 4, dropout: float = 0.1,
-                 temporal: bool = False):
+                 temporal: bool = False, learnable_curvature: bool = True):
         super().__init__()
         self.dim = dim
-        self.ball = new_ball(curvature)
+        self.ball = new_ball(curvature, learnable_curvature)
         self.log_scale = nn.Parameter(torch.zeros(()))                 # s = exp(log_scale), starts at 1
         self.log_spread = nn.Parameter(torch.tensor(math.log(0.5)))   # sigma in tangent units
         small = lambda n: (torch.rand(n, dim) * 2 - 1) * 1e-2  # noqa: E731
@@ -113,8 +114,10 @@ class WuBuLevel(nn.Module):
             v = v + self.time_mix(seq).transpose(1, 2).reshape_as(v)
         out = expmap0(v * (self.scale / math.sqrt(self.dim)), self.ball)
         # The level's output for aggregation is the log of its output point, so the scale (and, through the
-        # ball's projection, the curvature) shape what later layers see.
-        return out, logmap0(out, self.ball)
+        # ball's projection, the curvature) shape what later layers see; times sqrt(dim) to undo the
+        # normalisation above (otherwise every level shrinks the signal by sqrt(dim) and the encoder's output
+        # barely depends on its input).
+        return out, logmap0(out, self.ball) * math.sqrt(self.dim)
 
 
 class LevelTransform(nn.Module):
@@ -138,7 +141,7 @@ class WuBuStack(nn.Module):
     """Input (N, in_dim) or (B, T, in_dim) -> (.., out_dim): the concatenated level tangents, projected."""
 
     def __init__(self, in_dim: int, out_dim: int, dims, curvatures, *, use_rotation=False, phi_curvature=False,
-                 phi_rotation=False, dropout=0.1, temporal=False, num_boundaries=4):
+                 phi_rotation=False, dropout=0.1, temporal=False, num_boundaries=4, learnable_curvature=True):
         super().__init__()
         dims, curvatures = list(dims), list(curvatures)
         if len(curvatures) < len(dims):
@@ -149,10 +152,12 @@ class WuBuStack(nn.Module):
         self.levels = nn.ModuleList()
         for i, (d, c) in enumerate(zip(dims, curvatures)):
             c = c * PHI ** ((i % 4) - 1.5) if phi_curvature else c
-            self.levels.append(WuBuLevel(d, c, num_boundaries, dropout, temporal=temporal))
+            self.levels.append(WuBuLevel(d, c, num_boundaries, dropout, temporal=temporal,
+                                         learnable_curvature=learnable_curvature))
         self.transforms = nn.ModuleList(
             LevelTransform(dims[i], dims[i + 1], i, use_rotation, phi_rotation) for i in range(len(dims) - 1))
-        self.output = nn.Linear(sum(dims), out_dim)
+        # Tangent-space aggregation over the stack input and every level (the input is a skip path).
+        self.output = nn.Linear(dims[0] + sum(dims), out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[:-1]
@@ -161,7 +166,7 @@ class WuBuStack(nn.Module):
         level0 = self.levels[0]
         point = expmap0(v * (level0.scale / math.sqrt(self.dims[0])), level0.ball)
         boundaries = descriptor = None
-        tangents = []
+        tangents = [v]
         for i, level in enumerate(self.levels):
             point, tangent = level(point, boundaries, descriptor, time_len)
             tangents.append(tangent)

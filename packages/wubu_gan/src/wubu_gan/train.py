@@ -78,6 +78,15 @@ def make_optimizer(module: torch.nn.Module, lr: float, cfg: TrainConfig):
     return ClippedRiemannianAdam(params, per_tensor_clip=cfg.risgd_max_grad_norm, lr=lr, betas=(0.9, 0.999))
 
 
+def load_optimizer(optimizer, state: dict) -> None:
+    """load_state_dict, then give geoopt back its integer step counts: torch turns them into float32 tensors,
+    and geoopt's bias correction with a float32 step differs in the last bits from the uninterrupted run."""
+    optimizer.load_state_dict(state)
+    for st in optimizer.state.values():
+        if isinstance(st.get("step"), torch.Tensor):
+            st["step"] = int(st["step"].item())
+
+
 def apply_scales(optimizer, base_lr: float, scales: dict) -> None:
     """lr = clip(base * lr_scale, 1e-8, 1); momentum (SGD) or beta1 (Adam) = clip(0.9 * momentum_scale, 0, 0.999)."""
     lr = min(1.0, max(1e-8, base_lr * scales.get("lrscale", 1.0)))
@@ -184,8 +193,10 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                         "a global batch size that is a multiple of the number of processes")
     per_rank = cfg.batch_size // info.world_size
     sampler = EpochSampler(len(train_set), cfg.seed, info.rank, info.world_size)
+    # Its own generator: a DataLoader otherwise draws its worker seed from the global RNG at every new
+    # iterator, which would shift the RNG stream of a resumed run against the uninterrupted one.
     loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers, drop_last=True,
-                        persistent_workers=False)
+                        persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed + info.rank))
     steps_per_epoch = len(sampler) // per_rank
     if steps_per_epoch == 0:
         raise UserError(f"{len(train_set)} training clips give no full batch of {per_rank}", "--batch_size",
@@ -226,8 +237,8 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
         state = load_checkpoint(cfg.resume, map_location=device)
         G_raw.load_state_dict(state["gen"])
         D_raw.load_state_dict(state["disc"])
-        opt_g.load_state_dict(state["opt_gen"])
-        opt_d.load_state_dict(state["opt_disc"])
+        load_optimizer(opt_g, state["opt_gen"])
+        load_optimizer(opt_d, state["opt_disc"])
         scaler_g.load_state_dict(state["scaler_gen"]) if state.get("scaler_gen") else None
         scaler_d.load_state_dict(state["scaler_disc"]) if state.get("scaler_disc") else None
         step_g.load_state_dict(state["stepper_gen"])
@@ -421,9 +432,9 @@ def start_new_phase(cfg, explicit_keys, G_raw, D_raw, opt_g, opt_d, q_gen, q_dis
         say(f"note: discriminator changed shape; kept {len(D_raw.state_dict()) - len(fresh_d)} compatible tensors, "
             f"re-initialised {len(fresh_d)}: {', '.join(fresh_d)}")
     if not fresh_g:
-        opt_g.load_state_dict(state["opt_gen"])
+        load_optimizer(opt_g, state["opt_gen"])
     if not fresh_d:
-        opt_d.load_state_dict(state["opt_disc"])
+        load_optimizer(opt_d, state["opt_disc"])
     else:
         say("note: discriminator optimizer starts fresh (its parameters changed)")
     # Base learning rates are this run's (the Q-controller scales them again from its next step on).
