@@ -300,8 +300,11 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                 boundary = step_g.is_boundary
                 with autocast(device, precision):
                     recon, mu, logvar = G(frames, flow)
-                    loss_d_real = bce(D(target), 1.0)
-                    loss_d_fake = bce(D(recon.detach()), 0.0)
+                    # One D forward on [real; fake]: DDP allows one forward per backward, and spectral norm then
+                    # runs one power iteration per step. InstanceNorm is per sample, so nothing mixes.
+                    logits_real, logits_fake = D(torch.cat([target, recon.detach()])).chunk(2)
+                    loss_d_real = bce(logits_real, 1.0)
+                    loss_d_fake = bce(logits_fake, 0.0)
                 loss_d = 0.5 * (loss_d_real + loss_d_fake)
                 D_raw.requires_grad_(False)  # G's adversarial term needs no D gradients (raw module: no DDP sync)
                 with autocast(device, precision):
