@@ -166,6 +166,10 @@ class Encoder(nn.Module):
         self.attn = nn.Linear(t["dims"][-1], 1)  # attention pooling over time (the original kept only the last step)
         self.fc_mu = nn.Linear(t["dims"][-1], cfg.latent_dim)
         self.fc_logvar = nn.Linear(t["dims"][-1], cfg.latent_dim)
+        # Start with a narrow posterior (sigma ~ 0.05): at logvar = 0 the sampling noise (sigma 1) drowned mu's
+        # input-dependent part (~0.2), the decoder could only learn the mean frame, and a 160-step run with the
+        # guide's phase-1 settings never left it. The KL term widens sigma again as lambda_KL grows.
+        nn.init.constant_(self.fc_logvar.bias, -6.0)
 
     def motion_features(self, frames: torch.Tensor, flow: torch.Tensor | None) -> torch.Tensor:
         b, t = frames.shape[:2]
