@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's CPU quality recipe: the richer synthetic video at 32x32, phase 1 then phase 2a (resuming from
 # phase 1's best checkpoint), then evaluation against copy-last-frame on the validation split and on a held-out
-# video made with another seed. ABLATION=motion_off|frozen_curvature runs phase 1 only with that change.
+# video made with another seed. ABLATION=motion_off|frozen_curvature|no_gan runs phase 1 only with that change.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 RUNS="${RUNS:-runs/wubu_quality}"
@@ -15,8 +15,9 @@ COMMON=(--video_data_path "$DATA/procedural_shapes_v01.mp4" --image_h 32 --image
 case "${ABLATION:-}" in
   motion_off) COMMON+=(--no-use_wubu_motion_branch); RUNS="$RUNS/ablation_motion_off" ;;
   frozen_curvature) COMMON+=(--no-wubu_learnable_curvature); RUNS="$RUNS/ablation_frozen_curvature" ;;
+  no_gan) COMMON+=(--lambda_gan 0); RUNS="$RUNS/ablation_no_gan" ;;
   "") ;;
-  *) echo "error: unknown ABLATION=$ABLATION (motion_off, frozen_curvature)" >&2; exit 2 ;;
+  *) echo "error: unknown ABLATION=$ABLATION (motion_off, frozen_curvature, no_gan)" >&2; exit 2 ;;
 esac
 $WUBU train --config phase1 "${COMMON[@]}" --epochs "$P1_EPOCHS" --checkpoint_dir "$RUNS/phase1" "$@"
 LAST="$RUNS/phase1/wubugaad_hybridgen_ckpt_v01_best.pt"
