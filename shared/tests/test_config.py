@@ -106,3 +106,44 @@ def test_base_config_layers_under_file_and_overrides(tmp_path):
     assert (cfg.epochs, cfg.optim.lr, cfg.name, cfg.optim.betas) == (9, 0.5, "from-file", [0.8, 0.9])
     with pytest.raises(UserError, match="unknown config key 'optim.lrr'"):
         load_config(Cfg, None, overrides=["optim.lrr=1"], base=saved)
+
+
+def test_resume_config_keeps_the_checkpoint_and_refuses_run_changes(tmp_path):
+    from trainkit.config import config_changes, resolve_resume_config
+
+    saved = config_to_dict(Cfg(name="ckpt", epochs=4, schedule="linear", optim=Optim(lr=3e-3)))
+    rules = dict(run_defining=("schedule", "optim"), may_change=("optim.betas",))
+    # No flags: everything comes from the checkpoint, not from the dataclass defaults.
+    cfg = resolve_resume_config(Cfg, saved, **rules)
+    assert (cfg.name, cfg.epochs, cfg.schedule, cfg.optim.lr) == ("ckpt", 4, "linear", 3e-3)
+    # Settings that may change on resume pass (more epochs, an exempted key); the result says so honestly.
+    cfg = resolve_resume_config(Cfg, saved, cli_values={"epochs": 9}, overrides=["optim.betas=[0.8, 0.9]"], **rules)
+    assert cfg.epochs == 9 and cfg.optim.betas == [0.8, 0.9] and cfg.optim.lr == 3e-3
+    assert [k for k, _, _ in config_changes(saved, config_to_dict(cfg))] == ["epochs", "optim.betas"]
+    # Giving a run-defining key its saved value is fine (also spelled as a string / a YAML float).
+    resolve_resume_config(Cfg, saved, overrides=["optim.lr=3e-3", "schedule=linear"], **rules)
+    # Changing one is a one-line error naming the key, both values and where it came from.
+    with pytest.raises(UserError) as e:
+        resolve_resume_config(Cfg, saved, overrides=["optim.lr=1e-2"], **rules)
+    text = str(e.value)
+    assert "'optim.lr' from 0.003 to 0.01" in text and "--set optim.lr=1e-2" in text and "\n" not in text
+    assert "--allow_config_change" in text
+    with pytest.raises(UserError, match="'schedule' from 'linear' to 'cosine'.*command line"):
+        resolve_resume_config(Cfg, saved, cli_values={"schedule": "cosine"}, **rules)
+    yaml_file = write(tmp_path, "schedule: cosine\n")
+    with pytest.raises(UserError, match=f"'schedule'.*{yaml_file}"):
+        resolve_resume_config(Cfg, saved, path=yaml_file, **rules)
+    # ... unless the package's explicit override flag was given.
+    cfg = resolve_resume_config(Cfg, saved, overrides=["optim.lr=1e-2"], allow_changes=True, **rules)
+    assert cfg.optim.lr == 1e-2
+
+
+def test_resume_config_paths_compare_by_location(tmp_path, monkeypatch):
+    from trainkit.config import resolve_resume_config
+
+    monkeypatch.chdir(tmp_path)
+    saved = config_to_dict(Cfg(name=str(tmp_path / "data")))
+    cfg = resolve_resume_config(Cfg, saved, cli_values={"name": "./data"}, run_defining=("name",))
+    assert cfg.name == "./data"
+    with pytest.raises(UserError, match="'name'"):
+        resolve_resume_config(Cfg, saved, cli_values={"name": "./other"}, run_defining=("name",))

@@ -55,3 +55,43 @@ def test_seed_everything_reproducible():
     a = torch.rand(3)
     seed_everything(3)
     assert torch.equal(a, torch.rand(3))
+
+
+def test_make_generator_matches_the_device_type():
+    from trainkit.device import TargetedGenerator, make_generator
+
+    g = make_generator("cpu", 7)
+    assert isinstance(g, torch.Generator) and g.device.type == "cpu"
+    assert torch.equal(torch.randn(5, generator=g), torch.randn(5, generator=make_generator(torch.device("cpu"), 7)))
+    meta = make_generator("meta", 7)
+    assert isinstance(meta, TargetedGenerator) and meta.target_device.type == "meta"
+    assert torch.randn(3, generator=meta, device="meta").device.type == "meta"
+
+
+def test_make_generator_asks_torch_for_a_cuda_generator(monkeypatch):
+    """Without a GPU, check that a CUDA device gets a CUDA generator requested (not a CPU one)."""
+    from trainkit import device as tk_device
+
+    asked = []
+
+    class FakeGenerator:
+        def __init__(self, device="cpu"):
+            asked.append(torch.device(device))
+
+        def manual_seed(self, seed):
+            asked.append(seed)
+            return self
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch, "Generator", FakeGenerator)
+    tk_device.make_generator("cuda:1", 3)
+    assert asked == [torch.device("cuda", 1), 3]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_make_generator_on_real_cuda():
+    from trainkit.device import make_generator
+
+    g = make_generator("cuda", 0)
+    assert g.device.type == "cuda"
+    assert torch.randn(3, generator=g, device="cuda").device.type == "cuda"

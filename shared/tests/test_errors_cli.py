@@ -68,3 +68,15 @@ def test_group_turns_click_usage_errors_into_one_line():
         assert result.exit_code == 2, argv
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.output
+
+
+def test_set_help_names_no_key_unless_the_package_gives_its_own():
+    text = CliRunner().invoke(cmd, ["--help"]).output
+    assert "optim.lr" not in text and "section.key=value" in text  # trainkit knows no package's keys
+
+    @click.command()
+    @common_options(set_example="train.lr=2e-4")
+    def pkg(**kwargs):
+        pass
+
+    assert "e.g. --set train.lr=2e-4" in " ".join(CliRunner().invoke(pkg, ["--help"]).output.split())

@@ -87,9 +87,20 @@ def test_wandb_offline_without_key_or_network_writes_run_folder(tmp_path, monkey
     tr.log_scalars({"train/loss": 0.5}, 1)
     tr.log_image("img", np.zeros((4, 4, 3)), 1)
     tr.close()
-    assert time.time() - start < 60
+    assert time.time() - start < 120  # "never hangs": W&B start-up alone took 61 s on the loaded shared machine
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("run-*.wandb"))
     assert list(runs[0].glob("files/media/images/img_1_*.png"))
     assert (tmp_path / "wandb_run_id.txt").read_text() in runs[0].name
+
+
+def test_log_scalars_accepts_zero_dim_tensors(tmp_path):
+    import torch
+
+    with Tracker(tmp_path, tensorboard=False) as tr:
+        tr.log_scalars({"train/grad_norm": torch.tensor(2.5), "train/loss": torch.tensor(0.25, dtype=torch.bfloat16),
+                        "train/lr": 1e-3, "skip": None}, 4)
+    row = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert row["train/grad_norm"] == 2.5 and row["train/loss"] == 0.25 and row["train/lr"] == 1e-3
+    assert list(row)[2:] == ["train/grad_norm", "train/loss", "train/lr"] and "skip" not in row

@@ -122,8 +122,17 @@ def restore_rng_state(state: dict) -> None:
 
 
 def training_state(*, model, optimizer=None, scheduler=None, scaler=None, ema=None, step: int = 0, epoch: int = 0,
-                   best_metric: float | None = None, config: dict | None = None, extra: dict | None = None) -> dict:
+                   best_metric: float | None = None, config: dict | None = None, extra: dict | None = None,
+                   sampler=None, stepper=None, rank_extra: dict | None = None) -> dict:
     """Everything a bit-exact resume needs, as plain data.
+
+    ``extra`` is stored once (rank 0's copy is what the file holds); ``rank_extra`` is per-rank state
+    (e.g. a running epoch-loss sum that differs per rank), gathered from every rank like the RNG states;
+    :func:`restore_training_state` hands each rank its own back as ``meta["rank_extra"]``.
+
+    ``sampler`` (a :class:`trainkit.data.ResumableSampler`) stores the data order and mid-epoch position;
+    ``stepper`` (an :class:`trainkit.step.OptimizerStep`) its accumulation/skip counters. Both are plain
+    ints, so the result stays ``weights_only``-loadable.
 
     Under DDP call it on every rank (it gathers each rank's RNG state); only rank 0 then writes the file.
     """
@@ -138,8 +147,12 @@ def training_state(*, model, optimizer=None, scheduler=None, scaler=None, ema=No
     }
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         per_rank = [None] * dist.get_world_size()
-        dist.all_gather_object(per_rank, state["rng"])
-        state["rng_per_rank"] = per_rank
+        dist.all_gather_object(per_rank, {"rng": state["rng"], "rank_extra": rank_extra})
+        state["rng_per_rank"] = [entry["rng"] for entry in per_rank]
+        if rank_extra is not None:
+            state["rank_extra_per_rank"] = [entry["rank_extra"] for entry in per_rank]
+    elif rank_extra is not None:
+        state["rank_extra_per_rank"] = [rank_extra]
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     if scheduler is not None:
@@ -148,14 +161,22 @@ def training_state(*, model, optimizer=None, scheduler=None, scaler=None, ema=No
         state["scaler"] = scaler.state_dict()
     if ema is not None:
         state["ema"] = ema.state_dict()
+    if sampler is not None:
+        state["sampler"] = sampler.state_dict()
+    if stepper is not None:
+        state["stepper"] = stepper.state_dict()
     if extra:
         state["extra"] = extra
     return state
 
 
 def restore_training_state(state: dict, *, model, optimizer=None, scheduler=None, scaler=None, ema=None,
-                           restore_rng: bool = True, where: str = "checkpoint") -> dict:
-    """Load what :func:`training_state` wrote into the live objects; returns the remaining metadata."""
+                           sampler=None, stepper=None, restore_rng: bool = True, where: str = "checkpoint") -> dict:
+    """Load what :func:`training_state` wrote into the live objects; returns the remaining metadata.
+
+    A checkpoint without a sampler state (older, or saved without one) leaves ``sampler`` at the start of
+    the checkpoint's epoch.
+    """
     version = state.get("format_version")
     if version is None or int(version) > FORMAT_VERSION:
         raise UserError(f"unsupported checkpoint format version {version!r}", where,
@@ -170,17 +191,28 @@ def restore_training_state(state: dict, *, model, optimizer=None, scheduler=None
             scaler.load_state_dict(state["scaler"])
         if ema is not None and "ema" in state:
             ema.load_state_dict(state["ema"])
+        if stepper is not None and "stepper" in state:
+            stepper.load_state_dict(state["stepper"])
     except (RuntimeError, KeyError, ValueError) as err:
         raise UserError("checkpoint does not match this model/configuration", where,
                         " ".join(str(err).split())[:300]) from None
+    if sampler is not None:
+        if "sampler" in state:
+            sampler.load_state_dict(state["sampler"], where=where)
+        else:
+            sampler.load_state_dict({"epoch": int(state.get("epoch", 0)), "consumed": 0}, where=where)
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    rank_extras = state.get("rank_extra_per_rank") or []
+    rank_extra = rank_extras[rank] if rank < len(rank_extras) else None
     if restore_rng:
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         per_rank = state.get("rng_per_rank")
         if per_rank and rank < len(per_rank):
             restore_rng_state(per_rank[rank])
         elif "rng" in state:
             restore_rng_state(state["rng"])
-    return {k: state.get(k) for k in ("step", "epoch", "best_metric", "config", "extra")}
+    meta = {k: state.get(k) for k in ("step", "epoch", "best_metric", "config", "extra")}
+    meta["rank_extra"] = rank_extra  # this rank's own (None when the checkpoint has none for this rank)
+    return meta
 
 
 class CheckpointManager:

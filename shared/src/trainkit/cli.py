@@ -10,13 +10,22 @@ from .errors import UserError
 RUN_MARKERS = ("checkpoints", "config.yaml", "metrics.jsonl")
 
 
-def common_options(fn):
-    """``--config --set --device --precision --seed --quiet`` (defaults come from the package's config)."""
+def common_options(fn=None, *, set_example: str | None = None):
+    """``--config --set --device --precision --seed --quiet`` (defaults come from the package's config).
+
+    Use as ``@common_options`` or ``@common_options(set_example="train.lr=2e-4")``: the example shown in
+    ``--set``'s help must be a key of *that* package's config (a test should check it), so trainkit's own
+    default names none.
+    """
+    if fn is None:
+        return lambda f: common_options(f, set_example=set_example)
+    example = (f"e.g. --set {set_example}" if set_example
+               else "the dotted key as written in the run's config.yaml, e.g. --set section.key=value")
     options = [
         click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                      help="YAML config file (dataclass defaults < file < flags < --set)."),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                     help="Override any config key, e.g. --set optim.lr=2e-4 (repeatable)."),
+                     help=f"Override any config key: {example} (repeatable)."),
         click.option("--device", default=None, help="auto | cpu | cuda | cuda:N | mps"),
         click.option("--precision", default=None, type=click.Choice(["fp32", "bf16", "fp16"]),
                      help="Autocast precision (fp16 uses a GradScaler on CUDA)."),

@@ -4,6 +4,7 @@ Every mistake names the key, the file it came from and the type that was expecte
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -146,9 +147,10 @@ def _set_dotted(target: dict, dotted: str, value: Any) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``'optim.lr=2e-4'`` -> ``('optim.lr', 2e-4)``; the value is parsed as YAML."""
+    """``'train.lr=2e-4'`` -> ``('train.lr', 2e-4)``; the value is parsed as YAML."""
     if "=" not in text:
-        raise UserError(f"bad override '{text}'", "--set", "expected key=value, e.g. --set optim.lr=2e-4")
+        raise UserError(f"bad override '{text}'", "--set",
+                        "expected key=value with key a dotted config key as in config.yaml, e.g. section.key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
@@ -179,7 +181,7 @@ def load_config(cls, path: str | Path | None = None, overrides: Iterable[str] = 
 
     ``base`` (e.g. a checkpoint's saved config dict) replaces the dataclass defaults as the bottom layer.
     """
-    data: dict = _merge({}, base) if base else {}
+    data: dict = copy.deepcopy(dict(base)) if base else {}  # never mutate the caller's (checkpoint's) dict
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -248,3 +250,89 @@ def explicit_cli_values(ctx, mapping: Mapping[str, str]) -> dict[str, Any]:
         if source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
             out[dotted] = ctx.params[param]
     return out
+
+
+def flatten_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_config(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _matches(key: str, patterns: Iterable[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in patterns)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if a == b:
+        return True
+    if isinstance(a, str) and isinstance(b, str) and a and b:  # the same path spelled differently
+        try:
+            return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+        except (OSError, RuntimeError):
+            return False
+    return False
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``[(dotted_key, old_value, new_value), ...]`` for every leaf that differs between two config dicts."""
+    a, b = flatten_config(old), flatten_config(new)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if not _same_value(a.get(k), b.get(k))]
+
+
+def resolve_resume_config(cls, saved: Mapping[str, Any] | None, *, path: str | Path | None = None,
+                          overrides: Iterable[str] = (), cli_values: Mapping[str, Any] | None = None,
+                          run_defining: Iterable[str] = (), may_change: Iterable[str] = (),
+                          allow_changes: bool = False, override_flag: str = "--allow_config_change",
+                          where: str = "checkpoint"):
+    """The config of a resumed run: the checkpoint's config, with only the settings the user gave on top.
+
+    * ``saved`` (the checkpoint's config dict, ``training_state(config=config_to_dict(cfg))``) is the base:
+      every setting the user did not give comes from it, not from the dataclass defaults or a YAML file's
+      defaults. (Keys added to the dataclass since the checkpoint was written take their defaults.)
+    * What the user gave (``path`` YAML file, ``cli_values`` from :func:`explicit_cli_values`, ``overrides``
+      from ``--set``) is applied on top, in that order, with the usual key/type checks.
+    * A given value that changes a *run-defining* key (``run_defining``: dotted keys or section prefixes,
+      e.g. ``("data", "model", "train.batch_size", "train.warmup_steps")``; ``may_change`` lists exceptions
+      inside those sections, e.g. ``("data.num_workers",)``) raises a one-line UserError naming the key, its
+      saved and its new value, unless ``allow_changes`` (the package's explicit override flag, named in the
+      message by ``override_flag``). Strings naming the same path spelled differently count as equal.
+    * Anything else (more epochs, logging intervals, device, precision, progress bars...) passes.
+
+    Returns the resolved config: save *it* as the run's ``config.yaml`` and in the next checkpoint, so both
+    say what the run uses. Nothing is written here, so a refused flag leaves the run directory untouched.
+    ``saved=None`` (a checkpoint without a config) resolves like :func:`load_config` and checks nothing.
+
+    Example (a package's ``train`` command)::
+
+        state = load_checkpoint(resume_path)
+        cfg = resolve_resume_config(Config, state["config"], path=config_path, overrides=overrides,
+                                    cli_values=explicit_cli_values(ctx, TRAIN_FLAGS),
+                                    run_defining=RUN_DEFINING, may_change=("data.num_workers",),
+                                    allow_changes=allow_config_change)
+        for key, old, new in config_changes(state["config"], config_to_dict(cfg)):
+            print(f"resume: {key} {old!r} -> {new!r}")
+    """
+    if saved is None:
+        return load_config(cls, path, overrides, cli_values)
+    old_cfg = config_from_dict(cls, saved, where)
+    old = config_to_dict(old_cfg)
+    overrides = list(overrides)
+    new_cfg = load_config(cls, path, overrides, cli_values, base=old)
+    if allow_changes:
+        return new_cfg
+    run_defining, may_change = list(run_defining), list(may_change)
+    for key, before, after in config_changes(old, config_to_dict(new_cfg)):
+        if not _matches(key, run_defining) or _matches(key, may_change):
+            continue
+        source = next((f"--set {t}" for t in reversed(overrides) if t.split("=", 1)[0].strip() == key), None)
+        if source is None:
+            source = "command line" if cli_values and key in cli_values else (str(path) if path else "config")
+        raise UserError(f"resuming would change '{key}' from {before!r} to {after!r}, which changes what the run is",
+                        source, f"drop it to keep the checkpoint's value, or pass {override_flag} to change it")
+    return new_cfg

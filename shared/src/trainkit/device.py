@@ -53,8 +53,13 @@ def check_precision(precision: str) -> str:
     return p
 
 
+_NO_AUTOCAST = contextlib.nullcontext()
+
+
 def autocast(device: torch.device | str, precision: str):
     """Autocast context for bf16/fp16 (``torch.amp`` API, CPU included); a no-op for fp32."""
+    if precision == "fp32":  # the common case, once per micro-batch: no parsing, no allocation
+        return _NO_AUTOCAST
     precision = check_precision(precision)
     device = torch.device(device)
     if precision == "fp32":
@@ -77,6 +82,60 @@ def seed_everything(seed: int) -> None:
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+class TargetedGenerator(torch.Generator):
+    """A CPU-backed generator that stands for a device which has no generator of its own (``meta``).
+
+    ``make_generator("meta", seed)`` returns one, so code that asks trainkit for "the generator for this
+    device" runs unchanged on the meta device in tests, while :func:`trainkit.testing.strict_rng_devices`
+    can still tell it apart from a plain ``torch.Generator()`` (the CPU generator that crashes on CUDA).
+    """
+
+    target_device: torch.device
+
+
+def make_generator(device: torch.device | str, seed: int | None = None) -> torch.Generator:
+    """A ``torch.Generator`` on ``device``'s type, seeded with ``seed`` (``None``: left at torch's default seed).
+
+    Random draws that fill a tensor on a device must use a generator of that device's type:
+    ``torch.randn(shape, generator=torch.Generator(), device="cuda")`` raises on a GPU. So::
+
+        g = make_generator(device, seed)             # cuda -> CUDA generator, cpu -> CPU generator
+        noise = torch.randn(shape, generator=g, device=device)
+
+    * ``cuda`` / ``cuda:N``: a generator on that CUDA device (``cuda`` means the current device).
+    * ``cpu``: a CPU generator.
+    * ``mps``: an MPS generator (torch >= 2.1 supports them). If this torch build cannot make one, a CPU
+      generator is returned with a warning; draw on the CPU and move the result:
+      ``torch.randn(shape, generator=g).to(device)`` (streams then differ from a native MPS generator).
+    * ``meta``: torch has no meta generator and the meta device ignores generators; a CPU-backed
+      :class:`TargetedGenerator` that remembers ``meta`` is returned so device-correctness tests on ``meta``
+      can tell it from a stray CPU generator (see ``trainkit.testing.strict_rng_devices``).
+
+    The same seed gives the same stream on the same device type; streams differ between device types
+    (CPU and CUDA use different algorithms), so a result is reproducible per device, not across devices.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device.type == "meta":
+        generator: torch.Generator = TargetedGenerator()
+        generator.target_device = device
+    else:
+        try:
+            generator = torch.Generator(device=device)
+        except RuntimeError as err:
+            if device.type != "mps":
+                raise
+            import warnings
+
+            warnings.warn(f"no MPS generator in this torch build ({err}); using a CPU generator: draw on the CPU "
+                          "and move the tensor to the device", stacklevel=2)
+            generator = torch.Generator()
+    if seed is not None:
+        generator.manual_seed(int(seed))
+    return generator
 
 
 def set_tf32(enabled: bool) -> None:

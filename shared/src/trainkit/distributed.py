@@ -9,7 +9,7 @@ from typing import Mapping
 import torch
 import torch.distributed as dist
 
-from .device import resolve_device
+from .device import resolve_device, seed_everything
 
 
 @dataclass
@@ -91,6 +91,40 @@ def all_reduce_sum(metrics: Mapping[str, float]) -> dict[str, float]:
     return _all_reduce(metrics, mean=False)
 
 
+def rank_seed(seed: int, rank_: int) -> int:
+    """The per-rank seed that :func:`seed_rank_streams` uses: a hash of (seed, rank), below 2**63."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed) % 2**63, int(rank_)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def seed_rank_streams(seed: int) -> int:
+    """Reseed python/numpy/torch/CUDA with a per-rank seed derived from ``(seed, rank)``; returns that seed.
+
+    The DDP seeding rule (model init identical on every rank, per-step randomness different per rank)::
+
+        seed_everything(cfg.seed)               # 1. same seed everywhere ...
+        model = build_model(cfg)                #    ... so every rank builds identical weights
+        model = wrap_ddp(model, info)           #    (DDP also broadcasts rank 0's weights)
+        seed_rank_streams(cfg.seed)             # 2. from here on: dropout, noise, timesteps, augmentation
+                                                #    and DataLoader worker seeds differ per rank
+
+    Anything that must be identical on every rank (validation subsets, fixed evaluation noise, the data
+    shuffle) must use its own generator seeded from ``cfg.seed`` (e.g. ``make_generator(device, cfg.seed)``,
+    :class:`trainkit.data.ResumableSampler`), never the global streams after this call. Single-process runs
+    call it too (rank 0), so one code path serves both. The rank is the global rank of the initialised
+    process group, else the ``RANK`` environment variable, else 0. Resuming restores each rank's own
+    streams from the checkpoint (``training_state`` gathers them), so call this before restoring.
+    """
+    if is_distributed():
+        r = dist.get_rank()
+    else:
+        r = int(os.environ.get("RANK", "0"))
+    derived = rank_seed(seed, r)
+    seed_everything(derived)
+    return derived
+
+
 def make_sampler(dataset, *, shuffle: bool, seed: int = 0, drop_last: bool = False):
     """A DistributedSampler under DDP (call ``set_epoch`` each epoch), else None (use the DataLoader's shuffle)."""
     if not is_distributed():
@@ -109,8 +143,21 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo, **kwargs) -> torch.nn.Modul
 
 
 def cleanup() -> None:
+    _CPU_GROUP.clear()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+_CPU_GROUP: list = []
+
+
+def _cpu_group():
+    """A gloo process group for small CPU-side agreements (None: the default group already is gloo)."""
+    if dist.get_backend() == "gloo":
+        return None
+    if not _CPU_GROUP:
+        _CPU_GROUP.append(dist.new_group(backend="gloo"))  # collective: every rank reaches this together
+    return _CPU_GROUP[0]
 
 
 class GracefulStop:
@@ -138,10 +185,15 @@ class GracefulStop:
         self.signal_name = signal.Signals(signum).name
 
     def should_stop(self) -> bool:
+        """Whether any rank got a signal. Every rank must call it at the same points (e.g. each boundary).
+
+        Under DDP the flag travels in a CPU tensor (over a gloo group when the default backend is NCCL), so
+        the check never waits for the GPU: no device-to-host transfer.
+        """
         flag = self.requested
         if is_distributed():
-            t = torch.tensor([1.0 if flag else 0.0], device=_reduce_device())
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            t = torch.tensor([1.0 if flag else 0.0])
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_cpu_group())
             flag = bool(t.item() > 0)
             if flag and not self.requested:
                 self.requested, self.signal_name = True, "peer rank"

@@ -74,6 +74,24 @@ def _to_hwc_uint8(image: Any) -> np.ndarray:
     return array
 
 
+def _to_floats(scalars: Mapping[str, Any]) -> dict[str, float]:
+    import torch
+
+    out: dict[str, float] = {}
+    tensors: dict[Any, list[tuple[str, Any]]] = {}
+    for key, value in scalars.items():
+        if value is None:
+            continue
+        if isinstance(value, torch.Tensor):
+            tensors.setdefault(value.device, []).append((key, value))
+        else:
+            out[key] = float(value)
+    for items in tensors.values():
+        values = torch.stack([v.detach().reshape(()).to(torch.float64) for _, v in items]).tolist()
+        out.update((k, float(v)) for (k, _), v in zip(items, values))
+    return {k: out[k] for k in scalars if k in out}  # keep the caller's key order
+
+
 class Tracker:
     """Scalars, images, figures, histograms and text to TensorBoard + ``metrics.jsonl`` (+ W&B when asked).
 
@@ -149,10 +167,13 @@ class Tracker:
             print(f"warning: W&B log failed ({type(err).__name__}: {err}); disabling W&B for this run", flush=True)
             self._wandb_run = None
 
-    def log_scalars(self, scalars: Mapping[str, float], step: int) -> None:
+    def log_scalars(self, scalars: Mapping[str, Any], step: int) -> None:
+        """Log numbers: Python/numpy scalars or 0-dim (1-element) tensors, e.g. ``loss.detach()`` or
+        ``StepOutcome.grad_norm``. Tensors are read back in one transfer per device, so logging several of
+        them costs one sync; ``None`` values are dropped."""
         if not self.enabled or not scalars:
             return
-        clean = {k: float(v) for k, v in scalars.items() if v is not None}
+        clean = _to_floats(scalars)
         if self._tb is not None:
             for tag, value in clean.items():
                 self._tb.add_scalar(tag, value, global_step=step)
