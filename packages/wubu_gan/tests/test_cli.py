@@ -68,6 +68,11 @@ def test_every_original_argument_is_a_train_flag_with_its_default():
         assert getattr(cfg, key) == value and key in opts, key
 
 
+def test_existing_run_directory_is_refused(base_run):
+    res = run(["train", "--video_data_path", str(base_run["cfg"].video_data_path), "--checkpoint_dir", str(base_run["dir"])])
+    assert res.exit_code == 2 and "already holds a run" in res.output and "--checkpoint_dir" in res.output
+
+
 def test_info_prints_boxes_and_saves_png(tmp_path):
     out = tmp_path / "boxes.png"
     res = run(["info", "--image_h", "64", "--image_w", "64", "--save_png", str(out)])

@@ -230,6 +230,9 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
     # ---- run directory, resume or new phase
     ckpt_dir = Path(cfg.checkpoint_dir)
     if info.is_main:
+        if not cfg.resume and (any(ckpt_dir.glob(f"{CKPT_PREFIX}*.pt")) or (ckpt_dir / "metrics.jsonl").exists()):
+            raise UserError("checkpoint directory already holds a run", f"--checkpoint_dir {ckpt_dir}",
+                            "pass --resume auto to continue it, or choose a new --checkpoint_dir")
         prepare_run_dir(ckpt_dir, resume=cfg.resume)
     step, start_epoch, batch_in_epoch, best_value = 0, 0, 0, None
     val_history: list[float] = []  # the primary validation metric per epoch (the lambda_KL controller's input)
