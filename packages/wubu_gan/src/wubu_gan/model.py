@@ -1,0 +1,375 @@
+"""Encoder (GAAD regions -> WuBu-S, flow statistics -> WuBu-M, frames over time -> WuBu-T -> mu, logvar),
+generator (latent -> 3-D transposed convolutions with FiLM), discriminators. ``nn.Module``s only."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.parametrizations import spectral_norm
+from torchvision.ops import roi_align
+
+from .gaad import box_features, gaad_boxes
+from .hyperbolic import WuBuStack
+
+LOGVAR_RANGE = (-10.0, 10.0)  # the original never clamped logvar, so exp(logvar) could overflow the KL
+
+
+def rois_for(boxes: torch.Tensor, n_images: int) -> torch.Tensor:
+    """(n_images * R, 5) RoIs [image index, x1, y1, x2, y2] for the same R boxes on every image."""
+    idx = torch.arange(n_images, device=boxes.device, dtype=boxes.dtype).repeat_interleave(boxes.shape[0])
+    return torch.cat([idx[:, None], boxes.repeat(n_images, 1)], 1)
+
+
+# ------------------------------------------------------------------------------------------ flow
+RAFT_FILES = {"raft_small": "raft_small_C_T_V2-01064c6d.pth", "raft_large": "raft_large_C_T_SKHT_V2-ff5fadd5.pth"}
+
+
+def cached_raft_weights(net_type: str) -> Path | None:
+    """The RAFT weight file if it is already in the local torch hub cache (never downloads)."""
+    try:
+        from torchvision.models.optical_flow import Raft_Large_Weights, Raft_Small_Weights
+
+        weights = Raft_Small_Weights.C_T_V2 if net_type == "raft_small" else Raft_Large_Weights.C_T_SKHT_V2
+        name = weights.url.rsplit("/", 1)[-1]
+    except Exception:
+        name = RAFT_FILES[net_type]
+    path = Path(torch.hub.get_dir()) / "checkpoints" / name
+    return path if path.is_file() else None
+
+
+def decide_flow(cfg, image_h: int, image_w: int) -> tuple[str, str]:
+    """("raft", why) when RAFT weights are cached and the frame size suits RAFT, else (fallback, why).
+    Decided before any layer is sized (the original sized WuBu-T for motion and then dropped the branch)."""
+    if not cfg.use_wubu_motion_branch:
+        return "none", "motion branch off"
+    if image_h % 8 or image_w % 8:
+        return cfg.flow_fallback, f"RAFT needs frame sizes divisible by 8 (got {image_h}x{image_w})"
+    path = cached_raft_weights(cfg.optical_flow_net_type)
+    if path is None:
+        return cfg.flow_fallback, (f"{cfg.optical_flow_net_type} weights are not in the local torch cache "
+                                   f"({torch.hub.get_dir()}/checkpoints)")
+    return "raft", f"{cfg.optical_flow_net_type} weights found at {path}"
+
+
+class RaftFlow(nn.Module):
+    def __init__(self, net_type: str, freeze: bool):
+        super().__init__()
+        from torchvision.models.optical_flow import Raft_Large_Weights, Raft_Small_Weights, raft_large, raft_small
+
+        if net_type == "raft_small":
+            self.net = raft_small(weights=Raft_Small_Weights.C_T_V2, progress=False)
+        else:
+            self.net = raft_large(weights=Raft_Large_Weights.C_T_SKHT_V2, progress=False)
+        self.freeze = freeze
+        if freeze:
+            self.net.requires_grad_(False)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (B, T, C, H, W) in [-1, 1] -> flow (B, T-1, 2, H, W)."""
+        b, t = frames.shape[:2]
+        a = frames[:, :-1].reshape(-1, *frames.shape[2:]).float()
+        c = frames[:, 1:].reshape(-1, *frames.shape[2:]).float()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            flow = self.net(a, c, num_flow_updates=6)[-1]
+        return flow.reshape(b, t - 1, 2, *frames.shape[-2:])
+
+
+def flow_statistics(flow: torch.Tensor, boxes: torch.Tensor, components) -> torch.Tensor:
+    """Per-box flow statistics. flow (N, 2, H, W) px -> (N, R, n_stats) with mag_mean, angle_mean (cos, sin),
+    mag_std, angle_std (circular). Region means come from roi_align with adaptive sampling (a box average)."""
+    dx, dy = flow[:, 0], flow[:, 1]
+    mag = torch.sqrt(dx * dx + dy * dy + 1e-6)  # +eps: sqrt has no gradient at exactly zero flow
+    cos, sin = dx / mag, dy / mag
+    maps = torch.stack([mag, mag * mag, cos, sin], 1)
+    pooled = roi_align(maps, rois_for(boxes, flow.shape[0]).to(maps.dtype), (1, 1), 1.0, -1, True)
+    pooled = pooled.reshape(flow.shape[0], boxes.shape[0], 4)
+    m, m2, c, s = pooled.unbind(-1)
+    out = []
+    for name in components:
+        if name == "mag_mean":
+            out.append(m[..., None])
+        elif name == "angle_mean":
+            out.append(torch.stack([c, s], -1))
+        elif name == "mag_std":
+            out.append((m2 - m * m).clamp_min(0).add(1e-6).sqrt()[..., None])
+        elif name == "angle_std":
+            r = torch.sqrt(c * c + s * s).clamp(1e-4, 1.0)
+            out.append(torch.sqrt(-2 * torch.log(r))[..., None])
+    return torch.cat(out, -1)
+
+
+def num_flow_stats(components) -> int:
+    return sum(2 if c == "angle_mean" else 1 for c in components)
+
+
+# ------------------------------------------------------------------------------------------ encoder
+class RegionEncoder(nn.Module):
+    """Frame -> per-GAAD-region tangent vectors: shallow CNN + roi_align, or pixel crops (roi_align on the frame)."""
+
+    def __init__(self, cfg, boxes: torch.Tensor):
+        super().__init__()
+        self.use_roi = cfg.encoder_use_roi_align
+        self.register_buffer("boxes", boxes, persistent=False)
+        c = cfg.num_channels
+        if self.use_roi:
+            ch = cfg.encoder_shallow_cnn_channels
+            self.cnn = nn.Sequential(nn.Conv2d(c, ch, 3, 1, 1), nn.GroupNorm(math.gcd(8, ch), ch), nn.GELU())
+            self.out_hw = (cfg.encoder_roi_align_output_h, cfg.encoder_roi_align_output_w)
+            flat = ch * self.out_hw[0] * self.out_hw[1]
+        else:
+            self.cnn = None
+            self.out_hw = (cfg.encoder_pixel_patch_size, cfg.encoder_pixel_patch_size)
+            flat = c * self.out_hw[0] * self.out_hw[1]
+        self.proj = nn.Linear(flat, cfg.encoder_initial_tangent_dim)
+        self.region_embed = nn.Parameter(torch.zeros(boxes.shape[0], cfg.encoder_initial_tangent_dim))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, R, tangent_dim)."""
+        feat = self.cnn(images) if self.cnn is not None else images
+        # sampling_ratio=-1 averages ceil(box/out) samples per bin: an area-weighted (antialiased) crop-resize.
+        regions = roi_align(feat, rois_for(self.boxes, images.shape[0]).to(feat.dtype), self.out_hw, 1.0, -1, True)
+        regions = regions.reshape(images.shape[0], self.boxes.shape[0], -1)
+        return self.proj(regions) + self.region_embed
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg, flow_kind: str = "none"):
+        super().__init__()
+        H, W = cfg.image_h, cfg.image_w
+        boxes = gaad_boxes(H, W, cfg.gaad_num_regions, cfg.gaad_decomposition_type, cfg.gaad_min_size_px)
+        self.regions = RegionEncoder(cfg, boxes)
+        s = cfg.stack("s")
+        s_out = s["dims"][-1]
+        self.wubu_s = WuBuStack(cfg.encoder_initial_tangent_dim, s_out, **s)
+        # Region outputs are concatenated, not averaged: the mean discarded which region saw what.
+        frame_dim = cfg.wubu_t_hyperbolic_dims[0]
+        self.frame_proj = nn.Linear(cfg.gaad_num_regions * s_out, frame_dim)
+        self.use_motion = flow_kind != "none"
+        self.flow_components = list(cfg.flow_stats_components)
+        t_in = frame_dim
+        if self.use_motion:
+            mboxes = gaad_boxes(H, W, cfg.gaad_motion_num_regions, cfg.gaad_motion_decomposition_type, cfg.gaad_min_size_px)
+            self.register_buffer("motion_boxes", mboxes, persistent=False)
+            m = cfg.stack("m")
+            self.wubu_m = WuBuStack(num_flow_stats(self.flow_components), m["dims"][-1], **m)
+            motion_dim = cfg.wubu_m_hyperbolic_dims[0]
+            self.motion_proj = nn.Linear(cfg.gaad_motion_num_regions * m["dims"][-1], motion_dim)
+            self.motion_start = nn.Parameter(torch.zeros(motion_dim))  # frame 0 has no previous frame
+            self.flow_scale = 4.0 / min(H, W) * 16  # flow in px -> O(1) numbers
+            self.raft = RaftFlow(cfg.optical_flow_net_type, cfg.freeze_flow_net) if flow_kind == "raft" else None
+            t_in += motion_dim
+        t = cfg.stack("t")
+        self.wubu_t = WuBuStack(t_in, t["dims"][-1], temporal=True, **t)
+        self.attn = nn.Linear(t["dims"][-1], 1)  # attention pooling over time (the original kept only the last step)
+        self.fc_mu = nn.Linear(t["dims"][-1], cfg.latent_dim)
+        self.fc_logvar = nn.Linear(t["dims"][-1], cfg.latent_dim)
+        # Start with a narrow posterior (sigma ~ 0.05): at logvar = 0 the sampling noise (sigma 1) drowned mu's
+        # input-dependent part (~0.2), the decoder could only learn the mean frame, and a 160-step run with the
+        # guide's phase-1 settings never left it. The KL term widens sigma again as lambda_KL grows.
+        nn.init.constant_(self.fc_logvar.bias, -6.0)
+
+    def motion_features(self, frames: torch.Tensor, flow: torch.Tensor | None) -> torch.Tensor:
+        b, t = frames.shape[:2]
+        if self.raft is not None:
+            flow = self.raft(frames)
+        if flow is None:
+            raise ValueError("the motion branch needs flow: the data pipeline provides it when the branch is on")
+        stats = flow_statistics(flow.reshape(-1, *flow.shape[2:]).float() * self.flow_scale, self.motion_boxes,
+                                self.flow_components)                                # (B*(T-1), Rm, n)
+        m = self.wubu_m(stats)                                                       # (B*(T-1), Rm, m_out)
+        m = self.motion_proj(m.reshape(b, t - 1, -1))                                # (B, T-1, motion_dim)
+        return torch.cat([self.motion_start.expand(b, 1, -1), m], 1)
+
+    def forward(self, frames: torch.Tensor, flow: torch.Tensor | None = None):
+        """frames (B, T, C, H, W) in [-1, 1]; flow (B, T-1, 2, H, W) px or None -> mu, logvar (B, latent)."""
+        b, t = frames.shape[:2]
+        r = self.regions(frames.reshape(b * t, *frames.shape[2:]))                  # (B*T, R, D)
+        s = self.wubu_s(r)                                                           # (B*T, R, s_out)
+        per_frame = self.frame_proj(s.reshape(b, t, -1))                             # (B, T, frame_dim)
+        if self.use_motion:
+            per_frame = torch.cat([per_frame, self.motion_features(frames, flow)], -1)
+        h = self.wubu_t(per_frame)                                                   # (B, T, t_out), mixes over T
+        weights = torch.softmax(self.attn(h), 1)
+        pooled = (weights * h).sum(1)
+        return self.fc_mu(pooled), self.fc_logvar(pooled).clamp(*LOGVAR_RANGE)
+
+
+# ------------------------------------------------------------------------------------------ generator
+class FiLM(nn.Module):
+    """(1 + gamma) * x + beta, gamma/beta from a conditioning vector; starts as the identity."""
+
+    def __init__(self, cond_dim: int, channels: int):
+        super().__init__()
+        self.to_gb = nn.Linear(cond_dim, 2 * channels)
+        nn.init.zeros_(self.to_gb.weight)
+        nn.init.zeros_(self.to_gb.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.to_gb(cond).chunk(2, -1)
+        shape = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
+        return x * (1 + gamma.reshape(shape)) + beta.reshape(shape)
+
+
+class BoxEmbedding(nn.Module):
+    """MLP over each GAAD box's normalised (cx, cy, w, h), averaged over boxes."""
+
+    def __init__(self, boxes: torch.Tensor, height: int, width: int, dim: int):
+        super().__init__()
+        self.register_buffer("feats", box_features(boxes, height, width), persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(4, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def forward(self) -> torch.Tensor:
+        return self.mlp(self.feats).mean(0)
+
+
+def generator_plan(h: int, w: int):
+    short = min(h, w)
+    s0 = 1 if short <= 8 else (2 if short <= 32 else 4)
+    n_up = max(1, math.ceil(math.log2(short / s0)))
+    return n_up, math.ceil(h / 2 ** n_up), math.ceil(w / 2 ** n_up)
+
+
+class Generator(nn.Module):
+    """latent -> (B, T_pred, C, H, W) in [-1, 1]. FiLM conditioning: GAAD box embedding + latent."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.H, self.W, self.T, self.C = cfg.image_h, cfg.image_w, cfg.num_predict_frames, cfg.num_channels
+        n_up, self.h0, self.w0 = generator_plan(self.H, self.W)
+        ch = min(512, max(128, 2 * cfg.latent_dim))
+        floor = max(32, 4 * self.C)
+        self.ch0 = ch
+        boxes = gaad_boxes(self.H, self.W, cfg.gaad_num_regions, cfg.gaad_decomposition_type, cfg.gaad_min_size_px)
+        box_dim = max(32, cfg.latent_dim // 4)
+        self.box_embed = BoxEmbedding(boxes, self.H, self.W, box_dim)
+        cond_dim = box_dim + cfg.latent_dim
+        self.fc = nn.Linear(cfg.latent_dim, ch * self.T * self.h0 * self.w0)
+        kt = cfg.gen_temporal_kernel_size
+        self.blocks, self.norms, self.films = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for _ in range(n_up):
+            out = max(floor, ch // 2)
+            self.blocks.append(nn.ConvTranspose3d(ch, out, (kt, 4, 4), (1, 2, 2), (kt // 2, 1, 1), bias=False))
+            self.norms.append(nn.InstanceNorm3d(out, affine=True))
+            self.films.append(FiLM(cond_dim, out))
+            ch = out
+        ks = cfg.gen_final_conv_kernel_spatial
+        self.final = nn.Conv3d(ch, self.C, (kt, ks, ks), padding=(kt // 2, ks // 2, ks // 2))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        b = z.shape[0]
+        cond = torch.cat([self.box_embed().expand(b, -1), z], -1)
+        x = self.fc(z).reshape(b, self.ch0, self.T, self.h0, self.w0)
+        for block, norm, film in zip(self.blocks, self.norms, self.films):
+            x = F.gelu(film(norm(block(x)), cond))
+        x = torch.tanh(self.final(x))
+        # Crop (never stretch) to the frame size: the plan rounds the start size up.
+        top, left = (x.shape[-2] - self.H) // 2, (x.shape[-1] - self.W) // 2
+        x = x[..., top:top + self.H, left:left + self.W]
+        return x.permute(0, 2, 1, 3, 4).contiguous()  # (B, T, C, H, W)
+
+
+class WuBuGen(nn.Module):
+    """The VAE: encoder + generator (one module so that DDP wraps and all-reduces both)."""
+
+    def __init__(self, cfg, flow_kind: str = "none"):
+        super().__init__()
+        self.encoder = Encoder(cfg, flow_kind)
+        self.generator = Generator(cfg)
+
+    def forward(self, frames: torch.Tensor, flow: torch.Tensor | None = None, sample: bool = True):
+        mu, logvar = self.encoder(frames, flow)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
+        return self.generator(z), mu, logvar
+
+
+# ------------------------------------------------------------------------------------------ discriminators
+def _sn(module: nn.Module, on: bool) -> nn.Module:
+    return spectral_norm(module) if on else module
+
+
+class SpatioTemporalDisc(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        H, W, T, C = cfg.image_h, cfg.image_w, cfg.num_predict_frames, cfg.num_channels
+        sn, self.film_on = cfg.disc_apply_spectral_norm, cfg.disc_use_gaad_film_condition
+        n_blocks = max(1, int(math.log2(min(H, W) / 4)))
+        kt = min(cfg.disc_temporal_kernel_size, T)
+        if self.film_on:
+            boxes = gaad_boxes(H, W, cfg.gaad_num_regions, cfg.gaad_decomposition_type, cfg.gaad_min_size_px)
+            self.box_embed = BoxEmbedding(boxes, H, W, cfg.disc_gaad_condition_dim_disc)
+        self.convs, self.norms, self.films = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        ch_in, t = C, T
+        for i in range(n_blocks):
+            ch = min(cfg.disc_base_disc_channels * 2 ** i, cfg.disc_max_disc_channels)
+            st = 2 if (i == 0 and T > 3) else 1
+            self.convs.append(_sn(nn.Conv3d(ch_in, ch, (kt, 4, 4), (st, 2, 2), (kt // 2, 1, 1), bias=False), sn))
+            self.norms.append(nn.InstanceNorm3d(ch, affine=not self.film_on))
+            if self.film_on:
+                self.films.append(FiLM(cfg.disc_gaad_condition_dim_disc, ch))
+            t = (t + 2 * (kt // 2) - kt) // st + 1
+            ch_in = ch
+        flat = ch_in * t
+        if flat <= 192:
+            self.head = nn.Sequential(_sn(nn.Linear(flat, 1), sn))
+        else:
+            hid = int(min(max(flat // 2, cfg.disc_min_hidden_fc_dim), cfg.disc_max_hidden_fc_dim))
+            self.head = nn.Sequential(_sn(nn.Linear(flat, hid), sn), nn.LeakyReLU(0.2), _sn(nn.Linear(hid, 1), sn))
+        self.t_out = t
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T_pred, C, H, W) -> logits (B,)."""
+        x = frames.permute(0, 2, 1, 3, 4)
+        cond = self.box_embed().expand(x.shape[0], -1) if self.film_on else None
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            x = norm(conv(x))
+            if self.film_on:
+                x = self.films[i](x, cond)
+            x = F.leaky_relu(x, 0.2)
+        x = F.adaptive_avg_pool3d(x, (self.t_out, 1, 1)).flatten(1)
+        return self.head(x).squeeze(-1)
+
+
+class RegionalDisc(nn.Module):
+    """GAAD crops (roi_align to disc_patch_size) of every predicted frame -> 2-D CNN -> mean over regions."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        H, W = cfg.image_h, cfg.image_w
+        sn, self.film_on = cfg.disc_apply_spectral_norm, cfg.disc_use_gaad_film_condition
+        boxes = gaad_boxes(H, W, cfg.gaad_num_regions, cfg.gaad_decomposition_type, cfg.gaad_min_size_px)
+        self.register_buffer("boxes", boxes, persistent=False)
+        self.patch = cfg.disc_patch_size
+        if self.film_on:
+            self.box_embed = BoxEmbedding(boxes, H, W, cfg.disc_gaad_condition_dim_disc)
+        self.convs, self.films = nn.ModuleList(), nn.ModuleList()
+        ch_in = cfg.num_channels
+        for ch in cfg.disc_cnn_channels_2d:
+            self.convs.append(_sn(nn.Conv2d(ch_in, ch, 4, 2, 1), sn))
+            if self.film_on:
+                self.films.append(FiLM(cfg.disc_gaad_condition_dim_disc, ch))
+            ch_in = ch
+        self.head = _sn(nn.Linear(ch_in, 1), sn)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        b, t = frames.shape[:2]
+        imgs = frames.reshape(b * t, *frames.shape[2:])
+        x = roi_align(imgs, rois_for(self.boxes, b * t).to(imgs.dtype), (self.patch, self.patch), 1.0, -1, True)
+        cond = self.box_embed().expand(x.shape[0], -1) if self.film_on else None
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if self.film_on:
+                x = self.films[i](x, cond)
+            x = F.leaky_relu(x, 0.2)
+        x = x.mean((2, 3))
+        return self.head(x).reshape(b, -1).mean(1)
+
+
+def build_discriminator(cfg) -> nn.Module:
+    return SpatioTemporalDisc(cfg) if cfg.discriminator_type == "spatio_temporal_cnn" else RegionalDisc(cfg)
+
+
+def count_parameters(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())

@@ -1,0 +1,496 @@
+"""`wubu-gan train`: the VAE-GAN loop, top to bottom.
+
+Per micro-batch: G encodes and generates; D scores real and fake targets (the SAME frame slice, the original
+took "real" from the context frames); G's loss goes through D with D's weights frozen. Both gradients come
+from the same forward, so stepping G's stepper and then D's equals the original "D backward, G backward,
+D step, G step". A non-finite loss in either network poisons both windows, so trainkit's guard skips the
+whole step for G and D and no optimizer or Q-controller state is touched.
+"""
+from __future__ import annotations
+
+import math
+import re
+import time
+from pathlib import Path
+
+import geoopt
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from trainkit.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, unwrap_model
+from trainkit.cli import prepare_run_dir
+from trainkit.config import config_to_dict, save_config
+from trainkit.device import autocast, make_grad_scaler, seed_everything
+from trainkit.distributed import GracefulStop, all_reduce_mean, cleanup, init_distributed, wrap_ddp
+from trainkit.errors import UserError
+from trainkit.progress import progress
+from trainkit.step import OptimizerStep
+from trainkit.tracking import Tracker
+
+from .config import TrainConfig
+from .data import EpochSampler, build_datasets
+from .evaluate import fixed_noise, frames_to_grid, move, validate
+from .metrics import lpips_model
+from .model import WuBuGen, build_discriminator, count_parameters, decide_flow
+from .qcontrol import QController
+
+CKPT_PREFIX = "wubugaad_hybridgen_ckpt_v01_"
+FORMAT_VERSION = 1
+HIGHER_IS_BETTER = {"avg_val_psnr": True, "avg_val_ssim": True, "avg_val_lpips": False, "avg_val_recon_mse": False}
+
+
+# ------------------------------------------------------------------------------------------ optimizers
+def _clip_each(params, max_norm: float) -> None:
+    """The original's per-tensor clip (risgd_max_grad_norm), applied inside the optimizer step."""
+    if max_norm and max_norm > 0:
+        for p in params:
+            if p.grad is not None:
+                torch.nn.utils.clip_grad_norm_([p], max_norm)
+
+
+class ClippedRiemannianAdam(geoopt.optim.RiemannianAdam):
+    def __init__(self, params, per_tensor_clip: float = 0.0, **kw):
+        super().__init__(params, **kw)
+        self.per_tensor_clip = per_tensor_clip
+
+    def step(self, closure=None):
+        _clip_each([p for g in self.param_groups for p in g["params"]], self.per_tensor_clip)
+        return super().step(closure)
+
+
+class ClippedRiemannianSGD(geoopt.optim.RiemannianSGD):
+    def __init__(self, params, per_tensor_clip: float = 0.0, **kw):
+        super().__init__(params, **kw)
+        self.per_tensor_clip = per_tensor_clip
+
+    def step(self, closure=None):
+        _clip_each([p for g in self.param_groups for p in g["params"]], self.per_tensor_clip)
+        return super().step(closure)
+
+
+def make_optimizer(module: torch.nn.Module, lr: float, cfg: TrainConfig):
+    """Riemannian optimizer: ball-valued ManifoldParameters get Riemannian updates, the rest Euclidean ones."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if cfg.optimizer == "riemannian_sgd":  # the original's RiemannianEnhancedSGD settings
+        return ClippedRiemannianSGD(params, per_tensor_clip=cfg.risgd_max_grad_norm, lr=lr, momentum=0.9,
+                                    weight_decay=0.01)
+    return ClippedRiemannianAdam(params, per_tensor_clip=cfg.risgd_max_grad_norm, lr=lr, betas=(0.9, 0.999))
+
+
+def load_optimizer(optimizer, state: dict) -> None:
+    """load_state_dict, then give geoopt back its integer step counts: torch turns them into float32 tensors,
+    and geoopt's bias correction with a float32 step differs in the last bits from the uninterrupted run."""
+    optimizer.load_state_dict(state)
+    for st in optimizer.state.values():
+        if isinstance(st.get("step"), torch.Tensor):
+            st["step"] = int(st["step"].item())
+
+
+def apply_scales(optimizer, base_lr: float, scales: dict) -> None:
+    """lr = clip(base * lr_scale, 1e-8, 1); momentum (SGD) or beta1 (Adam) = clip(0.9 * momentum_scale, 0, 0.999)."""
+    lr = min(1.0, max(1e-8, base_lr * scales.get("lrscale", 1.0)))
+    mom = min(0.999, max(0.0, 0.9 * scales.get("momentumscale", 1.0)))
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+        if "betas" in g:
+            g["betas"] = (mom, g["betas"][1])
+        elif "momentum" in g:
+            g["momentum"] = mom
+
+
+def current_momentum(optimizer) -> float:
+    g = optimizer.param_groups[0]
+    return float(g["betas"][0] if "betas" in g else g.get("momentum", 0.0))
+
+
+# ------------------------------------------------------------------------------------------ losses
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) || N(0, I)), summed over latent dims, averaged over the batch (logvar is clamped by the encoder)."""
+    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
+
+
+def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits.float(), target))
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def ckpt_path(directory: Path, tag: str) -> Path:
+    return Path(directory) / f"{CKPT_PREFIX}{tag}.pt"
+
+
+def newest_checkpoint(directory: Path) -> Path | None:
+    files = [p for p in Path(directory).glob(f"{CKPT_PREFIX}*.pt") if p.is_file()]
+    return max(files, key=lambda p: p.stat().st_mtime_ns) if files else None
+
+
+def plain_state(sd):
+    """Tensors of a geoopt state dict as plain torch.Tensor (weights_only-loadable), recursively."""
+    if isinstance(sd, torch.Tensor):
+        return sd.detach().as_subclass(torch.Tensor) if type(sd) is not torch.Tensor else sd
+    if isinstance(sd, dict):
+        return {k: plain_state(v) for k, v in sd.items()}
+    if isinstance(sd, (list, tuple)):
+        return type(sd)(plain_state(v) for v in sd)
+    return sd
+
+
+def load_compatible(module: torch.nn.Module, saved: dict) -> list[str]:
+    """Load the tensors whose name and shape match; return the names left at their fresh initialisation."""
+    own = module.state_dict()
+    keep = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+    module.load_state_dict(keep, strict=False)
+    return sorted(k for k in own if k not in keep)
+
+
+def resolve_resume_config(cli_values: dict, config_path, overrides, resume: str, checkpoint_dir: str | None):
+    """On --resume the checkpoint's config is the run's config; flags that change what the run is are refused."""
+    from trainkit.config import load_config
+
+    from .config import RUN_DEFINING
+
+    directory = Path(checkpoint_dir or TrainConfig.checkpoint_dir)
+    path = newest_checkpoint(directory) if resume == "auto" else Path(resume)
+    if path is None:
+        raise UserError("no checkpoint to resume from", f"--resume {resume}",
+                        f"checkpoints named {CKPT_PREFIX}*.pt in {directory}")
+    state = load_checkpoint(path)
+    if "config" not in state or "gen" not in state:
+        raise UserError("not a wubu-gan checkpoint", str(path), "a file written by `wubu-gan train`")
+    base = dict(state["config"])
+    for key, value in cli_values.items():
+        if key in RUN_DEFINING and base.get(key) != value and not (isinstance(value, (list, tuple)) and list(value) == base.get(key)):
+            raise UserError(f"--{key} {value!r} differs from the resumed run's {base.get(key)!r}", f"--resume {path}",
+                            f"leave --{key} out (it changes what the run is), or start a new phase with --load_checkpoint")
+    base["resume"] = str(path)
+    base["load_checkpoint"] = None
+    return load_config(TrainConfig, config_path, overrides, {**cli_values, "resume": str(path), "load_checkpoint": None},
+                       base=base)
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -> dict:
+    """Train; returns a summary (last validation metrics, checkpoint paths)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    info = init_distributed(cfg.device)
+    device = info.device
+    say = log if info.is_main else (lambda *a, **k: None)
+    precision = cfg.effective_precision(device.type)
+    Tin = cfg.num_input_frames
+
+    # ---- flow decided before any layer is sized
+    flow_kind, why = decide_flow(cfg, cfg.image_h, cfg.image_w)
+    if cfg.use_wubu_motion_branch:
+        say(f"motion branch: {'RAFT' if flow_kind == 'raft' else 'weights-free ' + flow_kind + ' flow (scikit-image)'}"
+            f" ({why})")
+    flow_method = flow_kind if flow_kind not in ("none", "raft") else None
+
+    # ---- data (the split is seeded by cfg.seed only: the same on every rank)
+    train_set, val_set = build_datasets(cfg, log=say, flow_method=flow_method)
+    if cfg.batch_size % info.world_size:
+        raise UserError(f"batch_size={cfg.batch_size} is not divisible by {info.world_size} processes", "--batch_size",
+                        "a global batch size that is a multiple of the number of processes")
+    per_rank = cfg.batch_size // info.world_size
+    sampler = EpochSampler(len(train_set), cfg.seed, info.rank, info.world_size)
+    # Its own generator: a DataLoader otherwise draws its worker seed from the global RNG at every new
+    # iterator, which would shift the RNG stream of a resumed run against the uninterrupted one.
+    loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers, drop_last=True,
+                        persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed + info.rank))
+    steps_per_epoch = len(sampler) // per_rank
+    if steps_per_epoch == 0:
+        raise UserError(f"{len(train_set)} training clips give no full batch of {per_rank}", "--batch_size",
+                        "a smaller batch size or more video")
+
+    # ---- models and optimizers (identical init on every rank)
+    seed_everything(cfg.seed)
+    G_raw = WuBuGen(cfg, flow_kind).to(device)
+    D_raw = build_discriminator(cfg).to(device)
+    G = wrap_ddp(G_raw, info)
+    D = wrap_ddp(D_raw, info)
+    opt_g = make_optimizer(G_raw, cfg.learning_rate_gen, cfg)
+    opt_d = make_optimizer(D_raw, cfg.learning_rate_disc, cfg)
+    scaler_g, scaler_d = make_grad_scaler(device, precision), make_grad_scaler(device, precision)
+    step_g = OptimizerStep(G, opt_g, scaler=scaler_g, accum_steps=cfg.grad_accum_steps,
+                           grad_clip=cfg.global_max_grad_norm or None, detect_anomaly=cfg.detect_anomaly)
+    step_d = OptimizerStep(D, opt_d, scaler=scaler_d, accum_steps=cfg.grad_accum_steps,
+                           grad_clip=cfg.global_max_grad_norm or None, detect_anomaly=cfg.detect_anomaly)
+    q_gen = QController("gen", seed=cfg.seed) if cfg.q_controller_enabled else None
+    q_disc = QController("disc", seed=cfg.seed + 1) if cfg.q_controller_enabled else None
+    q_lkl = QController("lkl", seed=cfg.seed + 2) if (cfg.q_controller_enabled and cfg.lambda_kl_update_interval > 0) else None
+    lambda_kl = cfg.lambda_kl
+    primary = cfg.val_primary_metric
+    lp_net, lp_reason = lpips_model(device) if cfg.use_lpips_for_verification else (None, "LPIPS not requested")
+    if cfg.use_lpips_for_verification and lp_net is None:
+        say(f"note: val/avg_val_lpips will be null: {lp_reason}")
+    if primary == "avg_val_lpips" and lp_net is None:
+        say("note: --val_primary_metric avg_val_lpips needs LPIPS; ranking the best checkpoint by avg_val_psnr")
+        primary = "avg_val_psnr"
+
+    # ---- run directory, resume or new phase
+    ckpt_dir = Path(cfg.checkpoint_dir)
+    if info.is_main:
+        if not cfg.resume and (any(ckpt_dir.glob(f"{CKPT_PREFIX}*.pt")) or (ckpt_dir / "metrics.jsonl").exists()):
+            raise UserError("checkpoint directory already holds a run", f"--checkpoint_dir {ckpt_dir}",
+                            "pass --resume auto to continue it, or choose a new --checkpoint_dir")
+        prepare_run_dir(ckpt_dir, resume=cfg.resume)
+    step, start_epoch, batch_in_epoch, best_value = 0, 0, 0, None
+    val_history: list[float] = []  # the primary validation metric per epoch (the lambda_KL controller's input)
+    if cfg.resume:
+        state = load_checkpoint(cfg.resume, map_location=device)
+        G_raw.load_state_dict(state["gen"])
+        D_raw.load_state_dict(state["disc"])
+        load_optimizer(opt_g, state["opt_gen"])
+        load_optimizer(opt_d, state["opt_disc"])
+        scaler_g.load_state_dict(state["scaler_gen"]) if state.get("scaler_gen") else None
+        scaler_d.load_state_dict(state["scaler_disc"]) if state.get("scaler_disc") else None
+        step_g.load_state_dict(state["stepper_gen"])
+        step_d.load_state_dict(state["stepper_disc"])
+        for q, key in ((q_gen, "q_gen"), (q_disc, "q_disc"), (q_lkl, "q_lkl")):
+            if q is not None and state.get(key):
+                q.load_state_dict(state[key])
+        lambda_kl = float(state["lambda_kl"])
+        step, start_epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+        best_value = state.get("best_value")
+        val_history[:] = [float(v) for v in state.get("val_history", [])]
+        restore_rng_state(state["rng"])
+        say(f"resumed {cfg.resume} at epoch {start_epoch}, batch {batch_in_epoch}, step {step}")
+    elif cfg.load_checkpoint:
+        step, lambda_kl = start_new_phase(cfg, explicit_keys, G_raw, D_raw, opt_g, opt_d, q_gen, q_disc, q_lkl, device, say)
+    if info.is_main:
+        save_config(cfg, ckpt_dir)
+    tracker = Tracker(ckpt_dir, config=config_to_dict(cfg), wandb_project=cfg.wandb_project if cfg.wandb else None,
+                      run_name=cfg.wandb_run_name, resume_step=step if cfg.resume else None)
+    say(f"run {ckpt_dir} | {len(train_set)} train / {len(val_set)} val clips of {cfg.total_frames} frames "
+        f"({cfg.image_h}x{cfg.image_w}) | G {count_parameters(G_raw):,} / D {count_parameters(D_raw):,} parameters | "
+        f"device {device} {precision} | {steps_per_epoch} batches/epoch")
+    z_fixed = fixed_noise(cfg.demo_num_samples, cfg.latent_dim, cfg.seed, device)
+
+    def save(tag: str, epoch: int, batch: int, metrics: dict | None = None) -> Path:
+        payload = {
+            "format_version": FORMAT_VERSION, "gen": plain_state(G_raw.state_dict()),
+            "disc": plain_state(D_raw.state_dict()), "opt_gen": plain_state(opt_g.state_dict()),
+            "opt_disc": plain_state(opt_d.state_dict()), "scaler_gen": scaler_g.state_dict(),
+            "scaler_disc": scaler_d.state_dict(), "stepper_gen": step_g.state_dict(), "stepper_disc": step_d.state_dict(),
+            "q_gen": q_gen.state_dict() if q_gen else None, "q_disc": q_disc.state_dict() if q_disc else None,
+            "q_lkl": q_lkl.state_dict() if q_lkl else None, "lambda_kl": float(lambda_kl), "step": step,
+            "epoch": epoch, "batch_in_epoch": batch, "metrics": metrics or {}, "best_value": best_value,
+            "rng": capture_rng_state(), "config": config_to_dict(cfg), "flow_kind": flow_kind,
+            "val_history": [float(v) for v in val_history],
+        }
+        path = ckpt_path(ckpt_dir, tag)
+        if info.is_main:
+            save_checkpoint(path, payload)
+        return path
+
+    # ---- loop
+    stop = GracefulStop()
+    window = {}  # loss sums over the accumulation window (for the Q-controllers)
+    last_val: dict = {}
+    summary = {"checkpoint_dir": str(ckpt_dir), "flow": flow_kind}
+    last_batch = None  # (frames, recon) of the latest micro-batch, for the train_recon image
+    t_start = time.time()
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            G.train()
+            D.train()
+            sampler.set_epoch(epoch, skip=batch_in_epoch * per_rank)
+            bar = progress(loader, total=steps_per_epoch - batch_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                           quiet=cfg.quiet)
+            for batch in bar:
+                frames, flow = move(batch, device)
+                target = frames[:, Tin:]
+                boundary = step_g.is_boundary
+                with autocast(device, precision):
+                    recon, mu, logvar = G(frames, flow)
+                    # One D forward on [real; fake]: DDP allows one forward per backward, and spectral norm then
+                    # runs one power iteration per step. InstanceNorm is per sample, so nothing mixes.
+                    logits_real, logits_fake = D(torch.cat([target, recon.detach()])).chunk(2)
+                    loss_d_real = bce(logits_real, 1.0)
+                    loss_d_fake = bce(logits_fake, 0.0)
+                loss_d = 0.5 * (loss_d_real + loss_d_fake)
+                D_raw.requires_grad_(False)  # G's adversarial term needs no D gradients (raw module: no DDP sync)
+                with autocast(device, precision):
+                    loss_adv = bce(D_raw(recon), 1.0)
+                D_raw.requires_grad_(True)
+                loss_recon = F.mse_loss(recon.float(), target.float())
+                loss_kl = kl_divergence(mu.float(), logvar.float())
+                loss_g = cfg.lambda_recon * loss_recon + lambda_kl * loss_kl + cfg.lambda_gan * loss_adv
+                parts = torch.stack([loss_recon, loss_kl, loss_adv, loss_g, loss_d_real, loss_d_fake, loss_d]).detach()
+                finite = bool(torch.isfinite(parts).all())
+                if not finite:
+                    # Poison both windows: trainkit skips the whole step for G and D, touching no state.
+                    say(f"warning: non-finite loss at step {step} (recon {parts[0]:.4g}, kl {parts[1]:.4g}, "
+                        f"adv {parts[2]:.4g}, d {parts[6]:.4g}): skipping this optimizer step for G and D")
+                    loss_g, loss_d = loss_g * float("nan"), loss_d * float("nan")
+                    window["bad"] = True
+                names = ("recon", "kl", "g_adv", "g_total", "d_real", "d_fake", "d_total")
+                window.setdefault("sum", torch.zeros(7, device=device))
+                window["sum"] += torch.nan_to_num(parts)
+                window["n"] = window.get("n", 0) + 1
+                if boundary and not window.get("bad") and q_gen is not None:
+                    means = all_reduce_mean({k: float(v) for k, v in zip(names, window["sum"] / window["n"])})
+                    common = {**means, "lambda_kl": lambda_kl}
+                    apply_scales(opt_g, cfg.learning_rate_gen, q_gen.step(
+                        {**common, "lr": opt_g.param_groups[0]["lr"], "momentum": current_momentum(opt_g)}))
+                    apply_scales(opt_d, cfg.learning_rate_disc, q_disc.step(
+                        {**common, "lr": opt_d.param_groups[0]["lr"], "momentum": current_momentum(opt_d)}))
+                    if q_lkl is not None and val_history and (step + 1) % cfg.lambda_kl_update_interval == 0:
+                        val = val_history[-1] if HIGHER_IS_BETTER[primary] else -val_history[-1]
+                        scale = q_lkl.step({**common, "val": val})["lklscale"]
+                        lambda_kl = min(cfg.max_lambda_kl_q_control, max(cfg.min_lambda_kl_q_control, lambda_kl * scale))
+                with step_g.micro_batch():
+                    out_g = step_g.backward(loss_g)
+                with step_d.micro_batch():
+                    out_d = step_d.backward(loss_d)
+                batch_in_epoch += 1
+                last_batch = (frames, recon)
+                if not out_g.boundary:
+                    continue
+                window = {}
+                step += 1
+                if step % cfg.log_interval == 0 or step == 1:
+                    scalars = {f"train/loss_{k}": float(v) for k, v in zip(
+                        ("recon", "kl", "g_adv", "g_total", "d_real", "d_fake", "d_total"), parts)}
+                    scalars.update({"train/lr_gen": opt_g.param_groups[0]["lr"], "train/lr_disc": opt_d.param_groups[0]["lr"],
+                                    "train/lambda_kl_eff": lambda_kl, "train/skipped_steps": step_g.num_skipped,
+                                    "train/epoch": epoch + batch_in_epoch / steps_per_epoch})
+                    if cfg.log_grad_norm and out_g.grad_norm is not None:
+                        scalars.update({"train/grad_norm_gen": float(out_g.grad_norm), "train/grad_norm_disc": float(out_d.grad_norm)})
+                    for q, prefix in ((q_gen, "q_ctrl_gen"), (q_disc, "q_ctrl_disc"), (q_lkl, "q_ctrl_lkl")):
+                        if q is not None:
+                            scalars.update(q.log_values(prefix))
+                    if q_lkl is not None:
+                        scalars["q_ctrl_lkl/lambda_kl"] = lambda_kl
+                    tracker.log_scalars(scalars, step)
+                    bar.set_postfix(rec=f"{scalars['train/loss_recon']:.4f}", d=f"{scalars['train/loss_d_total']:.3f}",
+                                    adv=f"{scalars['train/loss_g_adv']:.3f}")
+                if cfg.wandb_log_train_recon_interval and step % cfg.wandb_log_train_recon_interval == 0:
+                    log_recon_images(tracker, "samples/train_recon", frames, recon, cfg, step)
+                if cfg.wandb_log_fixed_noise_samples_interval and step % cfg.wandb_log_fixed_noise_samples_interval == 0:
+                    log_fixed_noise(tracker, G_raw, z_fixed, step)
+                if step % cfg.save_interval == 0:
+                    save(f"step{step}", epoch, batch_in_epoch)
+                if stop.should_stop():
+                    break
+            if stop.should_stop():
+                path = save(f"step{step}", epoch, batch_in_epoch)
+                say(f"stopping on {stop.signal_name}: saved {path}; continue with --resume auto")
+                summary["stopped"] = True
+                break
+            # ---- end of epoch: validation (every rank computes it, so the lambda_KL controller agrees), images, checkpoints
+            batch_in_epoch = 0
+            result = validate(G_raw, val_set, cfg, device, lp_net, max_clips=cfg.max_val_clips)
+            last_val = result
+            val_history.append(result["model"][primary])
+            scalars = {f"val/{k}": v for k, v in result["model"].items() if k != "num_clips"}
+            scalars.update({f"val/copy_last_frame_{k[8:]}": v for k, v in result["copy_last_frame"].items()
+                            if k.startswith("avg_val_")})
+            tracker.log_scalars(scalars, step)
+            if last_batch is not None:
+                log_recon_images(tracker, "samples/train_recon", *last_batch, cfg, step)
+            log_val_images(tracker, G_raw, val_set, cfg, device, step)
+            log_fixed_noise(tracker, G_raw, z_fixed, step)
+            value = result["model"][primary]
+            better = best_value is None or (value > best_value if HIGHER_IS_BETTER[primary] else value < best_value)
+            if better:
+                best_value = value
+            path = save(f"ep{epoch + 1}_step{step}", epoch + 1, 0, result["model"])
+            if better:
+                save("best", epoch + 1, 0, result["model"])
+            m, b = result["model"], result["copy_last_frame"]
+            say(f"epoch {epoch + 1}/{cfg.epochs} step {step} | val psnr {m['avg_val_psnr']:.2f} dB ssim "
+                f"{m['avg_val_ssim']:.3f} (copy-last {b['avg_val_psnr']:.2f} / {b['avg_val_ssim']:.3f}) | "
+                f"lambda_kl {lambda_kl:.3g} | saved {path.name}{' (best)' if better else ''}")
+    finally:
+        tracker.close()
+        stop.restore()
+        cleanup()
+    summary.update({"val": last_val, "step": step, "lambda_kl": lambda_kl, "best": str(ckpt_path(ckpt_dir, "best")),
+                    "skipped_steps": step_g.num_skipped, "train_time_s": time.time() - t_start})
+    return summary
+
+
+def start_new_phase(cfg, explicit_keys, G_raw, D_raw, opt_g, opt_d, q_gen, q_disc, q_lkl, device, say):
+    """--load_checkpoint: weights, optimizers, Q-controllers and the step counter from the previous phase.
+
+    lambda_KL: the value this run was given (flag, --config or --set) wins over the checkpoint's (the original
+    silently kept the checkpoint's, so raising LAMBDA_KL between phases did nothing). D keeps every weight whose
+    shape still fits (turning FiLM on in phase 3 changes D) and the re-initialised ones are reported.
+    """
+    path = cfg.load_checkpoint
+    state = load_checkpoint(path, map_location=device)
+    if "gen" not in state or "disc" not in state:
+        raise UserError("not a wubu-gan checkpoint", str(path), "a file written by `wubu-gan train`")
+    if cfg.load_strict:
+        try:
+            G_raw.load_state_dict(state["gen"])
+        except RuntimeError as err:
+            raise UserError("checkpoint's generator does not match this configuration (--load_strict)", str(path),
+                            " ".join(str(err).split())[:200]) from None
+        fresh_g = []
+    else:
+        fresh_g = load_compatible(G_raw, state["gen"])
+    fresh_d = load_compatible(D_raw, state["disc"])
+    if fresh_g:
+        say(f"note: generator/encoder tensors re-initialised (no matching shape in {path}): {', '.join(fresh_g)}")
+    if fresh_d:
+        say(f"note: discriminator changed shape; kept {len(D_raw.state_dict()) - len(fresh_d)} compatible tensors, "
+            f"re-initialised {len(fresh_d)}: {', '.join(fresh_d)}")
+    if not fresh_g:
+        load_optimizer(opt_g, state["opt_gen"])
+    if not fresh_d:
+        load_optimizer(opt_d, state["opt_disc"])
+    else:
+        say("note: discriminator optimizer starts fresh (its parameters changed)")
+    # Base learning rates are this run's (the Q-controller scales them again from its next step on).
+    for opt, lr in ((opt_g, cfg.learning_rate_gen), (opt_d, cfg.learning_rate_disc)):
+        for g in opt.param_groups:
+            g["lr"] = lr
+    for q, key in ((q_gen, "q_gen"), (q_disc, "q_disc"), (q_lkl, "q_lkl")):
+        if q is not None and state.get(key):
+            q.load_state_dict(state[key])
+    saved_kl = float(state.get("lambda_kl", cfg.lambda_kl))
+    if "lambda_kl" in explicit_keys:
+        lambda_kl = cfg.lambda_kl
+        say(f"lambda_kl {lambda_kl:g} (as given; the checkpoint had {saved_kl:g})")
+    else:
+        lambda_kl = saved_kl
+        say(f"lambda_kl {lambda_kl:g} (from the checkpoint; none given)")
+    step = int(state.get("step", 0))
+    say(f"new phase from {path} (step {step}, epoch counter restarts at 0)")
+    return step, lambda_kl
+
+
+# ------------------------------------------------------------------------------------------ images
+@torch.no_grad()
+def log_recon_images(tracker, tag, frames, recon, cfg, step) -> None:
+    n = min(cfg.num_val_samples_to_log or 1, frames.shape[0])
+    rows = torch.cat([frames[:n].float(), recon[:n].float().detach()], 1)  # inputs, targets, then reconstructions
+    tracker.log_image(tag, frames_to_grid(rows), step)
+
+
+@torch.no_grad()
+def log_val_images(tracker, G, val_set, cfg, device, step) -> None:
+    n = min(max(1, cfg.num_val_samples_to_log), len(val_set))
+    idx = torch.linspace(0, len(val_set) - 1, n).round().long().tolist()
+    items = [val_set[i] for i in idx]
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    frames, flow = move(batch, device)
+    was = G.training
+    G.eval()
+    recon, _, _ = G(frames, flow, sample=False)
+    G.train(was)
+    log_recon_images(tracker, "samples/val_reconstruction_samples", frames, recon, cfg, step)
+
+
+@torch.no_grad()
+def log_fixed_noise(tracker, G, z, step) -> None:
+    was = G.training
+    G.eval()
+    videos = G.generator(z)
+    G.train(was)
+    tracker.log_image("samples/fixed_noise_generated", frames_to_grid(videos), step)
+
+
+__all__ = ["train", "resolve_resume_config", "kl_divergence", "make_optimizer", "ckpt_path", "CKPT_PREFIX"]

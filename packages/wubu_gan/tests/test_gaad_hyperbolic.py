@@ -1,0 +1,107 @@
+import math
+
+import geoopt
+import pytest
+import torch
+
+from wubu_gan.gaad import PHI, cache_info, gaad_boxes
+from wubu_gan.hyperbolic import Rotation, WuBuStack, expmap0, logmap0, new_ball
+
+
+def test_subdivision_matches_the_notes_worked_example_and_is_cached():
+    boxes = gaad_boxes(64, 64, 6, "subdivide")
+    wh = [(round(x2 - x1, 2), round(y2 - y1, 2)) for x1, y1, x2, y2 in boxes.tolist()]
+    assert wh == [(64, 64), (39.55, 64), (24.45, 64), (39.55, 39.55), (39.55, 24.45), (24.45, 39.55)]
+    assert boxes[1, 2].item() == pytest.approx(64 / PHI, abs=1e-4)
+    before = cache_info().hits
+    again = gaad_boxes(64, 64, 6, "subdivide")
+    assert cache_info().hits == before + 1 and torch.equal(again, boxes)
+
+
+def test_hybrid_and_spiral_boxes():
+    hyb = gaad_boxes(64, 64, 12, "hybrid")
+    assert hyb.shape == (12, 4)
+    assert torch.equal(hyb[:6], gaad_boxes(64, 64, 6, "subdivide"))
+    spiral = gaad_boxes(64, 64, 6, "spiral")
+    assert spiral[0].tolist() == pytest.approx([24, 24, 40, 40])  # centre, scale 0.25 of 64
+    assert (spiral[:, 2] > spiral[:, 0]).all() and (spiral >= 0).all() and (spiral <= 64).all()
+    non_square = gaad_boxes(48, 80, 8, "hybrid")
+    assert (non_square[:, 2] <= 80).all() and (non_square[:, 3] <= 48).all()
+
+
+def test_exp_log_round_trip_and_ball_at_extreme_inputs():
+    ball = new_ball(0.7)
+    v = torch.randn(64, 8) * 0.5
+    assert torch.allclose(logmap0(expmap0(v, ball), ball), v, atol=1e-4)
+    huge = torch.randn(16, 8) * 1e6
+    y = expmap0(huge, ball)
+    radius = 1 / math.sqrt(ball.c.item())
+    assert torch.isfinite(y).all() and (y.norm(dim=-1) < radius).all()
+    assert torch.isfinite(logmap0(y, ball)).all()
+    assert torch.isfinite(expmap0(torch.zeros(3, 8), ball)).all()
+
+
+def test_points_do_not_saturate_at_the_ball_edge():
+    torch.manual_seed(0)
+    stack = WuBuStack(32, 16, [64, 32], [1.0, 0.8])
+    x = torch.randn(128, 32) * 3
+    v = stack.input(x)
+    level = stack.levels[0]
+    p = expmap0(v * (level.scale / math.sqrt(64)), level.ball)
+    radius = 1 / math.sqrt(level.ball.c.item())
+    assert (p.norm(dim=-1) / radius).max() < 0.95  # the original put every point at the clip radius
+
+
+def test_geometry_parameters_get_gradients_and_change_after_a_step():
+    torch.manual_seed(0)
+    stack = WuBuStack(12, 6, [8, 6], [1.0, 0.5], use_rotation=True, phi_rotation=True, phi_curvature=True)
+    rot = stack.transforms[0].rotation
+    R = rot.matrix()
+    assert torch.allclose(R @ R.T, torch.eye(8), atol=1e-5)  # truly orthogonal
+    stack(torch.randn(10, 12)).pow(2).sum().backward()
+    watched = {n: p for n, p in stack.named_parameters()
+               if any(k in n for k in ("isp_c", "log_scale", "log_spread", "rotation.generator"))}
+    assert len(watched) == 7  # 2 curvatures, 2 scales, 2 spreads, 1 rotation
+    for name, p in watched.items():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    before = {n: p.detach().clone() for n, p in watched.items()}
+    opt = geoopt.optim.RiemannianAdam(stack.parameters(), lr=1e-2)
+    opt.step()
+    for name, p in watched.items():
+        assert not torch.equal(before[name], p.detach()), name
+
+
+def test_rotation_keeps_its_phi_initialisation():
+    rot = Rotation(4, level=1, phi_init=True)
+    R = rot.matrix()
+    angle = math.atan2(R[1, 0].item(), R[0, 0].item())
+    assert angle == pytest.approx((math.pi / 3) * PHI / 4, abs=0.01)
+
+
+def test_riemannian_step_keeps_ball_parameters_inside_the_ball():
+    torch.manual_seed(0)
+    stack = WuBuStack(6, 4, [4], [2.0])
+    level = stack.levels[0]
+    opt = geoopt.optim.RiemannianAdam(stack.parameters(), lr=0.5)
+    for _ in range(20):
+        opt.zero_grad()
+        # push the boundary points and descriptor outwards hard
+        (-level.boundaries.norm(dim=-1).sum() - level.descriptor.norm() + stack(torch.randn(5, 6)).sum()).backward()
+        opt.step()
+    radius = 1 / math.sqrt(level.ball.c.item())
+    assert isinstance(level.boundaries, geoopt.ManifoldParameter)
+    assert (level.boundaries.norm(dim=-1) < radius).all() and level.descriptor.norm() < radius
+
+
+def test_wubu_t_mixes_across_time():
+    torch.manual_seed(0)
+    stack = WuBuStack(8, 8, [8], [0.5], temporal=True, dropout=0.0)
+    with torch.no_grad():
+        stack.levels[0].time_mix.weight.normal_()
+    x = torch.randn(2, 5, 8)
+    y = stack(x)
+    x2 = x.clone()
+    x2[:, 4] += 1.0  # change only the last frame
+    y2 = stack(x2)
+    assert (y2[:, 3] - y[:, 3]).abs().max() > 1e-4  # its neighbour's output changed
+    assert torch.allclose(y2[:, 0], y[:, 0], atol=1e-6)  # kernel 3: frame 0 does not see frame 4

@@ -1,0 +1,124 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from wubu_gan.config import TrainConfig
+from wubu_gan.train import CKPT_PREFIX, resolve_resume_config, train
+
+GUIDE_SCALARS = ["train/loss_recon", "train/loss_kl", "train/loss_g_adv", "train/loss_g_total", "train/loss_d_real",
+                 "train/loss_d_fake", "train/loss_d_total", "train/lr_gen", "train/lr_disc", "train/lambda_kl_eff",
+                 "q_ctrl_gen/lrscale", "q_ctrl_gen/momentumscale", "q_ctrl_disc/lrscale", "q_ctrl_disc/momentumscale",
+                 "q_ctrl_lkl/lklscale", "val/avg_val_psnr", "val/avg_val_ssim", "val/avg_val_recon_mse"]
+GUIDE_IMAGES = ["samples/train_recon", "samples/val_reconstruction_samples", "samples/fixed_noise_generated"]
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_vae_gan_lowers_reconstruction_loss(base_run):
+    rows = [r for r in _rows(base_run["dir"]) if "train/loss_recon" in r]
+    first = rows[0]["train/loss_recon"]
+    last = sum(r["train/loss_recon"] for r in rows[-5:]) / 5
+    assert last < 0.6 * first, (first, last)
+    val = [r["val/avg_val_recon_mse"] for r in _rows(base_run["dir"]) if "val/avg_val_recon_mse" in r]
+    assert len(val) == 3 and val[-1] < val[0]
+
+
+def test_every_guide_tag_and_image_reads_back(base_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(base_run["dir"]), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for tag in GUIDE_SCALARS:
+        assert tag in tags["scalars"], tag
+        assert all(map(lambda e: e.value == e.value, acc.Scalars(tag)))  # no NaN
+    for tag in GUIDE_IMAGES:
+        assert tag in tags["images"], tag
+    assert "val/avg_val_lpips" not in tags["scalars"]  # null without weights, never a number
+
+
+def test_checkpoints_named_as_the_original_and_weights_only(base_run):
+    names = sorted(p.name for p in base_run["dir"].glob("*.pt"))
+    assert f"{CKPT_PREFIX}best.pt" in names and f"{CKPT_PREFIX}step5.pt" in names
+    assert any(n.startswith(f"{CKPT_PREFIX}ep3_step") for n in names)
+    state = torch.load(base_run["dir"] / f"{CKPT_PREFIX}best.pt", weights_only=True)
+    for key in ("gen", "disc", "opt_gen", "opt_disc", "q_gen", "q_disc", "q_lkl", "lambda_kl", "step", "rng", "config"):
+        assert key in state, key
+    assert state["q_gen"]["q"] and isinstance(state["config"], dict)
+
+
+def test_resumed_run_matches_the_uninterrupted_one(base_run, tmp_path):
+    run = base_run["dir"]
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copy(run / f"{CKPT_PREFIX}step5.pt", resumed_dir / f"{CKPT_PREFIX}step5.pt")
+    cfg = resolve_resume_config({"checkpoint_dir": str(resumed_dir)}, None, (), "auto", str(resumed_dir))
+    summary = train(cfg, log=lambda m: None)
+    full = base_run["summary"]
+    assert summary["step"] == full["step"]
+    a = torch.load(next(run.glob(f"{CKPT_PREFIX}ep3_*.pt")), weights_only=True)
+    b = torch.load(next(resumed_dir.glob(f"{CKPT_PREFIX}ep3_*.pt")), weights_only=True)
+    for net in ("gen", "disc"):
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), (net, k)
+    assert a["q_gen"]["q"] == b["q_gen"]["q"] and a["lambda_kl"] == b["lambda_kl"]
+
+
+def test_resume_refuses_a_run_changing_flag(base_run):
+    from trainkit.errors import UserError
+
+    with pytest.raises(UserError, match="latent_dim"):
+        resolve_resume_config({"latent_dim": 99}, None, (), str(base_run["dir"] / f"{CKPT_PREFIX}step5.pt"), None)
+
+
+def test_new_phase_lambda_kl_from_cli_wins_and_d_shape_change_is_reported(base_run, tmp_path, make_cfg, tiny_video):
+    best = base_run["dir"] / f"{CKPT_PREFIX}best.pt"
+    saved_kl = torch.load(best, weights_only=True)["lambda_kl"]
+    logs = []
+    cfg = make_cfg(tmp_path / "p2", tiny_video, load_checkpoint=str(best), lambda_kl=0.01, epochs=1,
+                   disc_use_gaad_film_condition=True, disc_apply_spectral_norm=True, q_controller_enabled=True,
+                   lambda_kl_update_interval=0)
+    summary = train(cfg, log=logs.append, explicit_keys=frozenset({"lambda_kl"}))
+    assert saved_kl != 0.01 and summary["lambda_kl"] == 0.01
+    text = "\n".join(logs)
+    assert "discriminator changed shape" in text and "films" in text and "re-initialised" in text
+    kl_eff = {r["train/lambda_kl_eff"] for r in _rows(tmp_path / "p2" / "run") if "train/lambda_kl_eff" in r}
+    assert kl_eff == {0.01}  # interval 0: the lambda_KL controller is off
+    # without lambda_kl given, the checkpoint's value is kept
+    cfg = make_cfg(tmp_path / "p3", tiny_video, load_checkpoint=str(best), epochs=1)
+    assert train(cfg, log=lambda m: None)["lambda_kl"] == pytest.approx(saved_kl)
+
+
+def test_non_finite_loss_leaves_optimizers_and_q_tables_untouched(tmp_path, make_cfg, tiny_video, monkeypatch):
+    import wubu_gan.train as train_mod
+
+    real_kl = train_mod.kl_divergence
+    calls = {"n": 0}
+
+    def flaky_kl(mu, logvar):
+        calls["n"] += 1
+        value = real_kl(mu, logvar)
+        return value * float("nan") if calls["n"] > 4 else value
+
+    monkeypatch.setattr(train_mod, "kl_divergence", flaky_kl)
+    logs = []
+    cfg = make_cfg(tmp_path, tiny_video, q_controller_enabled=True, save_interval=4, epochs=1)
+    summary = train(cfg, log=logs.append)
+    assert summary["skipped_steps"] >= 2 and any("non-finite loss" in m for m in logs)
+    run = tmp_path / "run"
+    before = torch.load(run / f"{CKPT_PREFIX}step4.pt", weights_only=True)
+    after = torch.load(next(run.glob(f"{CKPT_PREFIX}ep1_*.pt")), weights_only=True)
+    for net in ("gen", "disc"):
+        for k in before[net]:
+            assert torch.equal(before[net][k], after[net][k]), (net, k)
+    for opt in ("opt_gen", "opt_disc"):
+        for pid, st in before[opt]["state"].items():
+            for k, v in st.items():
+                w = after[opt]["state"][pid][k]
+                assert torch.equal(v, w) if isinstance(v, torch.Tensor) else v == w, (opt, pid, k)
+    for q in ("q_gen", "q_disc"):
+        assert before[q]["q"] == after[q]["q"] and before[q]["epsilon"] == after[q]["epsilon"]
