@@ -169,3 +169,12 @@ def test_output_paths_that_cannot_be_written_are_errors(tiny_checkpoint, tiny_da
                                  "--out", str(out)]), needle, "--out")
     _assert_user_error(_run(["generate-data", "--out_dir", str(tmp_path / "afile")]), "is a file", "--out_dir")
     assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_negative_data_seeds_are_errors_not_tracebacks(tmp_path):
+    # numpy's SeedSequence refuses negative seeds: `generate-data --seed -1` and a default-dataset run with
+    # data.data_seed=-1 ended in a ValueError traceback.
+    _assert_user_error(_run(["generate-data", "--out_dir", str(tmp_path / "g"), "--seed", "-1"]), "seed=-1", "--seed")
+    _assert_user_error(_run(["train", "--set", "data.data_seed=-1", "--save_dir", str(tmp_path / "run")]),
+                       "data_seed=-1", "data.data_seed")
+    assert not list(tmp_path.iterdir())  # nothing written, no run directory
