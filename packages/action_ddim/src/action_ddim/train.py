@@ -213,6 +213,9 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) ->
         partial = extra.get("epoch_partial")
         ckpts.load_manager_state(state)
         step, start_epoch = int(rest["step"]), int(rest["epoch"])
+        if start_epoch > t.num_epochs:  # before config.yaml is rewritten: it would claim fewer epochs than trained
+            raise UserError(f"num_epochs={t.num_epochs} but the checkpoint has already trained {start_epoch} epochs",
+                            "--num_epochs", f"num_epochs >= {start_epoch} (the run cannot be shortened after the fact)")
         where = f"step {step}, {sampler.consumed} sequences into epoch {start_epoch + 1}" if partial else f"step {step}"
         say(f"resumed from {resume_path} at epoch {start_epoch}, {where}")
     if info.is_main:
