@@ -218,6 +218,11 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) ->
                             "--num_epochs", f"num_epochs >= {start_epoch} (the run cannot be shortened after the fact)")
         where = f"step {step}, {sampler.consumed} sequences into epoch {start_epoch + 1}" if partial else f"step {step}"
         say(f"resumed from {resume_path} at epoch {start_epoch}, {where}")
+        if start_epoch >= t.num_epochs and partial is None:  # nothing left to train: say so, touch nothing
+            say(f"the run already finished its {t.num_epochs} epochs; nothing to do "
+                "(train longer with --num_epochs N --allow_config_change)")
+            cleanup()
+            return {}
     if info.is_main:
         save_config(cfg, run_dir)  # the resolved config: on resume the checkpoint's, plus allowed changes
     tracker = Tracker(run_dir, config=config_to_dict(cfg), wandb_project=t.wandb_project,
