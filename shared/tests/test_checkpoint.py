@@ -191,3 +191,29 @@ def test_unwrap_compiled_model_keys():
             self._orig_mod = m
 
     assert list(tk.unwrap_model(Wrapper(model)).state_dict()) == ["weight", "bias"]
+
+
+def test_resume_under_more_processes_gives_each_rank_its_own_stream(monkeypatch):
+    # A single-process checkpoint (one RNG state, no rng_per_rank) resumed under torchrun with 2 ranks at an
+    # epoch end (allowed): every rank restored the same state and then drew identical noise/timesteps.
+    from trainkit.checkpoint import restore_training_state, training_state
+
+    model = torch.nn.Linear(2, 2)
+    torch.manual_seed(0)
+    state = training_state(model=model, step=3, epoch=1)
+    assert "rng_per_rank" not in state
+    draws = {}
+    for rank in (0, 1, 1):
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+        restore_training_state(state, model=model)
+        monkeypatch.undo()
+        draw = (torch.rand(4).tolist(), float(np.random.rand()))
+        assert draws.setdefault(rank, draw) == draw  # deterministic per rank
+    assert draws[0] != draws[1]  # different per-step randomness per rank
+    restore_training_state(state, model=model)  # a single process still restores the saved stream exactly
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    restore_training_state(state, model=model)
+    assert torch.equal(torch.rand(4), expected)

@@ -169,3 +169,30 @@ def test_output_paths_that_cannot_be_written_are_errors(tiny_checkpoint, tiny_da
                                  "--out", str(out)]), needle, "--out")
     _assert_user_error(_run(["generate-data", "--out_dir", str(tmp_path / "afile")]), "is a file", "--out_dir")
     assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_negative_data_seeds_are_errors_not_tracebacks(tmp_path):
+    # numpy's SeedSequence refuses negative seeds: `generate-data --seed -1` and a default-dataset run with
+    # data.data_seed=-1 ended in a ValueError traceback.
+    _assert_user_error(_run(["generate-data", "--out_dir", str(tmp_path / "g"), "--seed", "-1"]), "seed=-1", "--seed")
+    _assert_user_error(_run(["train", "--set", "data.data_seed=-1", "--save_dir", str(tmp_path / "run")]),
+                       "data_seed=-1", "data.data_seed")
+    assert not list(tmp_path.iterdir())  # nothing written, no run directory
+
+
+def test_an_occupied_run_directory_is_refused_before_any_work(tmp_path):
+    # Was refused only after generating the default dataset and building the model, with their log lines
+    # ("generating the default dataset ...", "warmup N steps ...") printed before the error.
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("keep: me\n")
+    env = {"ACTION_DDIM_CACHE": str(tmp_path / "cache")}
+    line = _assert_user_error(_run(["train", "--num_epochs", "1", "--save_dir", str(run)], env=env),
+                              "already holds a run", str(run))
+    assert "--resume auto" in line
+    assert not (tmp_path / "cache").exists()  # no dataset was generated for a run that cannot start
+    assert (run / "config.yaml").read_text() == "keep: me\n"
+    (tmp_path / "afile").write_text("x")
+    _assert_user_error(_run(["train", "--num_epochs", "1", "--save_dir", str(tmp_path / "afile")], env=env),
+                       "is a file")
+    assert not (tmp_path / "cache").exists() and (tmp_path / "afile").read_text() == "x"

@@ -215,6 +215,18 @@ def test_resume_refuses_run_changing_flags_and_keeps_config_yaml_honest(quick_cp
     assert cfg.train.val_every == 2 and cfg.train.num_epochs == 3
     refused = CliRunner().invoke(main, ["train", "--allow_config_change", "--save_dir", str(tmp_path / "new")])
     assert refused.exit_code == 2 and "--resume" in refused.output
+    # Resuming a finished run said "resumed ..." and exited silently after rewriting config.yaml/metrics.jsonl.
+    done = CliRunner().invoke(main, ["train", "--resume", "auto", "--save_dir", str(run)])
+    assert done.exit_code == 0 and "already finished its 3 epochs; nothing to do" in done.output, done.output
+    assert (run / "config.yaml").read_bytes() == config_before
+    # Shortening a run below the epochs it has trained was accepted (exit 0, nothing trained) and rewrote
+    # config.yaml to claim num_epochs=2 for a run that trained 3.
+    shorter = CliRunner().invoke(main, ["train", "--resume", "auto", "--save_dir", str(run), "--num_epochs", "2",
+                                        "--allow_config_change"])
+    assert shorter.exit_code == 2, shorter.output
+    assert shorter.output.strip().splitlines()[-1].startswith("error: num_epochs=2") and "--num_epochs" in shorter.output
+    assert (run / "config.yaml").read_bytes() == config_before
+    assert (run / "checkpoints" / "latest.pt").read_bytes() == ckpt_before
 
 
 def test_no_data_flags_generates_the_default_dataset_into_the_cache(tmp_path):

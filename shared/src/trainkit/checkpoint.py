@@ -210,6 +210,17 @@ def restore_training_state(state: dict, *, model, optimizer=None, scheduler=None
             restore_rng_state(per_rank[rank])
         elif "rng" in state:
             restore_rng_state(state["rng"])
+            world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            if world > 1:
+                # No saved stream of this rank's own (the checkpoint was written by fewer processes, e.g. a
+                # single-process run resumed under torchrun at an epoch end): restoring the one saved stream
+                # on every rank would make every rank draw the same noise/timesteps/dropout from here on.
+                # Derive a per-rank stream from it instead (deterministic, different per rank).
+                from .device import seed_everything
+                from .distributed import rank_seed
+
+                base = int(torch.randint(0, 2**62, (1,)).item())  # the same on every rank: same restored state
+                seed_everything(rank_seed(base, rank))
     meta = {k: state.get(k) for k in ("step", "epoch", "best_metric", "config", "extra")}
     meta["rank_extra"] = rank_extra  # this rank's own (None when the checkpoint has none for this rank)
     return meta

@@ -165,7 +165,8 @@ def reconstruct(checkpoint, input_path, out, num_inference_steps, config_path, o
 @handle_user_errors
 def generate_data(out_dir, num_train, num_val, seq_len, seed, replace):
     """Write the synthetic gesture dataset (train/ and val/ with metadata.json)."""
-    for name, v, lo in (("--num_train", num_train, 1), ("--num_val", num_val, 1), ("--seq_len", seq_len, 4)):
+    for name, v, lo in (("--num_train", num_train, 1), ("--num_val", num_val, 1), ("--seq_len", seq_len, 4),
+                        ("--seed", seed, 0)):  # numpy's SeedSequence takes no negative seed
         if v < lo:
             raise UserError(f"{name.lstrip('-')}={v}", name, f"an integer >= {lo}")
     from .augmentation import generate_click_dataset

@@ -151,7 +151,8 @@ def validate(cfg: Config) -> None:
     for name, value in (("train.warmup_steps", t.warmup_steps), ("train.val_subset", t.val_subset),
                         ("train.num_gen_samples", t.num_gen_samples), ("train.threads", t.threads),
                         ("train.grad_clip", t.grad_clip), ("train.weight_decay", t.weight_decay),
-                        ("train.stop_after_epoch", t.stop_after_epoch)):
+                        ("train.stop_after_epoch", t.stop_after_epoch),
+                        ("data.data_seed", cfg.data.data_seed)):  # the default dataset's SeedSequence: >= 0
         if value < 0:
             raise UserError(f"{name.split('.')[-1]}={value}", name, "a value >= 0")
     if not 0.0 <= t.min_lr_ratio <= 1.0:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from trainkit.checkpoint import (CheckpointManager, load_checkpoint, restore_training_state, save_checkpoint,
                                  training_state)
-from trainkit.cli import prepare_run_dir
+from trainkit.cli import prepare_run_dir, run_dir_has_run
 from trainkit.config import (config_changes, config_to_dict, flatten_config, load_config, resolve_resume_config,
                              save_config)
 from trainkit.data import ResumableSampler
@@ -146,6 +146,10 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) ->
         resume = find_resume(t.save_dir, t.resume)
         cfg = resumed_config(resume[0], resume[1], cli_values=flatten_config(config_to_dict(cfg)), log=log)
         t = cfg.train
+    # An occupied (or file) --save_dir is refused before any work or output (default-dataset generation,
+    # warmup notes, model build), so the refusal is the one line the user sees. Nothing is written here.
+    if Path(t.save_dir).is_file() or (not t.resume and run_dir_has_run(Path(t.save_dir))):
+        prepare_run_dir(t.save_dir, resume=t.resume)  # raises its one-line UserError
     if t.threads:
         torch.set_num_threads(t.threads)
     info = init_distributed(t.device)
@@ -214,8 +218,16 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) ->
         partial = extra.get("epoch_partial")
         ckpts.load_manager_state(state)
         step, start_epoch = int(rest["step"]), int(rest["epoch"])
+        if start_epoch > t.num_epochs:  # before config.yaml is rewritten: it would claim fewer epochs than trained
+            raise UserError(f"num_epochs={t.num_epochs} but the checkpoint has already trained {start_epoch} epochs",
+                            "--num_epochs", f"num_epochs >= {start_epoch} (the run cannot be shortened after the fact)")
         where = f"step {step}, {sampler.consumed} sequences into epoch {start_epoch + 1}" if partial else f"step {step}"
         say(f"resumed from {resume_path} at epoch {start_epoch}, {where}")
+        if start_epoch >= t.num_epochs and partial is None:  # nothing left to train: say so, touch nothing
+            say(f"the run already finished its {t.num_epochs} epochs; nothing to do "
+                "(train longer with --num_epochs N --allow_config_change)")
+            cleanup()
+            return {}
     if info.is_main:
         save_config(cfg, run_dir)  # the resolved config: on resume the checkpoint's, plus allowed changes
     tracker = Tracker(run_dir, config=config_to_dict(cfg), wandb_project=t.wandb_project,
