@@ -12,6 +12,7 @@ built (pre-DDP) weights, so the test can check per-rank streams and identical in
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -64,6 +65,8 @@ for name, extra, kill in (("straight", flags, 0), ("split", flags, 5), ("split",
     values = dict(extra, **{"train.save_dir": str(out / name)})
     if not extra:
         values["train.resume"] = "auto"
+        if rank == 0:  # keep the mid-epoch checkpoint for the test before the resumed run replaces latest.pt
+            shutil.copy(out / name / "checkpoints" / "latest.pt", out / "mid_epoch.pt")
     cfg, resume = T.resolve_config(cli_values=values, log=lambda *a: None)
     T.train(cfg, log=print if rank == 0 else (lambda *a: None), resume=resume)
 (out / f"rank{rank}.json").write_text(json.dumps(record))

@@ -37,6 +37,11 @@ def test_torchrun_two_ranks_draw_differently_and_resume_mid_epoch_exactly(tiny_d
     assert r0["timesteps"] != r1["timesteps"]  # but each rank draws its own timesteps (and noise, dropout)
     assert all(a != b for a, b in zip(r0["timesteps"], r1["timesteps"]))
 
+    # Each rank's running sums of the interrupted epoch are its own (rank_extra), not rank 0's copied to both.
+    mid = load_checkpoint(tmp_path / "mid_epoch.pt")
+    partials = [entry["epoch_partial"] for entry in mid["rank_extra_per_rank"]]
+    assert len(partials) == 2 and not torch.equal(partials[0]["loss_sum"], partials[1]["loss_sum"])
+
     straight, split = tmp_path / "straight", tmp_path / "split"
     a, b = (load_checkpoint(d / "checkpoints" / "latest.pt") for d in (straight, split))
     assert a["step"] == b["step"] == 12 and a["epoch"] == b["epoch"] == 4

@@ -56,6 +56,20 @@ def test_quick_cpu_run_layout_and_tensorboard_tags(quick_cpu_run):
     assert ckpt["config"]["train"]["lr"] == 1e-3 and ckpt["config"]["model"]["d_model"] == 32
 
 
+def test_best_checkpoint_is_the_best_validated_epoch_on_one_fixed_subset(quick_cpu_run):
+    # Issue 13 item 13: best.pt was chosen only among saved epochs (save_every 20 > 3 epochs: only epoch 3
+    # could win) and the last epoch's val/loss was on the whole validation set, not the per-epoch subset.
+    rows = [json.loads(line) for line in (quick_cpu_run / "metrics.jsonl").read_text().splitlines()]
+    selection = {r["train/epoch"]: r["val/selection_loss"] for r in rows if "val/selection_loss" in r}
+    assert sorted(selection) == [1, 2, 3]  # every validated epoch is ranked
+    last = next(r for r in rows if r.get("train/epoch") == 3)
+    # 5 val sequences < val_subset: the subset is the whole set, so the separate ranking pass must agree exactly
+    assert last["val/selection_loss"] == last["val/loss"]
+    best = load_checkpoint(quick_cpu_run / "checkpoints" / "best.pt")
+    assert best["epoch"] == min(selection, key=selection.get)
+    assert best["manager"]["best_value"] == min(selection.values())
+
+
 def test_short_run_reaches_its_peak_lr(quick_cpu_run):
     # 15 steps against the default warmup of 500: before the cap the LR rose for the whole run (2.2e-5
     # at step 10 with --lr 1e-3); now warmup is 3 steps and step 10 is on the cosine decay.

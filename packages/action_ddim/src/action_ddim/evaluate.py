@@ -101,6 +101,26 @@ def seeded_loss_sum(model, diffusion: Diffusion, x0: torch.Tensor, generator: to
 
 
 @torch.no_grad()
+def validation_loss(model, diffusion: Diffusion, dataset: ActionDataset, indices, device) -> float:
+    """``val/loss`` alone (no reconstructions): the seeded diffusion loss per element on ``dataset[indices]``.
+
+    Uses the same batches and generator sequence as :func:`validate`, so on the same indices it returns
+    exactly ``validate(...)["val/loss"]``.
+    """
+    was_training = model.training
+    model.eval()
+    g = make_generator(device, 0)
+    loss_sum, n = 0.0, 0
+    for start in range(0, len(indices), EVAL_BATCH):
+        x0 = dataset.normalizer.encode(torch.from_numpy(dataset.raw_batch(indices[start:start + EVAL_BATCH])))
+        x0 = x0.to(device)
+        loss_sum += seeded_loss_sum(model, diffusion, x0, g).item()
+        n += x0.numel()
+    model.train(was_training)
+    return loss_sum / max(n, 1)
+
+
+@torch.no_grad()
 def draw_samples(model, diffusion: Diffusion, num: int, seq_len: int, steps: int, d, device, *, seed: int,
                  eta: float | None = None) -> torch.Tensor:
     """``num`` unconditional DDIM samples in model space, on ``device``, from a generator seeded on it.

@@ -17,8 +17,8 @@ from trainkit.config import (config_changes, config_to_dict, flatten_config, loa
                              save_config)
 from trainkit.data import ResumableSampler
 from trainkit.device import autocast, make_generator, make_grad_scaler, seed_everything
-from trainkit.distributed import (GracefulStop, barrier, cleanup, init_distributed, rank_seed, seed_rank_streams,
-                                  wrap_ddp)
+from trainkit.distributed import (GracefulStop, all_reduce_sum, barrier, cleanup, init_distributed, rank_seed,
+                                  seed_rank_streams, wrap_ddp)
 from trainkit.ema import EMA
 from trainkit.errors import UserError
 from trainkit.progress import progress
@@ -28,7 +28,7 @@ from trainkit.tracking import Tracker
 from .config import Config
 from .data import ActionDataset, Normalizer, ensure_default_dataset
 from .diffusion import Diffusion
-from .evaluate import FLOOR_DRAWS, read_rate_hz, validate
+from .evaluate import FLOOR_DRAWS, read_rate_hz, validate, validation_loss
 from .model import ActionDenoiser, count_parameters
 from .plots import plot_reconstructions, plot_samples, plot_samples_vs_real
 
@@ -88,6 +88,8 @@ MAY_CHANGE = ("data.num_workers",)
 # (an inherited stop_after_epoch would stop every later resume after one epoch).
 PER_INVOCATION = {"train.resume": None, "train.stop_after_epoch": 0}
 CHECKPOINT_NAME = "epoch{epoch:04d}.pt"
+# What ranks checkpoints for best.pt: val/loss on the fixed per-epoch validation subset, at every validated epoch.
+SELECTION_METRIC = "val/selection_loss"
 
 
 def find_resume(save_dir: str | Path, resume: str) -> tuple[dict, Path]:
@@ -206,7 +208,7 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) ->
     run_dir = prepare_run_dir(t.save_dir, resume=t.resume) if info.is_main else Path(t.save_dir)
     barrier()
     ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=t.keep_last, filename=CHECKPOINT_NAME,
-                              best_metric="val/loss", best_mode="min", enabled=info.is_main)
+                              best_metric=SELECTION_METRIC, best_mode="min", enabled=info.is_main)
     step, start_epoch, partial = 0, 0, None
     if resume is not None:
         state, resume_path = resume
@@ -215,7 +217,8 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) ->
         extra = rest.get("extra") or {}
         if "stepper" not in state and "stepper" in extra:  # checkpoints written before trainkit stored it
             stepper.load_state_dict(extra["stepper"])
-        partial = extra.get("epoch_partial")
+        # Each rank's own running sums of the interrupted epoch (rank_extra; extra keeps rank 0's copy only).
+        partial = (rest.get("rank_extra") or {}).get("epoch_partial")
         ckpts.load_manager_state(state)
         step, start_epoch = int(rest["step"]), int(rest["epoch"])
         if start_epoch > t.num_epochs:  # before config.yaml is rewritten: it would claim fewer epochs than trained
@@ -237,11 +240,10 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) ->
 
     def save(epoch: int, metrics: dict | None, partial: dict | None = None) -> None:
         extra = {"normalizer": normalizer.to_dict(), "seq_len": seq_len}
-        if partial is not None:
-            extra["epoch_partial"] = partial
         payload = training_state(model=raw_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
                                  step=step, epoch=epoch, config=config_to_dict(cfg), extra=extra, sampler=sampler,
-                                 stepper=stepper)
+                                 stepper=stepper,
+                                 rank_extra=None if partial is None else {"epoch_partial": partial})
         if partial is None:
             path = ckpts.save(payload, step=step, epoch=epoch, metrics=metrics)
         elif info.is_main:
@@ -305,6 +307,10 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) ->
                 metrics = validate(ema.module, diffusion, val_set, idx, cfg, device, heldout=floor_real,
                                    rate_hz=rate_hz)
                 scalars.update(metrics)
+                # best.pt is ranked on one fixed subset at every validated epoch (the last epoch validates on
+                # the whole set, whose val/loss is not comparable with the subset's).
+                scalars[SELECTION_METRIC] = (metrics["val/loss"] if idx is val_subset else
+                                             validation_loss(ema.module, diffusion, val_set, val_subset, device))
                 scalars["val/time_s"] = time.time() - v0
                 scalars["val/num_sequences"] = len(idx)
             tracker.log_scalars(scalars, step)
@@ -315,7 +321,11 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) ->
                    f"press_acc {metrics['val/press_accuracy']:.4f} snr {metrics['val/mean_snr_db']:.2f}dB"
                    if "val/mse" in scalars else ""))
             pause = bool(t.stop_after_epoch) and last_epoch >= t.stop_after_epoch and not is_last
-            if last_epoch % t.save_every == 0 or is_last or pause:
+            # Save on schedule, and also at any validated epoch that beats best.pt, so best.pt is the best of
+            # every validated epoch, not only of the saved ones (rank 0 validates; every rank must agree to save).
+            improved = all_reduce_sum({"improved": float(SELECTION_METRIC in scalars
+                                                         and ckpts.is_better(scalars[SELECTION_METRIC]))})
+            if last_epoch % t.save_every == 0 or is_last or pause or improved["improved"] > 0:
                 save(last_epoch, {k: v for k, v in scalars.items() if k.startswith("val/")})
             if pause:
                 say(f"stopping after epoch {last_epoch} (train.stop_after_epoch); continue with --resume auto")
