@@ -49,7 +49,9 @@ def _clip_each(params, max_norm: float) -> None:
                 torch.nn.utils.clip_grad_norm_([p], max_norm)
 
 
-class ClippedRiemannianAdam(geoopt.optim.RiemannianAdam):
+class _PerTensorClip:
+    """Optimizer mixin: clip each parameter's gradient to ``per_tensor_clip`` before the Riemannian step."""
+
     def __init__(self, params, per_tensor_clip: float = 0.0, **kw):
         super().__init__(params, **kw)
         self.per_tensor_clip = per_tensor_clip
@@ -59,14 +61,12 @@ class ClippedRiemannianAdam(geoopt.optim.RiemannianAdam):
         return super().step(closure)
 
 
-class ClippedRiemannianSGD(geoopt.optim.RiemannianSGD):
-    def __init__(self, params, per_tensor_clip: float = 0.0, **kw):
-        super().__init__(params, **kw)
-        self.per_tensor_clip = per_tensor_clip
+class ClippedRiemannianAdam(_PerTensorClip, geoopt.optim.RiemannianAdam):
+    pass
 
-    def step(self, closure=None):
-        _clip_each([p for g in self.param_groups for p in g["params"]], self.per_tensor_clip)
-        return super().step(closure)
+
+class ClippedRiemannianSGD(_PerTensorClip, geoopt.optim.RiemannianSGD):
+    pass
 
 
 def make_optimizer(module: torch.nn.Module, lr: float, cfg: TrainConfig):
