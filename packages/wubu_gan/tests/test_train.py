@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from wubu_gan.config import TrainConfig
-from wubu_gan.train import CKPT_PREFIX, resolve_resume_config, train
+from wubu_gan.train import CKPT_PREFIX, newest_checkpoint, resolve_resume_config, train
 
 GUIDE_SCALARS = ["train/loss_recon", "train/loss_kl", "train/loss_g_adv", "train/loss_g_total", "train/loss_d_real",
                  "train/loss_d_fake", "train/loss_d_total", "train/lr_gen", "train/lr_disc", "train/lambda_kl_eff",
@@ -126,3 +126,15 @@ def test_non_finite_loss_leaves_optimizers_and_q_tables_untouched(tmp_path, make
                 assert torch.equal(v, w) if isinstance(v, torch.Tensor) else v == w, (opt, pid, k)
     for q in ("q_gen", "q_disc"):
         assert before[q]["q"] == after[q]["q"] and before[q]["epsilon"] == after[q]["epsilon"]
+
+
+def test_auto_resume_skips_a_truncated_newest_checkpoint(base_run, tmp_path):
+    ckpts = tmp_path / "ckpts"
+    shutil.copytree(base_run["cfg"].checkpoint_dir, ckpts)
+    good = newest_checkpoint(ckpts)
+    assert good is not None
+    broken = ckpts / f"{CKPT_PREFIX}step9999.pt"  # written last, cut short by a crash
+    broken.write_bytes(good.read_bytes()[:1000])
+    said = []
+    assert newest_checkpoint(ckpts, log=said.append) == good
+    assert said and str(broken) in said[0]

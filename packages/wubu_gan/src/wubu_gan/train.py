@@ -119,9 +119,18 @@ def ckpt_path(directory: Path, tag: str) -> Path:
     return Path(directory) / f"{CKPT_PREFIX}{tag}.pt"
 
 
-def newest_checkpoint(directory: Path) -> Path | None:
-    files = [p for p in Path(directory).glob(f"{CKPT_PREFIX}*.pt") if p.is_file()]
-    return max(files, key=lambda p: p.stat().st_mtime_ns) if files else None
+def newest_checkpoint(directory: Path, log=print) -> Path | None:
+    """The newest checkpoint in ``directory`` that loads; a corrupt or truncated newer file is skipped and named
+    (a crash while writing must not make ``--resume auto`` fail or pick nothing)."""
+    files = sorted((p for p in Path(directory).glob(f"{CKPT_PREFIX}*.pt") if p.is_file()),
+                   key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for path in files:
+        try:
+            load_checkpoint(path)
+            return path
+        except UserError as err:
+            log(f"warning: skipping unusable checkpoint {path} ({err.what})")
+    return None
 
 
 def plain_state(sd):
