@@ -42,6 +42,18 @@ def test_prepare_run_dir_refuses_existing_run(tmp_path):
     assert prepare_run_dir(run, resume="auto") == run
 
 
+def test_prepare_run_dir_names_a_run_that_saved_no_checkpoint(tmp_path):
+    # A run that crashed in step 1 left config.yaml and metrics.jsonl but no checkpoint: "--resume auto"
+    # cannot help, so the error must not send the user there; the files stay untouched.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("keep: me\n")
+    with pytest.raises(UserError, match="saved no checkpoint") as err:
+        prepare_run_dir(run, resume=None)
+    assert "new --save_dir" in str(err.value)
+    assert (run / "config.yaml").read_text() == "keep: me\n"
+
+
 def test_common_options_are_real_options():
     result = CliRunner().invoke(cmd, ["--precision", "fp64"])
     assert result.exit_code == 2 and "fp64" in result.output

@@ -41,12 +41,22 @@ def run_dir_has_run(path: Path, markers=RUN_MARKERS) -> bool:
     return path.is_dir() and any((path / m).exists() for m in markers) or (path.is_dir() and any(path.glob("*.pt")))
 
 
+def has_checkpoint(path: Path) -> bool:
+    """Whether a run directory holds any checkpoint file (``*.pt``/``*.pth``, at any depth)."""
+    return any(p.is_file() for pattern in ("*.pt", "*.pth") for p in Path(path).rglob(pattern))
+
+
 def prepare_run_dir(path: str | Path, *, resume: str | None, markers=RUN_MARKERS) -> Path:
     """Create the run directory; refuse to reuse one that already holds a run unless resuming."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError("run directory path is a file", str(path), "expected a directory (or a new path)")
     if not resume and run_dir_has_run(path, markers):
+        if not has_checkpoint(path):
+            # A run that crashed before its first save (e.g. out of memory in step 1): "--resume auto" would
+            # find nothing, so say so instead of sending the user in a circle. Its files are still kept.
+            raise UserError("run directory already holds a run that saved no checkpoint", str(path),
+                            "choose a new --save_dir or delete this one (--resume auto has nothing to continue)")
         raise UserError("run directory already holds a run", str(path),
                         "pass --resume auto to continue it, or choose a new --save_dir")
     path.mkdir(parents=True, exist_ok=True)
