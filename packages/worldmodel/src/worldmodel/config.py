@@ -31,6 +31,8 @@ class DynamicsConfig:
 class DecoderConfig:
     stages: list[int] = field(default_factory=lambda: [512, 256, 128, 64])  # channels after each x2 upsampling
     init_size: int = 16                  # width of the first feature grid; its height follows the frame's aspect
+    reference_frame: bool = True         # render from the last observed frame (encoder skips + warp); false:
+                                         # from the latent alone (an autoencoder bottleneck; README)
 
 
 @dataclass

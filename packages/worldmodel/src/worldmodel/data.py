@@ -16,7 +16,6 @@ and never cross a scene boundary.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,24 +241,3 @@ class WindowDataset(Dataset):
 def collate(items: list[dict]) -> dict:
     return {"frames": torch.stack([it["frames"] for it in items]), "actions": torch.stack([it["actions"] for it in items]),
             "index": torch.tensor([it["index"] for it in items])}
-
-
-class EpochBatches:
-    """Deterministic batch order: epoch e shuffles with seed+e, each rank takes its own shard.
-
-    Position is (epoch, batch) so a resume continues exactly where the checkpoint left off; ``subset``
-    restricts the epoch to some window indices (the curriculum's phases).
-    """
-
-    def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-
-    def batches(self, epoch: int, subset: np.ndarray | None = None) -> list[list[int]]:
-        items = np.arange(self.num_items) if subset is None else np.asarray(subset)
-        g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-        order = items[torch.randperm(len(items), generator=g).numpy()]
-        per_rank = int(math.ceil(len(order) / self.world_size))
-        order = np.resize(order, per_rank * self.world_size)  # pad by wrapping so every rank has equal work
-        mine = order[self.rank::self.world_size]
-        return [mine[i:i + self.batch_size].tolist() for i in range(0, len(mine), self.batch_size)]

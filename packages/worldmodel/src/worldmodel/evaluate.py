@@ -26,7 +26,8 @@ def build_model(cfg: Config, image_size: tuple[int, int], max_len: int) -> World
     try:
         return _build(cfg, m, image_size, max_len)
     except ValueError as err:
-        raise UserError(str(err), "model.decoder.init_size", "a decoder that produces the data's frame size") from None
+        key = "model.decoder.stages" if str(err).startswith("encoder has") else "model.decoder.init_size"
+        raise UserError(str(err), key, "a decoder that produces the data's frame size") from None
 
 
 def _build(cfg, m, image_size, max_len):
@@ -34,7 +35,8 @@ def _build(cfg, m, image_size, max_len):
                       hidden_dim=m.hidden_dim, encoder_stages=list(m.encoder.stages), encoder_heads=m.encoder.num_heads,
                       dynamics_layers=m.dynamics.num_layers,
                       dynamics_heads=m.dynamics.num_heads or max(1, m.hidden_dim // 64), dropout=m.dynamics.dropout,
-                      decoder_stages=list(m.decoder.stages), decoder_init_size=m.decoder.init_size, max_len=max_len)
+                      decoder_stages=list(m.decoder.stages), decoder_init_size=m.decoder.init_size, max_len=max_len,
+                      reference_frame=m.decoder.reference_frame)
 
 
 def precision_for(cfg: Config, device: torch.device) -> str:

@@ -4,7 +4,7 @@ total = recon_weight * MSE(reconstruction, frame)
       + pred_weight * MSE(1-step prediction, next frame)
       + perceptual_weight * perceptual(both of the above)
       + latent_reg_weight * mean(z^2)                         (keeps latents bounded)
-      + temporal_weight * MSE(open-loop latent rollout, stop-grad(encoded latents))
+      + temporal_weight * MSE(open-loop rollout from the first frame, frames 1..T-1)   (multi-step loss)
 
 The perceptual term is LPIPS (AlexNet) only when torchvision's AlexNet weights are already in the local
 torch hub cache (nothing downloads); otherwise the weights-free "ssim_grad" loss: (1 - SSIM) plus the
@@ -90,8 +90,8 @@ def compute_losses(out: dict, frames: torch.Tensor, weights, perceptual: nn.Modu
         terms["perceptual_loss"] = torch.zeros((), device=frames.device)
     z = out["latents"].float()
     terms["latent_reg_loss"] = (z ** 2).mean()
-    if "rollout_latents" in out:
-        terms["temporal_loss"] = F.mse_loss(out["rollout_latents"].float(), z[:, 1:].detach())
+    if "rollout" in out:
+        terms["temporal_loss"] = F.mse_loss(out["rollout"].float(), target[:, 1:])
     else:
         terms["temporal_loss"] = torch.zeros((), device=frames.device)
     terms["loss"] = (weights.recon_weight * terms["recon_loss"] + weights.pred_weight * terms["pred_loss"]

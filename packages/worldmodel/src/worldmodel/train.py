@@ -12,19 +12,21 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
 
 from trainkit.checkpoint import CheckpointManager, load_checkpoint, restore_training_state, training_state
 from trainkit.cli import prepare_run_dir
-from trainkit.config import config_to_dict, load_config, save_config
+from trainkit.config import config_changes, config_to_dict, load_config, resolve_resume_config, save_config
 from trainkit.device import autocast, make_grad_scaler, seed_everything
 from trainkit.distributed import GracefulStop, barrier, cleanup, init_distributed, seed_rank_streams, wrap_ddp
+from trainkit.data import ResumableSampler
 from trainkit.errors import UserError
 from trainkit.progress import progress
 from trainkit.step import OptimizerStep
 from trainkit.tracking import Tracker
 
 from .config import RUN_DEFINING_KEYS, Config, effective_lrs, get
-from .data import EpochBatches, ProcessedDataset, WindowDataset, collate
+from .data import ProcessedDataset, WindowDataset, collate
 from .evaluate import build_model, image_grid, precision_for, validate
 from .losses import build_perceptual, compute_losses
 from .metrics import psnr_per_image, ssim_per_image
@@ -35,15 +37,21 @@ MODULES = ("encoder", "dynamics", "decoder")
 
 
 # ---------------------------------------------------------------- config on resume
-def resolve_run_config(config_path, overrides, cli_values: dict, allow_config_change: bool = False):
+# Settings that belong to one invocation, not to the run: a resumed run starts without them unless given again
+# (a checkpoint written by a run stopped with stop_after_steps would otherwise stop again at once).
+PER_INVOCATION = {"training.stop_after_steps": None, "training.resume": None}
+
+
+def resolve_run_config(config_path, overrides, cli_values: dict, allow_config_change: bool = False, log=print):
     """The run's config. Without --resume: shipped defaults < file < flags < --set. With --resume, the
-    checkpoint's config is the bottom layer instead, and any run-defining key that the file/flags/--set
-    would change is refused (naming the key) unless ``allow_config_change``. Returns (cfg, resume_path)."""
+    checkpoint's config is the bottom layer instead (trainkit's ``resolve_resume_config``), and any
+    run-defining key that the file/flags/--set would change is refused (naming the key) unless
+    ``allow_config_change``. Returns (cfg, resume_path)."""
     cfg = load_config(Config, config_path, overrides, cli_values)
     resume = cfg.training.resume
     if not resume:
         return cfg, None
-    ckpts = CheckpointManager(Path(cfg.training.save_dir) / "checkpoints")
+    ckpts = CheckpointManager(Path(cfg.training.save_dir) / "checkpoints", enabled=False)
     path = ckpts.resolve_resume(resume)
     if path is None:
         raise UserError("no checkpoint to resume from", f"--resume {resume}",
@@ -52,21 +60,17 @@ def resolve_run_config(config_path, overrides, cli_values: dict, allow_config_ch
     saved = state.get("config")
     if not isinstance(saved, dict) or "model" not in saved:
         raise UserError("not a worldmodel checkpoint", str(path), "a file written by `worldmodel train`")
-    # deep copies: trainkit's load_config writes --set values into the nested dicts of ``base`` in place
-    resumed = load_config(Config, config_path, overrides, cli_values, base=copy.deepcopy(saved))
-    if not allow_config_change:
-        base_cfg = load_config(Config, None, (), None, base=copy.deepcopy(saved))
-        for key in RUN_DEFINING_KEYS:
-            if config_to_dict_value(resumed, key) != config_to_dict_value(base_cfg, key):
-                raise UserError(f"--resume would change '{key}' from {config_to_dict_value(base_cfg, key)!r} to "
-                                f"{config_to_dict_value(resumed, key)!r}", str(path),
-                                "the checkpoint's value (or pass --allow-config-change to change the run on purpose)")
+    saved = copy.deepcopy(saved)
+    for dotted, fresh in PER_INVOCATION.items():
+        section, key = dotted.split(".")
+        saved.setdefault(section, {})[key] = fresh
+    resumed = resolve_resume_config(Config, saved, path=config_path, overrides=overrides, cli_values=cli_values,
+                                    run_defining=RUN_DEFINING_KEYS, allow_changes=allow_config_change,
+                                    override_flag="--allow-config-change", where=str(path))
+    for key, old, new in config_changes(saved, config_to_dict(resumed)):
+        if key not in PER_INVOCATION:
+            log(f"resume: {key} {old!r} -> {new!r}")
     return resumed, path
-
-
-def config_to_dict_value(cfg: Config, dotted: str):
-    v = get(cfg, dotted)
-    return config_to_dict(v) if hasattr(v, "__dataclass_fields__") else (list(v) if isinstance(v, tuple) else v)
 
 
 # ---------------------------------------------------------------- optimizer and schedule
@@ -178,8 +182,18 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
     val_set = WindowDataset(data, "val", d.sequence_length, d.frame_skip, 1)
     WindowDataset(data, "val", cfg.eval.context_frames + cfg.eval.horizon, d.frame_skip, 1)  # fail early if too long
     order = np.argsort(train_set.difficulty(), kind="stable") if d.curriculum.enabled else None
-    batches = EpochBatches(len(train_set), t.batch_size, t.seed, info.rank, info.world_size)
-    plan = [len(batches.batches(e, curriculum_subset(order, e, cfg))) for e in range(t.num_epochs)]
+
+    def epoch_items(e: int) -> np.ndarray:
+        """The windows epoch ``e`` trains on (all of them, or the curriculum phase's easiest ones)."""
+        subset = curriculum_subset(order, e, cfg)
+        return np.arange(len(train_set)) if subset is None else subset
+
+    def epoch_sampler(e: int) -> ResumableSampler:
+        # order from (seed, epoch) only, sharded per rank, mid-epoch position checkpointed (trainkit)
+        return ResumableSampler(len(epoch_items(e)), shuffle=True, seed=t.seed, rank=info.rank,
+                                num_replicas=info.world_size)
+
+    plan = [math.ceil(len(epoch_sampler(e)) / t.batch_size) for e in range(t.num_epochs)]
     total_steps = sum(plan) // t.gradient_accumulation
     if t.max_steps is not None:
         total_steps = min(total_steps, t.max_steps)
@@ -210,17 +224,20 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
     # ---- run directory, resume ----
     ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=t.keep_last, best_metric="val/psnr",
                               best_mode="max", enabled=info.is_main)
-    step, epoch, batch_pos, best = 0, 0, 0, None
+    step, epoch, best = 0, 0, None
+    sampler = epoch_sampler(0)
     if resume_path is not None:
         state = load_checkpoint(resume_path, map_location=device)
+        epoch = int(state.get("epoch", 0))
+        sampler = epoch_sampler(epoch)   # the stopped epoch's item count (curriculum phases differ)
         rest = restore_training_state(state, model=raw_model, optimizer=optimizer, scheduler=scheduler,
-                                      scaler=scaler, where=str(resume_path))
+                                      scaler=scaler, sampler=sampler, stepper=stepper, where=str(resume_path))
         extra = rest.get("extra") or {}
-        stepper.load_state_dict(extra.get("stepper", {}))
         ckpts.load_manager_state(state)
-        step, epoch, batch_pos = int(rest["step"]), int(extra["epoch"]), int(extra["batch"])
+        step = int(rest["step"])
         best = extra.get("best")
-        say(f"resumed from {resume_path} at step {step} (epoch {epoch + 1}, batch {batch_pos})")
+        say(f"resumed from {resume_path} at step {step} (epoch {epoch + 1}, {sampler.consumed} of "
+            f"{len(sampler)} windows done)")
     if info.is_main:
         save_config(cfg, run_dir)
     tracker = Tracker(run_dir, config=config_to_dict(cfg),
@@ -236,9 +253,8 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
 
     def save(metrics: dict | None) -> None:
         payload = training_state(model=raw_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, step=step,
-                                 epoch=epoch, config=config_to_dict(cfg),
-                                 extra={"epoch": epoch, "batch": batch_pos, "stepper": stepper.state_dict(),
-                                        "best": best, "image_size": list(data.image_size), "max_len": max_len,
+                                 epoch=epoch, config=config_to_dict(cfg), sampler=sampler, stepper=stepper,
+                                 extra={"best": best, "image_size": list(data.image_size), "max_len": max_len,
                                         "perceptual": perceptual.name,
                                         "action_normalisation": data.index["action_normalisation"]})
         path = ckpts.save(payload, step=step, metrics=metrics)
@@ -266,12 +282,16 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
     done = step >= total_steps
     try:
         while not done and epoch < t.num_epochs:
-            epoch_batches = batches.batches(epoch, curriculum_subset(order, epoch, cfg))
-            bar = progress(range(batch_pos, len(epoch_batches)), total=len(epoch_batches), initial=batch_pos,
+            if len(sampler) != len(epoch_sampler(epoch)) or sampler.epoch != epoch:
+                sampler = epoch_sampler(epoch)
+            sampler.set_epoch(epoch)            # the epoch a checkpoint stopped in keeps its position
+            loader = DataLoader(Subset(train_set, epoch_items(epoch).tolist()), batch_size=t.batch_size,
+                                sampler=sampler, generator=sampler.generator, num_workers=d.num_workers,
+                                pin_memory=d.pin_memory and device.type == "cuda", collate_fn=collate)
+            bar = progress(sampler.track(loader), total=len(loader), initial=sampler.consumed_batches(t.batch_size),
                            desc=f"Epoch {epoch + 1}/{t.num_epochs}", quiet=t.quiet)
             model.train()
-            for b in bar:
-                batch = collate([train_set[i] for i in epoch_batches[b]])
+            for batch in bar:
                 frames = batch["frames"].to(device, non_blocking=True)
                 actions = batch["actions"].to(device, non_blocking=True)
                 want_grads["on"] = (lg.histogram_every > 0 and stepper.is_boundary
@@ -284,7 +304,6 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v.detach()
                 n_sum += 1
-                batch_pos = b + 1
                 if not outcome.boundary:
                     continue
                 scheduler.step()
@@ -304,7 +323,7 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
                     for g in optimizer.param_groups:
                         if not g["name"].endswith("_no_decay"):
                             scalars[f"lr/{g['module']}"] = g["lr"]
-                    scalars["train/epoch"] = epoch + batch_pos / len(epoch_batches)
+                    scalars["train/epoch"] = epoch + sampler.consumed / len(sampler)
                     sec_per_batch = (time.time() - t_log) / n_sum
                     tracker.log_scalars(scalars, step)
                     if grad_snapshot:
@@ -355,7 +374,7 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
             if hasattr(bar, "close"):
                 bar.close()
             if not done:
-                epoch, batch_pos = epoch + 1, 0
+                epoch += 1
     finally:
         tracker.close()
         stop.restore()
