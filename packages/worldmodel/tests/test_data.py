@@ -267,3 +267,30 @@ def test_carla_row_count_mismatch_names_the_table(tmp_path):
     with pytest.raises(UserError, match="4 images") as e:
         read_carla(str(root), (32, 18), 25.0, 0.2, False, log=lambda *a: None)
     assert "pd_dataframe.csv" in str(e.value)
+
+
+def test_carla_reader_takes_miles_action_column(tmp_path):
+    """MILE's table has one `action` column of (throttle, steering, brake); pickled as tuples, in CSV as text."""
+    root = make_carla(tmp_path / "carla", pickle_only_run=True)
+    for town in ("Town01", "Town02"):
+        run = root / town / "0000"
+        for f in run.glob("pd_dataframe.*"):
+            f.unlink()
+        rows = {"action": [(0.5, -0.1 * i, 0.0) for i in range(5)], "speed": [3.0 + i for i in range(5)],
+                "reward": [1.0] * 5}
+        if town == "Town01":
+            with (run / "pd_dataframe.csv").open("w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["action", "speed", "reward"])
+                w.writerows([[str(a), s, r] for a, s, r in zip(rows["action"], rows["speed"], rows["reward"])])
+        else:
+            with (run / "pd_dataframe.pkl").open("wb") as fh:
+                pickle.dump(rows, fh)
+    scenes, _ = read_carla(str(root), (32, 18), 25.0, 0.2, True, log=lambda *a: None)
+    for s in scenes:
+        assert np.allclose(s.actions[:, :3], [[0.5, -0.1 * i, 0.0] for i in range(5)])
+    csv_path = root / "Town01" / "0000" / "pd_dataframe.csv"
+    csv_path.write_text(csv_path.read_text().replace("(0.5, -0.1, 0.0)", "(0.5, oops)"))
+    with pytest.raises(UserError, match="row 1") as e:
+        read_carla(str(root), (32, 18), 25.0, 0.2, True, log=lambda *a: None)
+    assert "pd_dataframe.csv" in str(e.value)

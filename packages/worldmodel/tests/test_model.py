@@ -17,6 +17,7 @@ from worldmodel.evaluate import build_model
 from worldmodel.losses import SsimGradLoss, compute_losses
 from worldmodel.lr_finder import lr_range_test
 from worldmodel.metrics import psnr_per_image, ssim_per_image
+from worldmodel.model import to_unit
 from worldmodel.train import build_optimizer, effective_warmup, lr_factor
 
 from .conftest import TINY
@@ -61,9 +62,37 @@ def test_shipped_base_configs_are_the_defaults_and_names_resolve():
 
 def test_zero_and_negative_values_are_refused_not_treated_as_missing():
     for bad in ("training.batch_size=0", "optimizer.encoder_lr=0", "training.max_steps=0", "data.frame_skip=0",
-                "logging.eval_interval=-1"):
+                "logging.eval_interval=-1", "model.action_dim=3"):
         with pytest.raises(UserError):
             _cfg(bad)
+
+
+def test_perceptual_auto_falls_back_on_frames_too_small_for_lpips(monkeypatch, tmp_path):
+    from worldmodel import losses
+
+    monkeypatch.setattr(losses, "alexnet_weights_cached", lambda: tmp_path / "alexnet.pth")   # "cached"
+    said = []
+    assert losses.build_perceptual("auto", (48, 27), said.append).name == "ssim_grad"
+    assert "below" in said[0]
+    with pytest.raises(UserError, match="loss.perceptual"):
+        losses.build_perceptual("lpips", (48, 27))
+
+
+def test_reference_decoder_starts_as_copy_last_frame_and_warps_by_the_flow():
+    from worldmodel.model import warp
+
+    img = torch.rand(1, 3, 6, 8)
+    shifted = warp(img, torch.tensor([1.0, 0.0]).view(1, 2, 1, 1).expand(1, 2, 6, 8))
+    assert torch.allclose(shifted[..., :-1], img[..., 1:], atol=1e-6)     # output(x) = input(x + 1)
+    torch.manual_seed(0)
+    m = build_model(_cfg(), (32, 18), 4).eval()
+    frames = torch.rand(2, 4, 3, 18, 32)
+    with torch.no_grad():
+        pred = m(frames, torch.randn(2, 4, 4))["predicted"]
+    # untrained: zero flow and a mask of sigmoid(3) on the warp, so the 1-step prediction is ~ the last frame
+    err_last = (to_unit(pred) - frames[:, :-1]).abs().mean()
+    err_next = (to_unit(pred) - frames[:, 1:]).abs().mean()
+    assert err_last < 0.1 < err_next
 
 
 def test_decoder_keeps_the_aspect_ratio_and_refuses_a_mismatched_init_size():
@@ -131,19 +160,34 @@ def test_lr_finder_keeps_ratios_stops_on_divergence_and_restores(tiny_data):
 def test_run_lr_finder_restores_model_and_writes_plot(tiny_data, tmp_path, monkeypatch):
     from worldmodel import lr_finder
 
-    cfg = _cfg(f"data.data_root={tiny_data}")
-    captured = {}
-    real = lr_finder.build_model
+    cfg = _cfg(f"data.data_root={tiny_data}", "training.gradient_accumulation=2")
+    captured = {"forwards": 0}
+    real, real_stepper, real_scaler = lr_finder.build_model, lr_finder.make_stepper, lr_finder.make_grad_scaler
 
     def spy(*a, **k):
         captured["model"] = real(*a, **k)
         captured["init"] = copy.deepcopy(captured["model"].state_dict())
+        captured["model"].register_forward_hook(lambda *_: captured.__setitem__("forwards", captured["forwards"] + 1))
         return captured["model"]
 
+    def stepper_spy(model, optimizer, scaler, cfg):
+        captured["stepper"] = real_stepper(model, optimizer, scaler, cfg)
+        captured["scaler"] = scaler
+        return captured["stepper"]
+
+    def scaler_spy(device, precision):
+        captured["scaler_args"] = (device.type, precision)
+        return real_scaler(device, precision)
+
     monkeypatch.setattr(lr_finder, "build_model", spy)
+    monkeypatch.setattr(lr_finder, "make_stepper", stepper_spy)
+    monkeypatch.setattr(lr_finder, "make_grad_scaler", scaler_spy)
     res = lr_finder.run_lr_finder(cfg, min_lr=1e-5, max_lr=1e-1, num_iter=8, plot_path=str(tmp_path / "lr.png"),
                                   log=lambda *a: None)
     assert Path(res["plot"]).stat().st_size > 1000
+    # the training step: accumulation over gradient_accumulation micro-batches, and the AMP scaler training builds
+    assert captured["stepper"].accum_steps == 2 and captured["forwards"] == 2 * len(res["lrs"])
+    assert captured["scaler_args"] == ("cpu", "fp32") and captured["stepper"].scaler is captured["scaler"]
     assert all(torch.equal(captured["init"][k], v) for k, v in captured["model"].state_dict().items())
     assert res["suggested_module_lrs"]["encoder"] == pytest.approx(res["suggested_lr"] * 0.1, nan_ok=True)
 

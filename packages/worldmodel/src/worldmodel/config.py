@@ -161,6 +161,9 @@ class Config:
         validate(self)
 
 
+ACTION_CHANNELS = 4   # the processed format's actions.npy is [N, 4]
+
+
 def _bad(key: str, value, expected: str):
     raise UserError(f"{key.split('.')[-1]}={value}", key, expected)
 
@@ -199,6 +202,9 @@ def validate(cfg: Config) -> None:
                                                                  "latent_reg_weight", "temporal_weight"))):
         if value < 0:
             _bad(key, value, "a value >= 0")
+    if m.action_dim != ACTION_CHANNELS:
+        _bad("model.action_dim", m.action_dim, f"{ACTION_CHANNELS}: every processed dataset has {ACTION_CHANNELS} "
+             "action channels (speed, yaw rate, acceleration, curvature; or CARLA's throttle, steer, brake, speed)")
     if not m.encoder.stages or any(c <= 0 for c in m.encoder.stages):
         _bad("model.encoder.stages", m.encoder.stages, "a non-empty list of positive channel counts")
     if not m.decoder.stages or any(c <= 0 for c in m.decoder.stages):

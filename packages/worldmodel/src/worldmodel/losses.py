@@ -65,11 +65,23 @@ class LpipsLoss(nn.Module):
         return super().train(False)
 
 
-def build_perceptual(kind: str) -> nn.Module:
-    """``auto``: LPIPS if its backbone weights are cached, else ssim_grad. ``lpips`` without cached weights is
-    a one-line error (it would download)."""
+LPIPS_MIN_SIDE = 32   # AlexNet's strides and max-pools leave no feature map below this (27 px -> 0x1)
+
+
+def build_perceptual(kind: str, image_size: tuple[int, int] | None = None, log=None) -> nn.Module:
+    """``auto``: LPIPS if its backbone weights are cached and the frames are large enough for AlexNet, else
+    ssim_grad. ``lpips`` without cached weights (it would download) or on too-small frames is a one-line error.
+    ``image_size`` is (width, height)."""
+    small = image_size is not None and min(image_size) < LPIPS_MIN_SIDE
+    if kind == "lpips" and small:
+        raise UserError(f"loss.perceptual=lpips on {image_size[0]}x{image_size[1]} frames", "loss.perceptual",
+                        f"frames of at least {LPIPS_MIN_SIDE} px on each side for AlexNet, or ssim_grad / auto")
     if kind in ("auto", "lpips") and alexnet_weights_cached() is not None:
-        return LpipsLoss()
+        if not small:
+            return LpipsLoss()
+        if log:
+            log(f"perceptual loss: ssim_grad (frames {image_size[0]}x{image_size[1]} are below LPIPS/AlexNet's "
+                f"{LPIPS_MIN_SIDE} px minimum)")
     if kind == "lpips":
         raise UserError("loss.perceptual=lpips but the AlexNet weights are not in the torch cache",
                         str(Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE),

@@ -277,6 +277,30 @@ def _carla_table(run: Path, allow_pickle: bool) -> tuple[dict[str, list], Path]:
     raise UserError("no action table in the run", str(run), "a *.csv table (or pd_dataframe.pkl with --allow-pickle)")
 
 
+def _split_action_column(table: dict, tpath: Path) -> dict:
+    """MILE's own table (mile/data/dataset.py) has one ``action`` column of (throttle, steering, brake) per row;
+    in a CSV export that cell is the string "(0.5, 0.1, 0.0)" or "[0.5, 0.1, 0.0]". Split it into the three
+    columns (separate throttle/steer/brake columns are used as they are)."""
+    if "action" not in table or all(c in table for c in ("throttle", "steer", "brake")):
+        return table
+    parts = []
+    for row, cell in enumerate(table["action"]):
+        if isinstance(cell, str):
+            cell = [v for v in cell.strip().strip("()[]").replace(",", " ").split() if v]
+        try:
+            vals = [float(v) for v in cell]
+        except (TypeError, ValueError):
+            vals = []
+        if len(vals) != 3:
+            raise UserError(f"action cell {cell!r} in row {row} is not (throttle, steering, brake)", str(tpath),
+                            "three numbers per row, as MILE records them")
+        parts.append(vals)
+    out = dict(table)
+    for i, name in enumerate(("throttle", "steer", "brake")):
+        out[name] = [p[i] for p in parts]
+    return out
+
+
 def read_carla(root: str, size: tuple[int, int], fps: float, val_fraction: float, allow_pickle: bool,
                log=print) -> tuple[list[Scene], dict]:
     root_p = Path(root)
@@ -288,6 +312,7 @@ def read_carla(root: str, size: tuple[int, int], fps: float, val_fraction: float
     raw = []
     for run in runs:
         table, tpath = _carla_table(run, allow_pickle)
+        table = _split_action_column(table, tpath)
         missing = [c for c in ("throttle", "steer", "brake", "speed") if c not in table]
         if missing:
             raise UserError(f"action table lacks {', '.join(missing)}", str(tpath), "columns throttle, steer, brake, speed")

@@ -113,6 +113,13 @@ def lr_factor(warmup: int, total_steps: int, min_ratio: float, kind: str):
     return f
 
 
+def make_stepper(model, optimizer, scaler, cfg: Config) -> OptimizerStep:
+    """The optimizer step of training (and of the LR finder): accumulation, clipping, the AMP scaler."""
+    t = cfg.training
+    return OptimizerStep(model, optimizer, scaler=scaler, accum_steps=t.gradient_accumulation,
+                         grad_clip=t.max_grad_norm or None)
+
+
 # ---------------------------------------------------------------- data
 def resolve_data_root(cfg: Config, log, is_main: bool = True) -> Path:
     d = cfg.data
@@ -217,9 +224,8 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(warmup, total_steps, cfg.scheduler.min_lr / cfg.optimizer.lr, cfg.scheduler.type))
     scaler = make_grad_scaler(device, precision)
-    stepper = OptimizerStep(model, optimizer, scaler=scaler, accum_steps=t.gradient_accumulation,
-                            grad_clip=t.max_grad_norm or None)
-    perceptual = build_perceptual(cfg.loss.perceptual).to(device)
+    stepper = make_stepper(model, optimizer, scaler, cfg)
+    perceptual = build_perceptual(cfg.loss.perceptual, data.image_size, say).to(device)
 
     # ---- run directory, resume ----
     ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=t.keep_last, best_metric="val/psnr",
