@@ -5,6 +5,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from trainkit.config import load_config
@@ -294,3 +295,34 @@ def test_carla_reader_takes_miles_action_column(tmp_path):
     with pytest.raises(UserError, match="row 1") as e:
         read_carla(str(root), (32, 18), 25.0, 0.2, True, log=lambda *a: None)
     assert "pd_dataframe.csv" in str(e.value)
+
+
+def test_driving_augmentation_one_draw_per_window_same_for_all_its_frames():
+    from worldmodel.data import DrivingAugmentation
+
+    torch.manual_seed(0)
+    frame = torch.rand(1, 1, 3, 18, 32)
+    frames = torch.cat([frame.expand(2, 3, 3, 18, 32), torch.rand(1, 3, 3, 18, 32)])   # 2 static windows + 1
+    aug = DrivingAugmentation(0.3, 0.3, (0.5, 0.9))
+    a = aug(frames, torch.Generator().manual_seed(1))
+    assert a.shape == frames.shape and 0 <= a.min() and a.max() <= 1
+    assert torch.allclose(a[0, 0], a[0, 2]) and torch.allclose(a[1, 0], a[1, 1])   # frames of a window alike
+    assert not torch.allclose(a[0], a[1], atol=1e-3)                                # windows draw their own
+    assert torch.equal(a, aug(frames, torch.Generator().manual_seed(1)))            # reproducible
+    assert not torch.allclose(a[0, 0], frame[0, 0], atol=1e-2)                      # it does change the frame
+    ident = DrivingAugmentation(0.0, 0.0, (1.0, 1.0))(frames, torch.Generator().manual_seed(1))
+    assert torch.allclose(ident, frames, atol=1e-6)
+
+
+def test_training_applies_augmentation_only_when_enabled(tiny_cfg, monkeypatch, tmp_path):
+    from worldmodel import data as wd
+    from worldmodel.train import train
+
+    calls = []
+    real = wd.DrivingAugmentation.__call__
+    monkeypatch.setattr(wd.DrivingAugmentation, "__call__", lambda self, f, g: calls.append(f.shape) or real(self, f, g))
+    train(tiny_cfg("training.max_steps=2"), log=lambda *a: None)
+    assert calls == []
+    cfg = tiny_cfg("training.max_steps=2", "data.augmentation.enabled=true", f"training.save_dir={tmp_path / 'aug'}")
+    train(cfg, log=lambda *a: None)
+    assert len(calls) == 2 and calls[0][0] == cfg.training.batch_size

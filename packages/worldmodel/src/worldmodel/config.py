@@ -104,6 +104,17 @@ class CurriculumConfig:
 
 
 @dataclass
+class AugmentationConfig:
+    """The guide's ``DrivingAugmentation(brightness, contrast, crop_scale)``, on training windows only. One draw
+    per window, applied to all its frames alike, so the motion between frames (what the model learns) stays."""
+    enabled: bool = False
+    brightness: float = 0.3              # factor uniform in [1 - b, 1 + b]
+    contrast: float = 0.3                # factor uniform in [1 - c, 1 + c] around each frame's mean grey
+    crop_scale: list[float] = field(default_factory=lambda: [0.7, 1.0])  # area fraction of a random crop
+                                         # (the frame's aspect ratio), resized back to the frame size
+
+
+@dataclass
 class DataConfig:
     num_workers: int = 4
     pin_memory: bool = True
@@ -125,6 +136,7 @@ class DataConfig:
     # CARLA
     carla_fps: float = 25.0              # used when the action table has no timestamp column
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
 
 @dataclass
@@ -236,6 +248,11 @@ def validate(cfg: Config) -> None:
         _bad("data.val_fraction", d.val_fraction, "a value in (0, 1)")
     if d.sequence_length < 2:
         _bad("data.sequence_length", d.sequence_length, "at least 2 (a frame and its successor)")
+    aug = d.augmentation
+    if not (0.0 <= aug.brightness < 1.0 and 0.0 <= aug.contrast < 1.0):
+        _bad("data.augmentation.brightness", [aug.brightness, aug.contrast], "brightness and contrast in [0, 1)")
+    if len(aug.crop_scale) != 2 or not 0.0 < aug.crop_scale[0] <= aug.crop_scale[1] <= 1.0:
+        _bad("data.augmentation.crop_scale", aug.crop_scale, "[low, high] with 0 < low <= high <= 1")
     if t.backend not in (None, "nccl", "gloo"):
         _bad("training.backend", t.backend, "nccl or gloo")
 
@@ -245,6 +262,7 @@ def validate(cfg: Config) -> None:
 RUN_DEFINING_KEYS = (
     "model", "data.data_root", "data.sequence_length", "data.frame_skip", "data.window_stride",
     "data.synthetic_scenes", "data.synthetic_frames", "data.synthetic_seed", "data.curriculum",
+    "data.augmentation",
     "training.batch_size", "training.gradient_accumulation", "training.num_epochs", "training.max_steps",
     "training.seed", "optimizer", "scheduler", "loss",
 )

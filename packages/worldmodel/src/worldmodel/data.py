@@ -241,3 +241,36 @@ class WindowDataset(Dataset):
 def collate(items: list[dict]) -> dict:
     return {"frames": torch.stack([it["frames"] for it in items]), "actions": torch.stack([it["actions"] for it in items]),
             "index": torch.tensor([it["index"] for it in items])}
+
+
+class DrivingAugmentation:
+    """The guide's ``DrivingAugmentation(brightness=0.3, contrast=0.3, crop_scale=(0.7, 1.0))`` for a batch of
+    windows ``[B, T, 3, H, W]`` in [0, 1]. Each window draws one brightness factor, one contrast factor and one
+    crop (area fraction in ``crop_scale``, the frame's aspect ratio, anywhere in the frame, resized back), and
+    every frame of the window gets the same: the frame-to-frame motion that the actions explain is kept.
+    Draws come from the ``generator`` passed in, so a run is reproducible and a resume exact."""
+
+    def __init__(self, brightness: float = 0.3, contrast: float = 0.3, crop_scale=(0.7, 1.0)):
+        self.brightness, self.contrast = float(brightness), float(contrast)
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+
+    def __call__(self, frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        b, t, c, h, w = frames.shape
+        u = torch.rand(b, 5, generator=generator, device=generator.device).to(frames.device, frames.dtype)
+        bright = 1 + self.brightness * (2 * u[:, 0] - 1)
+        contrast = 1 + self.contrast * (2 * u[:, 1] - 1)
+        lo, hi = self.crop_scale
+        side = torch.sqrt(lo + (hi - lo) * u[:, 2])                  # crop side as a fraction of the frame's
+        # affine grid: output covers [cx - side, cx + side] in normalised coordinates, cx so the crop stays inside
+        cx, cy = (1 - side) * (2 * u[:, 3] - 1), (1 - side) * (2 * u[:, 4] - 1)
+        theta = torch.zeros(b, 2, 3, device=frames.device, dtype=frames.dtype)
+        theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = side, side, cx, cy
+        x = frames.flatten(0, 1)
+        theta = theta.repeat_interleave(t, 0)
+        if lo < 1.0:
+            grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+            x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        x = x.view(b, t, c, h, w)
+        grey = x.mean(dim=(2, 3, 4), keepdim=True)
+        x = (x - grey) * contrast.view(b, 1, 1, 1, 1) + grey
+        return (x * bright.view(b, 1, 1, 1, 1)).clamp(0, 1)

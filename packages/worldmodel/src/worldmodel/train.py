@@ -26,7 +26,7 @@ from trainkit.step import OptimizerStep
 from trainkit.tracking import Tracker
 
 from .config import RUN_DEFINING_KEYS, Config, effective_lrs, get
-from .data import ProcessedDataset, WindowDataset, collate
+from .data import DrivingAugmentation, ProcessedDataset, WindowDataset, collate
 from .evaluate import build_model, image_grid, precision_for, validate
 from .losses import build_perceptual, compute_losses
 from .metrics import psnr_per_image, ssim_per_image
@@ -210,6 +210,9 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
                         "more epochs or data, or a smaller batch_size / gradient_accumulation")
     warmup = effective_warmup(cfg.scheduler.warmup_steps, total_steps)
 
+    aug = d.augmentation
+    augment = DrivingAugmentation(aug.brightness, aug.contrast, aug.crop_scale) if aug.enabled else None
+
     # ---- model, optimizer, schedule ----
     seed_everything(t.seed)
     max_len = max(d.sequence_length, cfg.eval.context_frames + 1)
@@ -298,7 +301,12 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
                            desc=f"Epoch {epoch + 1}/{t.num_epochs}", quiet=t.quiet)
             model.train()
             for batch in bar:
-                frames = batch["frames"].to(device, non_blocking=True)
+                frames = batch["frames"]
+                if augment is not None:
+                    # draws from (seed, rank, epoch, position): reproducible, exact on resume, own per rank
+                    g = torch.Generator().manual_seed(hash((t.seed, info.rank, epoch, sampler.consumed)) % 2**63)
+                    frames = augment(frames, g)
+                frames = frames.to(device, non_blocking=True)
                 actions = batch["actions"].to(device, non_blocking=True)
                 want_grads["on"] = (lg.histogram_every > 0 and stepper.is_boundary
                                     and (step + 1) % (lg.log_interval * lg.histogram_every) == 0)
