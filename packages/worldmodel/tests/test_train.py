@@ -34,8 +34,10 @@ def test_tiny_model_learns_and_every_guide_tag_is_logged(tiny_cfg, tmp_path):
     run = Path(cfg.training.save_dir)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "train/loss" in r]
-    assert train_rows[-1]["train/loss"] < 0.6 * train_rows[0]["train/loss"]          # the loss falls
-    assert train_rows[-1]["train/psnr"] > train_rows[0]["train/psnr"] + 2.0           # prediction PSNR rises
+    # the untrained reference decoder already copies the last frame, so learning = beating copy-last-frame
+    losses = [r["train/loss"] for r in train_rows]
+    assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:2]) / 2                          # the loss falls
+    assert metrics["val/psnr"] > metrics["val/copy_last_psnr"] + 0.3                  # and beats the baseline
     assert metrics["val/psnr"] > 10 and "val/rollout_psnr@2" in metrics and "val/copy_last_psnr@2" in metrics
     ea = EventAccumulator(str(run), size_guidance={"images": 0, "histograms": 0, "scalars": 0})
     ea.Reload()

@@ -33,6 +33,8 @@ class DecoderConfig:
     init_size: int = 16                  # width of the first feature grid; its height follows the frame's aspect
     reference_frame: bool = True         # render from the last observed frame (encoder skips + warp); false:
                                          # from the latent alone (an autoencoder bottleneck; README)
+    rollout_reference: str = "predicted"  # open-loop: render each step from the frame just predicted
+                                         # (predicted) or always from the last observed frame (context)
 
 
 @dataclass
@@ -221,6 +223,8 @@ def validate(cfg: Config) -> None:
         _bad("model.encoder.stages", m.encoder.stages, "a non-empty list of positive channel counts")
     if not m.decoder.stages or any(c <= 0 for c in m.decoder.stages):
         _bad("model.decoder.stages", m.decoder.stages, "a non-empty list of positive channel counts")
+    if m.decoder.rollout_reference not in ("predicted", "context"):
+        _bad("model.decoder.rollout_reference", m.decoder.rollout_reference, "predicted or context")
     if m.encoder.num_heads and m.encoder.stages[-1] % m.encoder.num_heads:
         raise UserError(f"encoder.num_heads={m.encoder.num_heads} does not divide the last stage's "
                         f"{m.encoder.stages[-1]} channels", "model.encoder.num_heads", "a divisor of stages[-1]")

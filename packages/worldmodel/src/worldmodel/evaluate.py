@@ -36,7 +36,8 @@ def _build(cfg, m, image_size, max_len):
                       dynamics_layers=m.dynamics.num_layers,
                       dynamics_heads=m.dynamics.num_heads or max(1, m.hidden_dim // 64), dropout=m.dynamics.dropout,
                       decoder_stages=list(m.decoder.stages), decoder_init_size=m.decoder.init_size, max_len=max_len,
-                      reference_frame=m.decoder.reference_frame)
+                      reference_frame=m.decoder.reference_frame,
+                      rollout_reference=m.decoder.rollout_reference)
 
 
 def precision_for(cfg: Config, device: torch.device) -> str:

@@ -233,8 +233,11 @@ class WorldModel(nn.Module):
     def __init__(self, *, image_size: tuple[int, int], latent_dim: int, action_dim: int, hidden_dim: int,
                  encoder_stages: list[int], encoder_heads: int, dynamics_layers: int, dynamics_heads: int,
                  dropout: float, decoder_stages: list[int], decoder_init_size: int, max_len: int,
-                 reference_frame: bool = True):
+                 reference_frame: bool = True, rollout_reference: str = "predicted"):
         super().__init__()
+        if rollout_reference not in ("predicted", "context"):
+            raise ValueError(f"rollout_reference {rollout_reference!r}: expected predicted or context")
+        self.rollout_reference = rollout_reference
         self.image_size = tuple(image_size)
         self.action_dim = action_dim
         self.encoder = Encoder(image_size, encoder_stages, encoder_heads, latent_dim)
@@ -279,40 +282,53 @@ class WorldModel(nn.Module):
         return frame[:, index], [f[:, index] for f in feats]
 
     def forward(self, frames, actions, rollout_latents: bool = True):
-        """``reconstructed``: every frame decoded from its own latent, rendered from the window's first frame
-        (offsets 0..T-1, the situation of an open-loop rollout); ``predicted``: teacher-forced 1-step
-        predictions (latent from the dynamics, rendered from the previous observed frame); optionally
-        ``rollout``: an open-loop rollout from the first frame over the whole window."""
+        """``reconstructed``: every frame decoded from its own latent, rendered from the frame before it (the
+        first from itself); ``predicted``: teacher-forced 1-step predictions (latent from the dynamics,
+        rendered from the previous observed frame); optionally ``rollout``: an open-loop rollout from the first
+        frame over the whole window, exactly as ``rollout`` does it (trained by the temporal loss)."""
         z, ref = self.encode(frames, return_features=True)
-        first = self.select_ref(ref, slice(0, 1))
-        out = {"latents": z, "reconstructed": self.decode(z, first)}
+        prev = [0] + list(range(z.shape[1] - 1))
+        out = {"latents": z, "reconstructed": self.decode(z, self.select_ref(ref, prev))}
         z_next = self.dynamics(z, actions)[:, :-1]            # predicts z[:, 1:]
         out["pred_latents"] = z_next
         out["predicted"] = self.decode(z_next, self.select_ref(ref, slice(0, -1)))
         if rollout_latents and z.shape[1] > 2:
-            out["rollout_latents"] = self.rollout_latents(z[:, :1], actions, z.shape[1] - 1)
-            out["rollout"] = self.decode(out["rollout_latents"], first)
+            out["rollout_latents"], out["rollout"] = self.rollout_both(
+                z[:, :1], self.select_ref(ref, slice(0, 1)), actions, z.shape[1] - 1)
         return out
 
     def rollout_latents(self, z_context, actions, horizon: int):
-        """Feed the model its own predictions for ``horizon`` steps; at most ``max_len`` latest positions are
-        attended (a sliding window beyond that). ``actions`` covers positions 0 .. C+horizon-2."""
+        """Latents only: feed the model its own predictions for ``horizon`` steps."""
+        return self.rollout_both(z_context, None, actions, horizon, render=False)[0]
+
+    def rollout_both(self, z_context, ref_last, actions, horizon: int, render: bool = True):
+        """Open-loop: feed the dynamics its own predicted latents for ``horizon`` steps (at most ``max_len``
+        latest positions are attended; a sliding window beyond that); ``actions`` covers positions
+        0 .. C+horizon-2. With a reference decoder, each predicted latent is rendered from the reference
+        ``ref_last`` (the last context frame's, from ``encode``): with ``rollout_reference="predicted"`` the
+        reference then moves on to the frame just predicted (re-encoded), so every step is a 1-step
+        rendering, as in training; with ``"context"`` it stays the last context frame. Returns (latents,
+        frames in [-1, 1], or None when not ``render``)."""
         seq = z_context
-        preds = []
+        zs, frames = [], []
         for _ in range(horizon):
             lo = max(0, seq.shape[1] - self.dynamics.max_len)
             z_next = self.dynamics(seq[:, lo:], actions[:, lo:seq.shape[1]])[:, -1:]
-            preds.append(z_next)
+            zs.append(z_next)
             seq = torch.cat([seq, z_next], 1)
-        return torch.cat(preds, 1)
+            if render:
+                frame = self.decode(z_next, ref_last)
+                frames.append(frame)
+                if self.decoder.reference and self.rollout_reference == "predicted":
+                    _, ref_last = self.encode(to_unit(frame), return_features=True)
+        return torch.cat(zs, 1), (torch.cat(frames, 1) if render else None)
 
     @torch.no_grad()
     def rollout(self, context_frames, actions, horizon: int):
-        """Open-loop frames [B, horizon, 3, H, W] in [0, 1] after the context frames, each rendered from the
-        last context frame."""
+        """Open-loop frames [B, horizon, 3, H, W] in [0, 1] after the context frames."""
         z, ref = self.encode(context_frames, return_features=True)
-        pred = self.rollout_latents(z, actions, horizon)
-        return to_unit(self.decode(pred, self.select_ref(ref, slice(-1, None))))
+        _, frames = self.rollout_both(z, self.select_ref(ref, slice(-1, None)), actions, horizon)
+        return to_unit(frames)
 
 
 def to_unit(x):
