@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ def test_tiny_model_learns_and_every_guide_tag_is_logged(tiny_cfg, tmp_path):
 
     cfg = tiny_cfg("training.max_steps=40", "optimizer.lr=3e-3", "optimizer.encoder_lr=3e-3",
                    "optimizer.dynamics_lr=3e-3", "optimizer.decoder_lr=3e-3", "logging.log_interval=4",
-                   "logging.eval_interval=20", "logging.histogram_every=1", "logging.save_interval=20",
+                   "logging.eval_interval=20", "logging.histogram_every=1", "logging.save_interval=40",
                    "model.dynamics.dropout=0.0")
     metrics = _run(cfg)
     run = Path(cfg.training.save_dir)
@@ -50,6 +51,8 @@ def test_tiny_model_learns_and_every_guide_tag_is_logged(tiny_cfg, tmp_path):
         assert tag in tags["images"], tag
     for tag in ("weights/encoder", "weights/dynamics", "weights/decoder", "gradients/encoder", "gradients/decoder"):
         assert tag in tags["histograms"], tag
+    # the evaluation at step 20 is not a save step: no periodic file for it (best.pt only if it improved)
+    assert sorted(p.name for p in (run / "checkpoints").glob("ckpt_step*.pt")) == ["ckpt_step00000040.pt"]
     best = load_checkpoint(run / "checkpoints" / "best.pt")
     assert best["extra"]["perceptual"] == "ssim_grad" and best["manager"]["best_metric"] == "val/psnr"
     # evaluate: the promised JSON shape, baseline side by side
@@ -58,6 +61,15 @@ def test_tiny_model_learns_and_every_guide_tag_is_logged(tiny_cfg, tmp_path):
     assert out.exit_code == 0, out.output
     res = json.loads(out.output)
     assert set(res) == {"model", "copy_last_frame", "action_sensitivity"}
+    # a dataset with other action channels (e.g. CARLA's) is refused, not normalised as if it were the same
+    other = tmp_path / "other_actions"
+    shutil.copytree(cfg.data.data_root, other)
+    idx = json.loads((other / "index.json").read_text())
+    idx["action_names"] = ["throttle", "steer", "brake", "speed"]
+    (other / "index.json").write_text(json.dumps(idx))
+    bad = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(run / "checkpoints" / "latest.pt"),
+                                    "--data-root", str(other)])
+    assert bad.exit_code == 2 and "action channels" in bad.output
     assert {"psnr@1", "ssim@1", "psnr@3"} <= set(res["model"]) and "psnr@3" in res["copy_last_frame"]
     assert "delta_psnr@3" in res["action_sensitivity"]
     # rollout: PNG strips + GIFs, refuses a non-empty folder without --overwrite
@@ -102,6 +114,8 @@ def test_resume_refuses_a_run_changing_flag_and_bad_flags_do_not_touch_the_run(t
     base = ["train", "--save-dir", str(tmp_path / "r"), "--data-root", cfg.data.data_root]
     r = CliRunner().invoke(main, [*base, "--resume", "auto", "--set", "model.latent_dim=32"])
     assert r.exit_code == 2 and "model" in r.output and "--allow-config-change" in r.output
+    r = CliRunner().invoke(main, [*base, "--resume", "auto", "--set", "data.val_fraction=0.5"])
+    assert r.exit_code == 2 and "data.val_fraction" in r.output
     r = CliRunner().invoke(main, [*base, "--batch-size", "0"])
     assert r.exit_code == 2 and r.output.startswith("error: batch-size=0")
     r = CliRunner().invoke(main, base)          # no --resume into a run directory: refused, not overwritten

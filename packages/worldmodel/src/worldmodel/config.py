@@ -176,6 +176,7 @@ class Config:
 
 
 ACTION_CHANNELS = 4   # the processed format's actions.npy is [N, 4]
+MIN_FRAME_SIDE = 11   # SSIM (metric and loss) uses an 11x11 Gaussian window
 
 
 def _bad(key: str, value, expected: str):
@@ -246,8 +247,8 @@ def validate(cfg: Config) -> None:
         _bad("loss.perceptual", lo.perceptual, "auto, lpips or ssim_grad")
     if d.dataset not in ("synthetic", "nuscenes", "carla"):
         _bad("data.dataset", d.dataset, "synthetic, nuscenes or carla")
-    if len(d.image_size) != 2 or any(v < 8 for v in d.image_size):
-        _bad("data.image_size", d.image_size, "[width, height], each at least 8")
+    if len(d.image_size) != 2 or any(v < MIN_FRAME_SIDE for v in d.image_size):
+        _bad("data.image_size", d.image_size, f"[width, height], each at least {MIN_FRAME_SIDE} (SSIM's 11-px window)")
     if not 0.0 < d.val_fraction < 1.0:
         _bad("data.val_fraction", d.val_fraction, "a value in (0, 1)")
     if d.sequence_length < 2:
@@ -264,7 +265,8 @@ def validate(cfg: Config) -> None:
 # Keys whose change makes a different run: on --resume they must match the checkpoint unless the user
 # passes --allow-config-change.
 RUN_DEFINING_KEYS = (
-    "model", "data.data_root", "data.sequence_length", "data.frame_skip", "data.window_stride",
+    "model", "data.data_root", "data.image_size", "data.val_fraction", "eval.max_sequences", "eval.horizon",
+    "eval.context_frames", "data.sequence_length", "data.frame_skip", "data.window_stride",
     "data.synthetic_scenes", "data.synthetic_frames", "data.synthetic_seed", "data.curriculum",
     "data.augmentation",
     "training.batch_size", "training.gradient_accumulation", "training.num_epochs", "training.max_steps",

@@ -122,6 +122,12 @@ class ProcessedDataset:
         if self.index.get("format_version") != FORMAT_VERSION:
             raise UserError(f"unsupported format_version {self.index.get('format_version')!r}",
                             str(root / "index.json"), f"{FORMAT_VERSION}")
+        where = str(root / "index.json")
+        missing_keys = [k for k in ("num_frames", "image_size", "action_names", "action_units",
+                                    "action_normalisation", "scenes") if k not in self.index]
+        if missing_keys:
+            raise UserError(f"index.json lacks {', '.join(missing_keys)}", where,
+                            "an index written by `worldmodel prepare-dataset`")
         self.root = root
         try:
             self.frames = np.load(root / "frames.npy", mmap_mode="r")
@@ -133,12 +139,31 @@ class ProcessedDataset:
         if self.frames.shape[0] != n or self.actions.shape != (n, 4) or self.frames.dtype != np.uint8:
             raise UserError("arrays do not match index.json", str(root),
                             f"frames uint8 [{n}, H, W, 3] and actions [{n}, 4]")
+        if self.frames.ndim != 4 or self.frames.shape[-1] != 3:
+            raise UserError(f"frames.npy has shape {self.frames.shape}", str(root / "frames.npy"),
+                            "uint8 [N, H, W, 3] (RGB)")
+        if min(self.frames.shape[1:3]) < 11:
+            raise UserError(f"frames are {self.frames.shape[2]}x{self.frames.shape[1]}", str(root / "frames.npy"),
+                            "frames of at least 11 px on each side (SSIM's window); prepare a larger image size")
         self.scenes = self.index["scenes"]
+        pos = 0
+        for sc in self.scenes:
+            if not isinstance(sc, dict) or any(k not in sc for k in ("name", "start", "length", "split")):
+                raise UserError("a scene entry lacks name/start/length/split", where, "scenes as prepare-dataset writes them")
+            if sc["start"] != pos or sc["length"] < 1 or sc["start"] + sc["length"] > n:
+                raise UserError(f"scene {sc['name']} spans frames {sc['start']}..{sc['start'] + sc['length'] - 1}",
+                                where, f"contiguous scenes covering frames 0..{n - 1} of frames.npy")
+            pos += sc["length"]
+        if pos != n or len(self.timestamps) != n:
+            raise UserError(f"scenes cover {pos} frames and timestamps.npy has {len(self.timestamps)}", where,
+                            f"both equal to num_frames {n}")
+        norm = self.index["action_normalisation"]
+        if not isinstance(norm, dict) or any(len(norm.get(k, [])) != 4 for k in ("mean", "std")):
+            raise UserError("action_normalisation needs mean and std of 4 values", where, "as prepare-dataset writes it")
         if not np.isfinite(self.actions).all():
             bad = int(np.argwhere(~np.isfinite(self.actions))[0, 0])
             raise UserError(f"NaN/Inf in actions at frame {bad} (scene {self.scene_of(bad)})",
                             str(root / "actions.npy"), "finite actions")
-        norm = self.index["action_normalisation"]
         self.action_mean = np.asarray(norm["mean"], np.float32)
         self.action_std = np.asarray(norm["std"], np.float32)
 

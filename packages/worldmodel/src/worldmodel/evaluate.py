@@ -199,6 +199,10 @@ def check_compatible(data: ProcessedDataset, extra: dict, where: str) -> None:
         raise UserError(f"frames are {data.image_size[0]}x{data.image_size[1]} but the model was trained on "
                         f"{extra['image_size'][0]}x{extra['image_size'][1]}", where,
                         "a dataset prepared at the checkpoint's image size")
+    names = extra.get("action_names")
+    if names is not None and list(names) != list(data.index["action_names"]):
+        raise UserError(f"the dataset's actions are {data.index['action_names']} but the model was trained on "
+                        f"{list(names)}", where, "a dataset with the checkpoint's action channels")
     norm = extra.get("action_normalisation")
     if norm:
         data.action_mean = np.asarray(norm["mean"], np.float32)
@@ -265,6 +269,12 @@ def write_rollouts(checkpoint: str, data_root: str, out: str, *, num_sequences: 
         edited = actions.clone()
         # the offset is in the channel's physical unit; the model sees normalised actions
         edited[:, C - 1:, steer] += steer_offset / float(data.action_std[steer])
+        names = data.index["action_names"]
+        if "curvature" in names and "speed" in names and names[steer] == "yaw_rate":
+            # keep the action vector consistent: curvature = yaw_rate / speed (as every source computes it)
+            k, v = names.index("curvature"), names.index("speed")
+            speed = actions[:, C - 1:, v] * float(data.action_std[v]) + float(data.action_mean[v])
+            edited[:, C - 1:, k] += steer_offset / speed.clamp_min(1.0) / float(data.action_std[k])
         pred = model.rollout(frames[:, :C], actions, H)[0]
         rows = [frames[0, C:], pred]
         if steer_offset:
@@ -281,6 +291,7 @@ def write_rollouts(checkpoint: str, data_root: str, out: str, *, num_sequences: 
     (out_dir / "README.txt").write_text(
         f"rows: ground truth, open-loop rollout with the true actions"
         + (f", rollout with steering channel {data.index['action_names'][steer]} offset by {steer_offset} {unit}"
+           + (" (curvature moved with it: offset / speed)" if "curvature" in data.index["action_names"] else "")
            if steer_offset else "") + f"\ncontext frames: {C}; horizon: {H}; checkpoint: {checkpoint}\n")
     return written
 

@@ -42,8 +42,10 @@ def gradient_difference(pred, target):
 class SsimGradLoss(nn.Module):
     name = "ssim_grad"
 
-    def forward(self, pred, target):  # images in [0, 1]
-        return (1 - ssim_map(pred, target).mean()) + gradient_difference(pred, target)
+    def forward(self, pred, target):  # images in [0, 1]; fp32 even inside an AMP autocast (see ssim_map)
+        with torch.autocast(pred.device.type, enabled=False):
+            pred, target = pred.float(), target.float()
+            return (1 - ssim_map(pred, target).mean()) + gradient_difference(pred, target)
 
 
 class LpipsLoss(nn.Module):
@@ -59,7 +61,8 @@ class LpipsLoss(nn.Module):
         self.net.eval()
 
     def forward(self, pred, target):  # images in [0, 1]
-        return self.net(pred, target, normalize=True).mean()
+        with torch.autocast(pred.device.type, enabled=False):
+            return self.net(pred.float(), target.float(), normalize=True).mean()
 
     def train(self, mode: bool = True):  # the frozen network always stays in eval mode
         return super().train(False)

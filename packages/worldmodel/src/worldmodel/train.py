@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from trainkit.checkpoint import CheckpointManager, load_checkpoint, restore_training_state, training_state
+from trainkit.checkpoint import (CheckpointManager, load_checkpoint, restore_training_state, save_checkpoint,
+                                training_state)
 from trainkit.cli import prepare_run_dir
 from trainkit.config import config_changes, config_to_dict, load_config, resolve_resume_config, save_config
 from trainkit.device import autocast, make_grad_scaler, seed_everything
@@ -42,11 +43,28 @@ MODULES = ("encoder", "dynamics", "decoder")
 PER_INVOCATION = {"training.stop_after_steps": None, "training.resume": None}
 
 
+def scale_module_lrs(config_path, overrides, cli_values: dict) -> dict:
+    """``--lr X`` scales every module's LR by X / (the config's ``optimizer.lr``), keeping their ratios (the
+    guide's configs set all three module LRs, so ``--lr`` alone would otherwise change no group). A module LR
+    given with ``--set`` still wins (``--set`` is applied last)."""
+    if "optimizer.lr" not in cli_values:
+        return cli_values
+    without = {k: v for k, v in cli_values.items() if k != "optimizer.lr"}
+    o = load_config(Config, config_path, (), without).optimizer
+    factor = float(cli_values["optimizer.lr"]) / o.lr
+    for name in ("encoder_lr", "dynamics_lr", "decoder_lr"):
+        if getattr(o, name) is not None:
+            without[f"optimizer.{name}"] = getattr(o, name) * factor
+    without["optimizer.lr"] = cli_values["optimizer.lr"]
+    return without
+
+
 def resolve_run_config(config_path, overrides, cli_values: dict, allow_config_change: bool = False, log=print):
     """The run's config. Without --resume: shipped defaults < file < flags < --set. With --resume, the
     checkpoint's config is the bottom layer instead (trainkit's ``resolve_resume_config``), and any
     run-defining key that the file/flags/--set would change is refused (naming the key) unless
     ``allow_config_change``. Returns (cfg, resume_path)."""
+    cli_values = scale_module_lrs(config_path, overrides, dict(cli_values or {}))
     cfg = load_config(Config, config_path, overrides, cli_values)
     resume = cfg.training.resume
     if not resume:
@@ -177,17 +195,17 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
     say = log if info.is_main else (lambda *a, **k: None)
     precision = precision_for(cfg, device)
 
-    # an existing run is refused before anything else happens (never overwritten without --resume)
-    run_dir = prepare_run_dir(t.save_dir, resume=str(resume_path) if resume_path else None) \
-        if info.is_main else Path(t.save_dir)
-    barrier()
-
-    # ---- data ----
+    # ---- data (opened and checked before the run directory is touched) ----
     data = ProcessedDataset(resolve_data_root(cfg, say, info.is_main))
     d = cfg.data
     train_set = WindowDataset(data, "train", d.sequence_length, d.frame_skip, d.window_stride)
     val_set = WindowDataset(data, "val", d.sequence_length, d.frame_skip, 1)
     WindowDataset(data, "val", cfg.eval.context_frames + cfg.eval.horizon, d.frame_skip, 1)  # fail early if too long
+    # an existing run is refused (never overwritten without --resume)
+    run_dir = prepare_run_dir(t.save_dir, resume=str(resume_path) if resume_path else None) \
+        if info.is_main else Path(t.save_dir)
+    barrier()
+
     order = np.argsort(train_set.difficulty(), kind="stable") if d.curriculum.enabled else None
 
     def epoch_items(e: int) -> np.ndarray:
@@ -243,6 +261,11 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
                                       scaler=scaler, sampler=sampler, stepper=stepper, where=str(resume_path))
         extra = rest.get("extra") or {}
         ckpts.load_manager_state(state)
+        best_file = ckpts.directory / ckpts.BEST      # may hold a newer best than latest.pt (eval-only save)
+        if best_file.is_file():
+            value = (load_checkpoint(best_file).get("manager") or {}).get("best_value")
+            if value is not None and ckpts.is_better(float(value)):
+                ckpts.best_value = float(value)
         step = int(rest["step"])
         best = extra.get("best")
         say(f"resumed from {resume_path} at step {step} (epoch {epoch + 1}, {sampler.consumed} of "
@@ -260,13 +283,25 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
         f"warmup {warmup} | perceptual loss: {perceptual.name}")
     tracker.log_text("run/perceptual_loss", perceptual.name, step)
 
-    def save(metrics: dict | None) -> None:
+    def save(metrics: dict | None, periodic: bool = True) -> None:
+        """``periodic``: the step's checkpoint + latest.pt (+ best.pt if val/psnr improved). Otherwise (an
+        evaluation that is not a save step) only best.pt, and only when val/psnr improved, so save_interval
+        alone sets how often periodic files are written. Called on every rank (RNG states are gathered)."""
         payload = training_state(model=raw_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, step=step,
                                  epoch=epoch, config=config_to_dict(cfg), sampler=sampler, stepper=stepper,
                                  extra={"best": best, "image_size": list(data.image_size), "max_len": max_len,
                                         "perceptual": perceptual.name,
-                                        "action_normalisation": data.index["action_normalisation"]})
-        path = ckpts.save(payload, step=step, metrics=metrics)
+                                        "action_normalisation": data.index["action_normalisation"],
+                                        "action_names": list(data.index["action_names"])})
+        path = None
+        if periodic:
+            path = ckpts.save(payload, step=step, metrics=metrics)
+        elif info.is_main and metrics and ckpts.is_better(float(metrics["val/psnr"])):
+            ckpts.best_value = float(metrics["val/psnr"])
+            payload["manager"] = {"best_value": ckpts.best_value, "best_metric": ckpts.best_metric}
+            path = ckpts.directory / ckpts.BEST
+            ckpts.directory.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(path, payload)
         if path is not None:
             say(f"saved {path}")
 
@@ -323,17 +358,23 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
                 scheduler.step()
                 step += 1
                 if step % lg.log_interval == 0 or step == total_steps:
-                    scalars = {f"train/{k}": float(v) / n_sum for k, v in sums.items()}
                     with torch.no_grad():
+                        local = {f"train/{k}": v.float() / n_sum for k, v in sorted(sums.items())}
                         pred = to_unit(out["predicted"].float()).flatten(0, 1)
                         nxt = frames[:, 1:].flatten(0, 1)
                         rec = to_unit(out["reconstructed"].float()).flatten(0, 1)
-                        scalars["train/psnr"] = float(psnr_per_image(pred, nxt).mean())
-                        scalars["train/ssim"] = float(ssim_per_image(pred, nxt).mean())
-                        scalars["train/recon_psnr"] = float(psnr_per_image(rec, frames.flatten(0, 1)).mean())
+                        local["train/psnr"] = psnr_per_image(pred, nxt).mean()
+                        local["train/ssim"] = ssim_per_image(pred, nxt).mean()
+                        local["train/recon_psnr"] = psnr_per_image(rec, frames.flatten(0, 1)).mean()
+                        vec = torch.stack(list(local.values()))
+                        if info.is_distributed:   # every rank's shard, not rank 0's alone (one all-reduce per log)
+                            dist.all_reduce(vec)
+                            vec /= info.world_size
+                    scalars = dict(zip(local, vec.tolist()))
                     gn = outcome.grad_norm
                     scalars["train/grad_norm"] = float(gn) if gn is not None else float("nan")
-                    scalars["lr"] = cfg.optimizer.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+                    # `lr` is a real group's LR (dynamics: the module the world model is about); lr/* all of them
+                    scalars["lr"] = next(g["lr"] for g in optimizer.param_groups if g["name"] == "dynamics")
                     for g in optimizer.param_groups:
                         if not g["name"].endswith("_no_decay"):
                             scalars[f"lr/{g['module']}"] = g["lr"]
@@ -369,8 +410,10 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
                             f" dB (copy-last-frame {metrics[f'val/copy_last_psnr@{cfg.eval.horizon}']:.1f} dB)\n"
                             f"  Best val: {best['value']:.1f} dB (epoch {best['epoch']}, step {best['step']})")
                     barrier()
-                if step % lg.save_interval == 0 or step == total_steps or is_eval:
+                if step % lg.save_interval == 0 or step == total_steps:
                     save(metrics if is_eval else None)
+                elif is_eval:
+                    save(metrics, periodic=False)
                 if step >= total_steps:
                     done = True
                     break
