@@ -128,6 +128,7 @@ def test_per_module_learning_rates_reach_their_param_groups_and_schedule_keeps_r
     lrs = {g["module"]: g["lr"] for g in opt.param_groups}
     assert lrs["encoder"] == pytest.approx(1e-6) and lrs["dynamics"] == pytest.approx(2e-5)  # floor keeps ratios
     assert effective_warmup(1000, 300) == 30 and effective_warmup(1000, 100000) == 1000 and effective_warmup(0, 50) == 0
+    assert effective_warmup(1000, 2875) == 1000         # a 2,875-step run keeps the guide's 1000-step warmup
 
 
 def test_lr_finder_keeps_ratios_stops_on_divergence_and_restores(tiny_data):

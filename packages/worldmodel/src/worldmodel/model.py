@@ -282,13 +282,15 @@ class WorldModel(nn.Module):
         return frame[:, index], [f[:, index] for f in feats]
 
     def forward(self, frames, actions, rollout_latents: bool = True):
-        """``reconstructed``: every frame decoded from its own latent, rendered from the frame before it (the
-        first from itself); ``predicted``: teacher-forced 1-step predictions (latent from the dynamics,
+        """``reconstructed``: every frame decoded from its own latent, rendered from the window's first frame;
+        ``predicted``: teacher-forced 1-step predictions (latent from the dynamics,
         rendered from the previous observed frame); optionally ``rollout``: an open-loop rollout from the first
         frame over the whole window, exactly as ``rollout`` does it (trained by the temporal loss)."""
         z, ref = self.encode(frames, return_features=True)
-        prev = [0] + list(range(z.shape[1] - 1))
-        out = {"latents": z, "reconstructed": self.decode(z, self.select_ref(ref, prev))}
+        # reconstructions are rendered from the window's FIRST frame (offsets 0..T-1): far references make the
+        # latent carry the view's pose and motion (from the previous frame alone a mean forward flow does most
+        # of the work and the latent, hence the actions, barely matter; measured, README)
+        out = {"latents": z, "reconstructed": self.decode(z, self.select_ref(ref, slice(0, 1)))}
         z_next = self.dynamics(z, actions)[:, :-1]            # predicts z[:, 1:]
         out["pred_latents"] = z_next
         out["predicted"] = self.decode(z_next, self.select_ref(ref, slice(0, -1)))

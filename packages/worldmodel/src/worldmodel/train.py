@@ -113,9 +113,11 @@ def build_optimizer(model: WorldModel, cfg: Config) -> torch.optim.AdamW:
 
 
 def effective_warmup(warmup_steps: int, total_steps: int) -> int:
-    """The configured warmup, capped at 10% of the run when the run is short (a 1000-step warmup in a
-    300-step run would never reach the peak LR)."""
-    return min(warmup_steps, max(1, total_steps // 10)) if warmup_steps else 0
+    """The configured warmup, unless it is more than half of the run: then 10% of the run (a 1000-step warmup
+    in a 300-step run would never reach the peak LR). Runs long enough for their warmup keep it as configured."""
+    if not warmup_steps:
+        return 0
+    return max(1, total_steps // 10) if warmup_steps > total_steps / 2 else warmup_steps
 
 
 def lr_factor(warmup: int, total_steps: int, min_ratio: float, kind: str):
@@ -227,6 +229,9 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
                         f"{t.gradient_accumulation})", "training.num_epochs",
                         "more epochs or data, or a smaller batch_size / gradient_accumulation")
     warmup = effective_warmup(cfg.scheduler.warmup_steps, total_steps)
+    if warmup != cfg.scheduler.warmup_steps:
+        say(f"warmup {warmup} steps: scheduler.warmup_steps={cfg.scheduler.warmup_steps} is more than half of this "
+            f"{total_steps}-step run")
 
     aug = d.augmentation
     augment = DrivingAugmentation(aug.brightness, aug.contrast, aug.crop_scale) if aug.enabled else None
@@ -251,7 +256,7 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
     # ---- run directory, resume ----
     ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=t.keep_last, best_metric="val/psnr",
                               best_mode="max", enabled=info.is_main)
-    step, epoch, best = 0, 0, None
+    step, epoch, best, resumed_sums = 0, 0, None, {}
     sampler = epoch_sampler(0)
     if resume_path is not None:
         state = load_checkpoint(resume_path, map_location=device)
@@ -260,6 +265,7 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
         rest = restore_training_state(state, model=raw_model, optimizer=optimizer, scheduler=scheduler,
                                       scaler=scaler, sampler=sampler, stepper=stepper, where=str(resume_path))
         extra = rest.get("extra") or {}
+        resumed_sums = rest.get("rank_extra") or {}
         ckpts.load_manager_state(state)
         best_file = ckpts.directory / ckpts.BEST      # may hold a newer best than latest.pt (eval-only save)
         if best_file.is_file():
@@ -270,6 +276,10 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
         best = extra.get("best")
         say(f"resumed from {resume_path} at step {step} (epoch {epoch + 1}, {sampler.consumed} of "
             f"{len(sampler)} windows done)")
+    # config.yaml says what the run uses: the processed data's frame size and source, not the config's guess
+    cfg.data.image_size = list(data.image_size)
+    if data.index.get("source") in ("synthetic", "nuscenes", "carla"):
+        cfg.data.dataset = data.index["source"]
     if info.is_main:
         save_config(cfg, run_dir)
     tracker = Tracker(run_dir, config=config_to_dict(cfg),
@@ -289,10 +299,15 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
         alone sets how often periodic files are written. Called on every rank (RNG states are gathered)."""
         payload = training_state(model=raw_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, step=step,
                                  epoch=epoch, config=config_to_dict(cfg), sampler=sampler, stepper=stepper,
+                                 # this rank's running sums of the current log interval: a resume logs the
+                                 # same train/* averages as an uninterrupted run
+                                 rank_extra={"sums": {k: v.detach().cpu() for k, v in sums.items()},
+                                             "n_sum": n_sum},
                                  extra={"best": best, "image_size": list(data.image_size), "max_len": max_len,
                                         "perceptual": perceptual.name,
                                         "action_normalisation": data.index["action_normalisation"],
-                                        "action_names": list(data.index["action_names"])})
+                                        "action_names": list(data.index["action_names"]),
+                                        "effective_warmup": warmup})
         path = None
         if periodic:
             path = ckpts.save(payload, step=step, metrics=metrics)
@@ -321,8 +336,8 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
     # ---- loop ----
     stop = GracefulStop()
     metrics: dict = {}
-    sums: dict[str, torch.Tensor] = {}
-    n_sum, t_log = 0, time.time()
+    sums: dict[str, torch.Tensor] = {k: v.to(device) for k, v in resumed_sums.get("sums", {}).items()}
+    n_sum, t_log = int(resumed_sums.get("n_sum", 0)), time.time()
     done = step >= total_steps
     try:
         while not done and epoch < t.num_epochs:
