@@ -33,8 +33,8 @@ class DecoderConfig:
     init_size: int = 16                  # width of the first feature grid; its height follows the frame's aspect
     reference_frame: bool = True         # render from the last observed frame (encoder skips + warp); false:
                                          # from the latent alone (an autoencoder bottleneck; README)
-    rollout_reference: str = "predicted"  # open-loop: render each step from the frame just predicted
-                                         # (predicted) or always from the last observed frame (context)
+    rollout_reference: str = "context"   # open-loop: render every step from the last observed frame
+                                         # (context) or from the frame just predicted (predicted; README)
 
 
 @dataclass

@@ -233,7 +233,7 @@ class WorldModel(nn.Module):
     def __init__(self, *, image_size: tuple[int, int], latent_dim: int, action_dim: int, hidden_dim: int,
                  encoder_stages: list[int], encoder_heads: int, dynamics_layers: int, dynamics_heads: int,
                  dropout: float, decoder_stages: list[int], decoder_init_size: int, max_len: int,
-                 reference_frame: bool = True, rollout_reference: str = "predicted"):
+                 reference_frame: bool = True, rollout_reference: str = "context"):
         super().__init__()
         if rollout_reference not in ("predicted", "context"):
             raise ValueError(f"rollout_reference {rollout_reference!r}: expected predicted or context")
