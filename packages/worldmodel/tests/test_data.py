@@ -208,13 +208,31 @@ def test_nuscenes_missing_channel_table_and_image_errors(tmp_path):
         read_nuscenes(str(root), "v1.0-mini", (32, 18), 1, False, 0.2, log=lambda *a: None)
     root = make_nuscenes(tmp_path / "c")
     img = next((root / "sweeps" / "CAM_FRONT").glob("*.jpg"))
-    img.write_bytes(b"not a jpeg")
-    with pytest.raises(UserError, match="unreadable image") as e:
+    img.unlink()
+    with pytest.raises(UserError, match="image file is missing") as e:  # found before anything is decoded
         read_nuscenes(str(root), "v1.0-mini", (32, 18), 1, False, 0.2, log=lambda *a: None)
     assert img.name in str(e.value)
-    img.unlink()
-    with pytest.raises(UserError, match="image file is missing"):
-        read_nuscenes(str(root), "v1.0-mini", (32, 18), 1, False, 0.2, log=lambda *a: None)
+
+
+def test_prepare_streams_frames_and_an_unreadable_image_loses_nothing(tmp_path):
+    # Frames are decoded one at a time while writing (no whole-dataset stack in RAM). An unreadable image
+    # found mid-write must leave neither a half-written dataset nor lose the one --overwrite would replace.
+    from worldmodel.data import LazyFrames
+
+    root = make_nuscenes(tmp_path / "nuscenes")
+    cfg = load_config(Config, None, ["data.dataset=nuscenes", "data.image_size=[32,18]"])
+    scenes, _ = read_nuscenes(str(root), "v1.0-mini", (32, 18), 1, False, 0.2, log=lambda *a: None)
+    assert all(isinstance(s.frames, LazyFrames) for s in scenes)
+    out = prepare(cfg, data_root=str(root), out=str(tmp_path / "proc"), overwrite=False, allow_pickle=False,
+                  log=lambda *a: None)
+    before = np.load(out / "frames.npy").copy()
+    img = sorted((root / "sweeps" / "CAM_FRONT").glob("*.jpg"))[-1]
+    img.write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match="unreadable image") as e:
+        prepare(cfg, data_root=str(root), out=str(out), overwrite=True, allow_pickle=False, log=lambda *a: None)
+    assert img.name in str(e.value)
+    assert np.array_equal(np.load(out / "frames.npy"), before)  # the old dataset is still whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nuscenes", "proc"]  # no partial folder left
 
 
 def test_prepare_nuscenes_keeps_16_9(tmp_path):

@@ -30,10 +30,32 @@ FORMAT_VERSION = 1
 FILES = ("frames.npy", "timestamps.npy", "actions.npy", "scene_ids.npy", "index.json")
 
 
+class LazyFrames:
+    """A scene's frames as image paths, decoded one at a time while ``write_processed`` fills the memmap.
+
+    The real readers (nuScenes, CARLA) hand these over instead of a stacked array, so preparing
+    v1.0-trainval (~200k CAM_FRONT frames, ~23 GB at 256x144) never holds more than one frame in RAM.
+    """
+
+    def __init__(self, paths: list, size: tuple[int, int], load):
+        self.paths, self.size, self._load = list(paths), tuple(size), load  # size = (W, H)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), self.size[1], self.size[0], 3)
+
+    def __iter__(self):
+        for p in self.paths:
+            yield self._load(p, self.size)
+
+
 @dataclass
 class Scene:
     name: str
-    frames: np.ndarray          # uint8 [T, H, W, 3] at the target size
+    frames: np.ndarray | LazyFrames  # uint8 [T, H, W, 3] at the target size (or paths decoded on write)
     timestamps_us: np.ndarray   # int64 [T]
     actions: np.ndarray         # float32 [T, 4]
     split: str                  # "train" | "val"
@@ -72,7 +94,13 @@ def write_processed(out: str | Path, scenes: list[Scene], *, source: str, action
             raise UserError(f"scene {s.name} has frames of shape {s.frames.shape[1:]}", str(out), f"{(h, w, 3)}")
         if not np.isfinite(s.actions).all():
             raise UserError(f"NaN/Inf in the actions of scene {s.name}", source, "finite actions")
-        frames[start:start + t] = s.frames
+        if isinstance(s.frames, LazyFrames):
+            for j, frame in enumerate(s.frames):  # one decoded frame in memory at a time
+                if frame.shape != (h, w, 3):
+                    raise UserError(f"frame {s.frames.paths[j]} decoded to shape {frame.shape}", str(out), f"{(h, w, 3)}")
+                frames[start + j] = frame
+        else:
+            frames[start:start + t] = s.frames
         stamps[start:start + t] = s.timestamps_us
         actions[start:start + t] = s.actions
         ids[start:start + t] = i
