@@ -5,6 +5,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from trainkit.config import load_config
@@ -207,13 +208,31 @@ def test_nuscenes_missing_channel_table_and_image_errors(tmp_path):
         read_nuscenes(str(root), "v1.0-mini", (32, 18), 1, False, 0.2, log=lambda *a: None)
     root = make_nuscenes(tmp_path / "c")
     img = next((root / "sweeps" / "CAM_FRONT").glob("*.jpg"))
-    img.write_bytes(b"not a jpeg")
-    with pytest.raises(UserError, match="unreadable image") as e:
+    img.unlink()
+    with pytest.raises(UserError, match="image file is missing") as e:  # found before anything is decoded
         read_nuscenes(str(root), "v1.0-mini", (32, 18), 1, False, 0.2, log=lambda *a: None)
     assert img.name in str(e.value)
-    img.unlink()
-    with pytest.raises(UserError, match="image file is missing"):
-        read_nuscenes(str(root), "v1.0-mini", (32, 18), 1, False, 0.2, log=lambda *a: None)
+
+
+def test_prepare_streams_frames_and_an_unreadable_image_loses_nothing(tmp_path):
+    # Frames are decoded one at a time while writing (no whole-dataset stack in RAM). An unreadable image
+    # found mid-write must leave neither a half-written dataset nor lose the one --overwrite would replace.
+    from worldmodel.data import LazyFrames
+
+    root = make_nuscenes(tmp_path / "nuscenes")
+    cfg = load_config(Config, None, ["data.dataset=nuscenes", "data.image_size=[32,18]"])
+    scenes, _ = read_nuscenes(str(root), "v1.0-mini", (32, 18), 1, False, 0.2, log=lambda *a: None)
+    assert all(isinstance(s.frames, LazyFrames) for s in scenes)
+    out = prepare(cfg, data_root=str(root), out=str(tmp_path / "proc"), overwrite=False, allow_pickle=False,
+                  log=lambda *a: None)
+    before = np.load(out / "frames.npy").copy()
+    img = sorted((root / "sweeps" / "CAM_FRONT").glob("*.jpg"))[-1]
+    img.write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match="unreadable image") as e:
+        prepare(cfg, data_root=str(root), out=str(out), overwrite=True, allow_pickle=False, log=lambda *a: None)
+    assert img.name in str(e.value)
+    assert np.array_equal(np.load(out / "frames.npy"), before)  # the old dataset is still whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nuscenes", "proc"]  # no partial folder left
 
 
 def test_prepare_nuscenes_keeps_16_9(tmp_path):
@@ -267,3 +286,61 @@ def test_carla_row_count_mismatch_names_the_table(tmp_path):
     with pytest.raises(UserError, match="4 images") as e:
         read_carla(str(root), (32, 18), 25.0, 0.2, False, log=lambda *a: None)
     assert "pd_dataframe.csv" in str(e.value)
+
+
+def test_carla_reader_takes_miles_action_column(tmp_path):
+    """MILE's table has one `action` column of (throttle, steering, brake); pickled as tuples, in CSV as text."""
+    root = make_carla(tmp_path / "carla", pickle_only_run=True)
+    for town in ("Town01", "Town02"):
+        run = root / town / "0000"
+        for f in run.glob("pd_dataframe.*"):
+            f.unlink()
+        rows = {"action": [(0.5, -0.1 * i, 0.0) for i in range(5)], "speed": [3.0 + i for i in range(5)],
+                "reward": [1.0] * 5}
+        if town == "Town01":
+            with (run / "pd_dataframe.csv").open("w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["action", "speed", "reward"])
+                w.writerows([[str(a), s, r] for a, s, r in zip(rows["action"], rows["speed"], rows["reward"])])
+        else:
+            with (run / "pd_dataframe.pkl").open("wb") as fh:
+                pickle.dump(rows, fh)
+    scenes, _ = read_carla(str(root), (32, 18), 25.0, 0.2, True, log=lambda *a: None)
+    for s in scenes:
+        assert np.allclose(s.actions[:, :3], [[0.5, -0.1 * i, 0.0] for i in range(5)])
+    csv_path = root / "Town01" / "0000" / "pd_dataframe.csv"
+    csv_path.write_text(csv_path.read_text().replace("(0.5, -0.1, 0.0)", "(0.5, oops)"))
+    with pytest.raises(UserError, match="row 1") as e:
+        read_carla(str(root), (32, 18), 25.0, 0.2, True, log=lambda *a: None)
+    assert "pd_dataframe.csv" in str(e.value)
+
+
+def test_driving_augmentation_one_draw_per_window_same_for_all_its_frames():
+    from worldmodel.data import DrivingAugmentation
+
+    torch.manual_seed(0)
+    frame = torch.rand(1, 1, 3, 18, 32)
+    frames = torch.cat([frame.expand(2, 3, 3, 18, 32), torch.rand(1, 3, 3, 18, 32)])   # 2 static windows + 1
+    aug = DrivingAugmentation(0.3, 0.3, (0.5, 0.9))
+    a = aug(frames, torch.Generator().manual_seed(1))
+    assert a.shape == frames.shape and 0 <= a.min() and a.max() <= 1
+    assert torch.allclose(a[0, 0], a[0, 2]) and torch.allclose(a[1, 0], a[1, 1])   # frames of a window alike
+    assert not torch.allclose(a[0], a[1], atol=1e-3)                                # windows draw their own
+    assert torch.equal(a, aug(frames, torch.Generator().manual_seed(1)))            # reproducible
+    assert not torch.allclose(a[0, 0], frame[0, 0], atol=1e-2)                      # it does change the frame
+    ident = DrivingAugmentation(0.0, 0.0, (1.0, 1.0))(frames, torch.Generator().manual_seed(1))
+    assert torch.allclose(ident, frames, atol=1e-6)
+
+
+def test_training_applies_augmentation_only_when_enabled(tiny_cfg, monkeypatch, tmp_path):
+    from worldmodel import data as wd
+    from worldmodel.train import train
+
+    calls = []
+    real = wd.DrivingAugmentation.__call__
+    monkeypatch.setattr(wd.DrivingAugmentation, "__call__", lambda self, f, g: calls.append(f.shape) or real(self, f, g))
+    train(tiny_cfg("training.max_steps=2"), log=lambda *a: None)
+    assert calls == []
+    cfg = tiny_cfg("training.max_steps=2", "data.augmentation.enabled=true", f"training.save_dir={tmp_path / 'aug'}")
+    train(cfg, log=lambda *a: None)
+    assert len(calls) == 2 and calls[0][0] == cfg.training.batch_size

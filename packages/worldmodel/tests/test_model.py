@@ -1,4 +1,5 @@
 import copy
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from worldmodel.evaluate import build_model
 from worldmodel.losses import SsimGradLoss, compute_losses
 from worldmodel.lr_finder import lr_range_test
 from worldmodel.metrics import psnr_per_image, ssim_per_image
+from worldmodel.model import to_unit
 from worldmodel.train import build_optimizer, effective_warmup, lr_factor
 
 from .conftest import TINY
@@ -61,9 +63,37 @@ def test_shipped_base_configs_are_the_defaults_and_names_resolve():
 
 def test_zero_and_negative_values_are_refused_not_treated_as_missing():
     for bad in ("training.batch_size=0", "optimizer.encoder_lr=0", "training.max_steps=0", "data.frame_skip=0",
-                "logging.eval_interval=-1"):
+                "logging.eval_interval=-1", "model.action_dim=3"):
         with pytest.raises(UserError):
             _cfg(bad)
+
+
+def test_perceptual_auto_falls_back_on_frames_too_small_for_lpips(monkeypatch, tmp_path):
+    from worldmodel import losses
+
+    monkeypatch.setattr(losses, "alexnet_weights_cached", lambda: tmp_path / "alexnet.pth")   # "cached"
+    said = []
+    assert losses.build_perceptual("auto", (48, 27), said.append).name == "ssim_grad"
+    assert "below" in said[0]
+    with pytest.raises(UserError, match="loss.perceptual"):
+        losses.build_perceptual("lpips", (48, 27))
+
+
+def test_reference_decoder_starts_as_copy_last_frame_and_warps_by_the_flow():
+    from worldmodel.model import warp
+
+    img = torch.rand(1, 3, 6, 8)
+    shifted = warp(img, torch.tensor([1.0, 0.0]).view(1, 2, 1, 1).expand(1, 2, 6, 8))
+    assert torch.allclose(shifted[..., :-1], img[..., 1:], atol=1e-6)     # output(x) = input(x + 1)
+    torch.manual_seed(0)
+    m = build_model(_cfg(), (32, 18), 4).eval()
+    frames = torch.rand(2, 4, 3, 18, 32)
+    with torch.no_grad():
+        pred = m(frames, torch.randn(2, 4, 4))["predicted"]
+    # untrained: zero flow and a mask of sigmoid(3) on the warp, so the 1-step prediction is ~ the last frame
+    err_last = (to_unit(pred) - frames[:, :-1]).abs().mean()
+    err_next = (to_unit(pred) - frames[:, 1:]).abs().mean()
+    assert err_last < 0.1 < err_next
 
 
 def test_decoder_keeps_the_aspect_ratio_and_refuses_a_mismatched_init_size():
@@ -98,6 +128,7 @@ def test_per_module_learning_rates_reach_their_param_groups_and_schedule_keeps_r
     lrs = {g["module"]: g["lr"] for g in opt.param_groups}
     assert lrs["encoder"] == pytest.approx(1e-6) and lrs["dynamics"] == pytest.approx(2e-5)  # floor keeps ratios
     assert effective_warmup(1000, 300) == 30 and effective_warmup(1000, 100000) == 1000 and effective_warmup(0, 50) == 0
+    assert effective_warmup(1000, 2875) == 1000         # a 2,875-step run keeps the guide's 1000-step warmup
 
 
 def test_lr_finder_keeps_ratios_stops_on_divergence_and_restores(tiny_data):
@@ -131,21 +162,37 @@ def test_lr_finder_keeps_ratios_stops_on_divergence_and_restores(tiny_data):
 def test_run_lr_finder_restores_model_and_writes_plot(tiny_data, tmp_path, monkeypatch):
     from worldmodel import lr_finder
 
-    cfg = _cfg(f"data.data_root={tiny_data}")
-    captured = {}
-    real = lr_finder.build_model
+    cfg = _cfg(f"data.data_root={tiny_data}", "training.gradient_accumulation=2")
+    captured = {"forwards": 0}
+    real, real_stepper, real_scaler = lr_finder.build_model, lr_finder.make_stepper, lr_finder.make_grad_scaler
 
     def spy(*a, **k):
         captured["model"] = real(*a, **k)
         captured["init"] = copy.deepcopy(captured["model"].state_dict())
+        captured["model"].register_forward_hook(lambda *_: captured.__setitem__("forwards", captured["forwards"] + 1))
         return captured["model"]
 
+    def stepper_spy(model, optimizer, scaler, cfg):
+        captured["stepper"] = real_stepper(model, optimizer, scaler, cfg)
+        captured["scaler"] = scaler
+        return captured["stepper"]
+
+    def scaler_spy(device, precision):
+        captured["scaler_args"] = (device.type, precision)
+        return real_scaler(device, precision)
+
     monkeypatch.setattr(lr_finder, "build_model", spy)
+    monkeypatch.setattr(lr_finder, "make_stepper", stepper_spy)
+    monkeypatch.setattr(lr_finder, "make_grad_scaler", scaler_spy)
     res = lr_finder.run_lr_finder(cfg, min_lr=1e-5, max_lr=1e-1, num_iter=8, plot_path=str(tmp_path / "lr.png"),
                                   log=lambda *a: None)
     assert Path(res["plot"]).stat().st_size > 1000
+    # the training step: accumulation over gradient_accumulation micro-batches, and the AMP scaler training builds
+    assert captured["stepper"].accum_steps == 2 and captured["forwards"] == 2 * len(res["lrs"])
+    assert captured["scaler_args"] == ("cpu", "fp32") and captured["stepper"].scaler is captured["scaler"]
     assert all(torch.equal(captured["init"][k], v) for k, v in captured["model"].state_dict().items())
-    assert res["suggested_module_lrs"]["encoder"] == pytest.approx(res["suggested_lr"] * 0.1, nan_ok=True)
+    assert math.isfinite(res["suggested_lr"]) and 1e-5 <= res["suggested_lr"] <= 1e-1
+    assert res["suggested_module_lrs"]["encoder"] == pytest.approx(res["suggested_lr"] * 0.1)
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_data):
@@ -214,3 +261,53 @@ def test_curriculum_phases_grow_from_the_easiest_windows(tiny_data):
     assert score[p0].max() <= score[np.setdiff1d(order, p0)].min()          # phase 0 holds the easiest third
     assert curriculum_subset(order, 6, cfg) is None                           # after the phases: everything
     assert curriculum_subset(order, 0, _cfg()) is None                        # switched off in config
+
+
+def test_ssim_loss_is_computed_in_fp32_inside_an_amp_autocast():
+    torch.manual_seed(0)
+    a, b = torch.rand(4, 3, 18, 32), torch.rand(4, 3, 18, 32)
+    ref = SsimGradLoss()(a, b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = SsimGradLoss()(a, b)
+        m = ssim_per_image(a, torch.ones_like(a))
+    assert amp.dtype == torch.float32 and float(amp) == pytest.approx(float(ref), rel=1e-5)
+    assert m.dtype == torch.float32 and torch.allclose(m, ssim_per_image(a, torch.ones_like(a)))
+
+
+def test_lr_flag_scales_every_module_lr_and_keeps_their_ratios():
+    from worldmodel.train import resolve_run_config
+
+    base, _ = resolve_run_config(None, [], {})
+    cfg, _ = resolve_run_config(None, [], {"optimizer.lr": 2 * base.optimizer.lr})
+    for name in ("encoder_lr", "dynamics_lr", "decoder_lr"):
+        assert getattr(cfg.optimizer, name) == pytest.approx(2 * getattr(base.optimizer, name))
+    cfg, _ = resolve_run_config(None, ["optimizer.encoder_lr=3e-5"], {"optimizer.lr": 2 * base.optimizer.lr})
+    assert cfg.optimizer.encoder_lr == 3e-5          # an explicit --set still wins
+
+
+def test_malformed_processed_datasets_are_one_line_errors(tiny_data, tmp_path):
+    import json
+    import shutil
+
+    def broken(name, edit_index=None, frames=None):
+        d = tmp_path / name
+        shutil.copytree(tiny_data, d)
+        if edit_index:
+            idx = json.loads((d / "index.json").read_text())
+            edit_index(idx)
+            (d / "index.json").write_text(json.dumps(idx))
+        if frames is not None:
+            np.save(d / "frames.npy", frames)
+        return d
+
+    cases = [
+        (broken("c1", lambda i: i.pop("action_normalisation")), "lacks action_normalisation"),
+        (broken("c2", lambda i: i["scenes"][-1].update(length=i["scenes"][-1]["length"] + 50)), "spans frames"),
+        (broken("c3", lambda i: i.pop("scenes")), "lacks scenes"),
+        (broken("c4", frames=np.zeros((48, 18, 32, 2), np.uint8)), "frames.npy has shape"),
+    ]
+    for root, needle in cases:
+        with pytest.raises(UserError, match=needle):
+            ProcessedDataset(root)
+    with pytest.raises(UserError, match="at least 11"):
+        _cfg("data.image_size=[16,9]")

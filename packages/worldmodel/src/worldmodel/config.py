@@ -31,6 +31,10 @@ class DynamicsConfig:
 class DecoderConfig:
     stages: list[int] = field(default_factory=lambda: [512, 256, 128, 64])  # channels after each x2 upsampling
     init_size: int = 16                  # width of the first feature grid; its height follows the frame's aspect
+    reference_frame: bool = True         # render from the last observed frame (encoder skips + warp); false:
+                                         # from the latent alone (an autoencoder bottleneck; README)
+    rollout_reference: str = "context"   # open-loop: render every step from the last observed frame
+                                         # (context) or from the frame just predicted (predicted; README)
 
 
 @dataclass
@@ -102,6 +106,17 @@ class CurriculumConfig:
 
 
 @dataclass
+class AugmentationConfig:
+    """The guide's ``DrivingAugmentation(brightness, contrast, crop_scale)``, on training windows only. One draw
+    per window, applied to all its frames alike, so the motion between frames (what the model learns) stays."""
+    enabled: bool = False
+    brightness: float = 0.3              # factor uniform in [1 - b, 1 + b]
+    contrast: float = 0.3                # factor uniform in [1 - c, 1 + c] around each frame's mean grey
+    crop_scale: list[float] = field(default_factory=lambda: [0.7, 1.0])  # area fraction of a random crop
+                                         # (the frame's aspect ratio), resized back to the frame size
+
+
+@dataclass
 class DataConfig:
     num_workers: int = 4
     pin_memory: bool = True
@@ -123,6 +138,7 @@ class DataConfig:
     # CARLA
     carla_fps: float = 25.0              # used when the action table has no timestamp column
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
 
 @dataclass
@@ -157,6 +173,10 @@ class Config:
 
     def __post_init__(self):
         validate(self)
+
+
+ACTION_CHANNELS = 4   # the processed format's actions.npy is [N, 4]
+MIN_FRAME_SIDE = 11   # SSIM (metric and loss) uses an 11x11 Gaussian window
 
 
 def _bad(key: str, value, expected: str):
@@ -197,10 +217,15 @@ def validate(cfg: Config) -> None:
                                                                  "latent_reg_weight", "temporal_weight"))):
         if value < 0:
             _bad(key, value, "a value >= 0")
+    if m.action_dim != ACTION_CHANNELS:
+        _bad("model.action_dim", m.action_dim, f"{ACTION_CHANNELS}: every processed dataset has {ACTION_CHANNELS} "
+             "action channels (speed, yaw rate, acceleration, curvature; or CARLA's throttle, steer, brake, speed)")
     if not m.encoder.stages or any(c <= 0 for c in m.encoder.stages):
         _bad("model.encoder.stages", m.encoder.stages, "a non-empty list of positive channel counts")
     if not m.decoder.stages or any(c <= 0 for c in m.decoder.stages):
         _bad("model.decoder.stages", m.decoder.stages, "a non-empty list of positive channel counts")
+    if m.decoder.rollout_reference not in ("predicted", "context"):
+        _bad("model.decoder.rollout_reference", m.decoder.rollout_reference, "predicted or context")
     if m.encoder.num_heads and m.encoder.stages[-1] % m.encoder.num_heads:
         raise UserError(f"encoder.num_heads={m.encoder.num_heads} does not divide the last stage's "
                         f"{m.encoder.stages[-1]} channels", "model.encoder.num_heads", "a divisor of stages[-1]")
@@ -222,12 +247,17 @@ def validate(cfg: Config) -> None:
         _bad("loss.perceptual", lo.perceptual, "auto, lpips or ssim_grad")
     if d.dataset not in ("synthetic", "nuscenes", "carla"):
         _bad("data.dataset", d.dataset, "synthetic, nuscenes or carla")
-    if len(d.image_size) != 2 or any(v < 8 for v in d.image_size):
-        _bad("data.image_size", d.image_size, "[width, height], each at least 8")
+    if len(d.image_size) != 2 or any(v < MIN_FRAME_SIDE for v in d.image_size):
+        _bad("data.image_size", d.image_size, f"[width, height], each at least {MIN_FRAME_SIDE} (SSIM's 11-px window)")
     if not 0.0 < d.val_fraction < 1.0:
         _bad("data.val_fraction", d.val_fraction, "a value in (0, 1)")
     if d.sequence_length < 2:
         _bad("data.sequence_length", d.sequence_length, "at least 2 (a frame and its successor)")
+    aug = d.augmentation
+    if not (0.0 <= aug.brightness < 1.0 and 0.0 <= aug.contrast < 1.0):
+        _bad("data.augmentation.brightness", [aug.brightness, aug.contrast], "brightness and contrast in [0, 1)")
+    if len(aug.crop_scale) != 2 or not 0.0 < aug.crop_scale[0] <= aug.crop_scale[1] <= 1.0:
+        _bad("data.augmentation.crop_scale", aug.crop_scale, "[low, high] with 0 < low <= high <= 1")
     if t.backend not in (None, "nccl", "gloo"):
         _bad("training.backend", t.backend, "nccl or gloo")
 
@@ -235,8 +265,10 @@ def validate(cfg: Config) -> None:
 # Keys whose change makes a different run: on --resume they must match the checkpoint unless the user
 # passes --allow-config-change.
 RUN_DEFINING_KEYS = (
-    "model", "data.data_root", "data.sequence_length", "data.frame_skip", "data.window_stride",
+    "model", "data.data_root", "data.image_size", "data.val_fraction", "eval.max_sequences", "eval.horizon",
+    "eval.context_frames", "data.sequence_length", "data.frame_skip", "data.window_stride",
     "data.synthetic_scenes", "data.synthetic_frames", "data.synthetic_seed", "data.curriculum",
+    "data.augmentation",
     "training.batch_size", "training.gradient_accumulation", "training.num_epochs", "training.max_steps",
     "training.seed", "optimizer", "scheduler", "loss",
 )

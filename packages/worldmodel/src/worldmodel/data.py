@@ -16,7 +16,6 @@ and never cross a scene boundary.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +30,32 @@ FORMAT_VERSION = 1
 FILES = ("frames.npy", "timestamps.npy", "actions.npy", "scene_ids.npy", "index.json")
 
 
+class LazyFrames:
+    """A scene's frames as image paths, decoded one at a time while ``write_processed`` fills the memmap.
+
+    The real readers (nuScenes, CARLA) hand these over instead of a stacked array, so preparing
+    v1.0-trainval (~200k CAM_FRONT frames, ~23 GB at 256x144) never holds more than one frame in RAM.
+    """
+
+    def __init__(self, paths: list, size: tuple[int, int], load):
+        self.paths, self.size, self._load = list(paths), tuple(size), load  # size = (W, H)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), self.size[1], self.size[0], 3)
+
+    def __iter__(self):
+        for p in self.paths:
+            yield self._load(p, self.size)
+
+
 @dataclass
 class Scene:
     name: str
-    frames: np.ndarray          # uint8 [T, H, W, 3] at the target size
+    frames: np.ndarray | LazyFrames  # uint8 [T, H, W, 3] at the target size (or paths decoded on write)
     timestamps_us: np.ndarray   # int64 [T]
     actions: np.ndarray         # float32 [T, 4]
     split: str                  # "train" | "val"
@@ -73,7 +94,13 @@ def write_processed(out: str | Path, scenes: list[Scene], *, source: str, action
             raise UserError(f"scene {s.name} has frames of shape {s.frames.shape[1:]}", str(out), f"{(h, w, 3)}")
         if not np.isfinite(s.actions).all():
             raise UserError(f"NaN/Inf in the actions of scene {s.name}", source, "finite actions")
-        frames[start:start + t] = s.frames
+        if isinstance(s.frames, LazyFrames):
+            for j, frame in enumerate(s.frames):  # one decoded frame in memory at a time
+                if frame.shape != (h, w, 3):
+                    raise UserError(f"frame {s.frames.paths[j]} decoded to shape {frame.shape}", str(out), f"{(h, w, 3)}")
+                frames[start + j] = frame
+        else:
+            frames[start:start + t] = s.frames
         stamps[start:start + t] = s.timestamps_us
         actions[start:start + t] = s.actions
         ids[start:start + t] = i
@@ -123,6 +150,12 @@ class ProcessedDataset:
         if self.index.get("format_version") != FORMAT_VERSION:
             raise UserError(f"unsupported format_version {self.index.get('format_version')!r}",
                             str(root / "index.json"), f"{FORMAT_VERSION}")
+        where = str(root / "index.json")
+        missing_keys = [k for k in ("num_frames", "image_size", "action_names", "action_units",
+                                    "action_normalisation", "scenes") if k not in self.index]
+        if missing_keys:
+            raise UserError(f"index.json lacks {', '.join(missing_keys)}", where,
+                            "an index written by `worldmodel prepare-dataset`")
         self.root = root
         try:
             self.frames = np.load(root / "frames.npy", mmap_mode="r")
@@ -134,12 +167,31 @@ class ProcessedDataset:
         if self.frames.shape[0] != n or self.actions.shape != (n, 4) or self.frames.dtype != np.uint8:
             raise UserError("arrays do not match index.json", str(root),
                             f"frames uint8 [{n}, H, W, 3] and actions [{n}, 4]")
+        if self.frames.ndim != 4 or self.frames.shape[-1] != 3:
+            raise UserError(f"frames.npy has shape {self.frames.shape}", str(root / "frames.npy"),
+                            "uint8 [N, H, W, 3] (RGB)")
+        if min(self.frames.shape[1:3]) < 11:
+            raise UserError(f"frames are {self.frames.shape[2]}x{self.frames.shape[1]}", str(root / "frames.npy"),
+                            "frames of at least 11 px on each side (SSIM's window); prepare a larger image size")
         self.scenes = self.index["scenes"]
+        pos = 0
+        for sc in self.scenes:
+            if not isinstance(sc, dict) or any(k not in sc for k in ("name", "start", "length", "split")):
+                raise UserError("a scene entry lacks name/start/length/split", where, "scenes as prepare-dataset writes them")
+            if sc["start"] != pos or sc["length"] < 1 or sc["start"] + sc["length"] > n:
+                raise UserError(f"scene {sc['name']} spans frames {sc['start']}..{sc['start'] + sc['length'] - 1}",
+                                where, f"contiguous scenes covering frames 0..{n - 1} of frames.npy")
+            pos += sc["length"]
+        if pos != n or len(self.timestamps) != n:
+            raise UserError(f"scenes cover {pos} frames and timestamps.npy has {len(self.timestamps)}", where,
+                            f"both equal to num_frames {n}")
+        norm = self.index["action_normalisation"]
+        if not isinstance(norm, dict) or any(len(norm.get(k, [])) != 4 for k in ("mean", "std")):
+            raise UserError("action_normalisation needs mean and std of 4 values", where, "as prepare-dataset writes it")
         if not np.isfinite(self.actions).all():
             bad = int(np.argwhere(~np.isfinite(self.actions))[0, 0])
             raise UserError(f"NaN/Inf in actions at frame {bad} (scene {self.scene_of(bad)})",
                             str(root / "actions.npy"), "finite actions")
-        norm = self.index["action_normalisation"]
         self.action_mean = np.asarray(norm["mean"], np.float32)
         self.action_std = np.asarray(norm["std"], np.float32)
 
@@ -244,22 +296,34 @@ def collate(items: list[dict]) -> dict:
             "index": torch.tensor([it["index"] for it in items])}
 
 
-class EpochBatches:
-    """Deterministic batch order: epoch e shuffles with seed+e, each rank takes its own shard.
+class DrivingAugmentation:
+    """The guide's ``DrivingAugmentation(brightness=0.3, contrast=0.3, crop_scale=(0.7, 1.0))`` for a batch of
+    windows ``[B, T, 3, H, W]`` in [0, 1]. Each window draws one brightness factor, one contrast factor and one
+    crop (area fraction in ``crop_scale``, the frame's aspect ratio, anywhere in the frame, resized back), and
+    every frame of the window gets the same: the frame-to-frame motion that the actions explain is kept.
+    Draws come from the ``generator`` passed in, so a run is reproducible and a resume exact."""
 
-    Position is (epoch, batch) so a resume continues exactly where the checkpoint left off; ``subset``
-    restricts the epoch to some window indices (the curriculum's phases).
-    """
+    def __init__(self, brightness: float = 0.3, contrast: float = 0.3, crop_scale=(0.7, 1.0)):
+        self.brightness, self.contrast = float(brightness), float(contrast)
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-
-    def batches(self, epoch: int, subset: np.ndarray | None = None) -> list[list[int]]:
-        items = np.arange(self.num_items) if subset is None else np.asarray(subset)
-        g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-        order = items[torch.randperm(len(items), generator=g).numpy()]
-        per_rank = int(math.ceil(len(order) / self.world_size))
-        order = np.resize(order, per_rank * self.world_size)  # pad by wrapping so every rank has equal work
-        mine = order[self.rank::self.world_size]
-        return [mine[i:i + self.batch_size].tolist() for i in range(0, len(mine), self.batch_size)]
+    def __call__(self, frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        b, t, c, h, w = frames.shape
+        u = torch.rand(b, 5, generator=generator, device=generator.device).to(frames.device, frames.dtype)
+        bright = 1 + self.brightness * (2 * u[:, 0] - 1)
+        contrast = 1 + self.contrast * (2 * u[:, 1] - 1)
+        lo, hi = self.crop_scale
+        side = torch.sqrt(lo + (hi - lo) * u[:, 2])                  # crop side as a fraction of the frame's
+        # affine grid: output covers [cx - side, cx + side] in normalised coordinates, cx so the crop stays inside
+        cx, cy = (1 - side) * (2 * u[:, 3] - 1), (1 - side) * (2 * u[:, 4] - 1)
+        theta = torch.zeros(b, 2, 3, device=frames.device, dtype=frames.dtype)
+        theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = side, side, cx, cy
+        x = frames.flatten(0, 1)
+        theta = theta.repeat_interleave(t, 0)
+        if lo < 1.0:
+            grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+            x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        x = x.view(b, t, c, h, w)
+        grey = x.mean(dim=(2, 3, 4), keepdim=True)
+        x = (x - grey) * contrast.view(b, 1, 1, 1, 1) + grey
+        return (x * bright.view(b, 1, 1, 1, 1)).clamp(0, 1)

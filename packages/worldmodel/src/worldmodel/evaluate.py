@@ -26,7 +26,8 @@ def build_model(cfg: Config, image_size: tuple[int, int], max_len: int) -> World
     try:
         return _build(cfg, m, image_size, max_len)
     except ValueError as err:
-        raise UserError(str(err), "model.decoder.init_size", "a decoder that produces the data's frame size") from None
+        key = "model.decoder.stages" if str(err).startswith("encoder has") else "model.decoder.init_size"
+        raise UserError(str(err), key, "a decoder that produces the data's frame size") from None
 
 
 def _build(cfg, m, image_size, max_len):
@@ -34,7 +35,9 @@ def _build(cfg, m, image_size, max_len):
                       hidden_dim=m.hidden_dim, encoder_stages=list(m.encoder.stages), encoder_heads=m.encoder.num_heads,
                       dynamics_layers=m.dynamics.num_layers,
                       dynamics_heads=m.dynamics.num_heads or max(1, m.hidden_dim // 64), dropout=m.dynamics.dropout,
-                      decoder_stages=list(m.decoder.stages), decoder_init_size=m.decoder.init_size, max_len=max_len)
+                      decoder_stages=list(m.decoder.stages), decoder_init_size=m.decoder.init_size, max_len=max_len,
+                      reference_frame=m.decoder.reference_frame,
+                      rollout_reference=m.decoder.rollout_reference)
 
 
 def precision_for(cfg: Config, device: torch.device) -> str:
@@ -196,6 +199,10 @@ def check_compatible(data: ProcessedDataset, extra: dict, where: str) -> None:
         raise UserError(f"frames are {data.image_size[0]}x{data.image_size[1]} but the model was trained on "
                         f"{extra['image_size'][0]}x{extra['image_size'][1]}", where,
                         "a dataset prepared at the checkpoint's image size")
+    names = extra.get("action_names")
+    if names is not None and list(names) != list(data.index["action_names"]):
+        raise UserError(f"the dataset's actions are {data.index['action_names']} but the model was trained on "
+                        f"{list(names)}", where, "a dataset with the checkpoint's action channels")
     norm = extra.get("action_normalisation")
     if norm:
         data.action_mean = np.asarray(norm["mean"], np.float32)
@@ -262,6 +269,12 @@ def write_rollouts(checkpoint: str, data_root: str, out: str, *, num_sequences: 
         edited = actions.clone()
         # the offset is in the channel's physical unit; the model sees normalised actions
         edited[:, C - 1:, steer] += steer_offset / float(data.action_std[steer])
+        names = data.index["action_names"]
+        if "curvature" in names and "speed" in names and names[steer] == "yaw_rate":
+            # keep the action vector consistent: curvature = yaw_rate / speed (as every source computes it)
+            k, v = names.index("curvature"), names.index("speed")
+            speed = actions[:, C - 1:, v] * float(data.action_std[v]) + float(data.action_mean[v])
+            edited[:, C - 1:, k] += steer_offset / speed.clamp_min(1.0) / float(data.action_std[k])
         pred = model.rollout(frames[:, :C], actions, H)[0]
         rows = [frames[0, C:], pred]
         if steer_offset:
@@ -278,6 +291,7 @@ def write_rollouts(checkpoint: str, data_root: str, out: str, *, num_sequences: 
     (out_dir / "README.txt").write_text(
         f"rows: ground truth, open-loop rollout with the true actions"
         + (f", rollout with steering channel {data.index['action_names'][steer]} offset by {steer_offset} {unit}"
+           + (" (curvature moved with it: offset / speed)" if "curvature" in data.index["action_names"] else "")
            if steer_offset else "") + f"\ncontext frames: {C}; horizon: {H}; checkpoint: {checkpoint}\n")
     return written
 

@@ -4,7 +4,7 @@ total = recon_weight * MSE(reconstruction, frame)
       + pred_weight * MSE(1-step prediction, next frame)
       + perceptual_weight * perceptual(both of the above)
       + latent_reg_weight * mean(z^2)                         (keeps latents bounded)
-      + temporal_weight * MSE(open-loop latent rollout, stop-grad(encoded latents))
+      + temporal_weight * MSE(open-loop rollout from the first frame, frames 1..T-1)   (multi-step loss)
 
 The perceptual term is LPIPS (AlexNet) only when torchvision's AlexNet weights are already in the local
 torch hub cache (nothing downloads); otherwise the weights-free "ssim_grad" loss: (1 - SSIM) plus the
@@ -42,8 +42,10 @@ def gradient_difference(pred, target):
 class SsimGradLoss(nn.Module):
     name = "ssim_grad"
 
-    def forward(self, pred, target):  # images in [0, 1]
-        return (1 - ssim_map(pred, target).mean()) + gradient_difference(pred, target)
+    def forward(self, pred, target):  # images in [0, 1]; fp32 even inside an AMP autocast (see ssim_map)
+        with torch.autocast(pred.device.type, enabled=False):
+            pred, target = pred.float(), target.float()
+            return (1 - ssim_map(pred, target).mean()) + gradient_difference(pred, target)
 
 
 class LpipsLoss(nn.Module):
@@ -59,17 +61,30 @@ class LpipsLoss(nn.Module):
         self.net.eval()
 
     def forward(self, pred, target):  # images in [0, 1]
-        return self.net(pred, target, normalize=True).mean()
+        with torch.autocast(pred.device.type, enabled=False):
+            return self.net(pred.float(), target.float(), normalize=True).mean()
 
     def train(self, mode: bool = True):  # the frozen network always stays in eval mode
         return super().train(False)
 
 
-def build_perceptual(kind: str) -> nn.Module:
-    """``auto``: LPIPS if its backbone weights are cached, else ssim_grad. ``lpips`` without cached weights is
-    a one-line error (it would download)."""
+LPIPS_MIN_SIDE = 32   # AlexNet's strides and max-pools leave no feature map below this (27 px -> 0x1)
+
+
+def build_perceptual(kind: str, image_size: tuple[int, int] | None = None, log=None) -> nn.Module:
+    """``auto``: LPIPS if its backbone weights are cached and the frames are large enough for AlexNet, else
+    ssim_grad. ``lpips`` without cached weights (it would download) or on too-small frames is a one-line error.
+    ``image_size`` is (width, height)."""
+    small = image_size is not None and min(image_size) < LPIPS_MIN_SIDE
+    if kind == "lpips" and small:
+        raise UserError(f"loss.perceptual=lpips on {image_size[0]}x{image_size[1]} frames", "loss.perceptual",
+                        f"frames of at least {LPIPS_MIN_SIDE} px on each side for AlexNet, or ssim_grad / auto")
     if kind in ("auto", "lpips") and alexnet_weights_cached() is not None:
-        return LpipsLoss()
+        if not small:
+            return LpipsLoss()
+        if log:
+            log(f"perceptual loss: ssim_grad (frames {image_size[0]}x{image_size[1]} are below LPIPS/AlexNet's "
+                f"{LPIPS_MIN_SIDE} px minimum)")
     if kind == "lpips":
         raise UserError("loss.perceptual=lpips but the AlexNet weights are not in the torch cache",
                         str(Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE),
@@ -90,8 +105,8 @@ def compute_losses(out: dict, frames: torch.Tensor, weights, perceptual: nn.Modu
         terms["perceptual_loss"] = torch.zeros((), device=frames.device)
     z = out["latents"].float()
     terms["latent_reg_loss"] = (z ** 2).mean()
-    if "rollout_latents" in out:
-        terms["temporal_loss"] = F.mse_loss(out["rollout_latents"].float(), z[:, 1:].detach())
+    if "rollout" in out:
+        terms["temporal_loss"] = F.mse_loss(out["rollout"].float(), target[:, 1:])
     else:
         terms["temporal_loss"] = torch.zeros((), device=frames.device)
     terms["loss"] = (weights.recon_weight * terms["recon_loss"] + weights.pred_weight * terms["pred_loss"]

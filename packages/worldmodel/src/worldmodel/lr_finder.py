@@ -18,15 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainkit.device import autocast, seed_everything
+from trainkit.device import autocast, make_grad_scaler, seed_everything
 from trainkit.distributed import init_distributed
-from trainkit.step import OptimizerStep
 
 from .config import Config
 from .data import ProcessedDataset, WindowDataset, collate
 from .evaluate import build_model, precision_for
 from .losses import build_perceptual, compute_losses
-from .train import build_optimizer, resolve_data_root
+from .train import build_optimizer, make_stepper, resolve_data_root
 
 
 def lr_range_test(optimizer: torch.optim.Optimizer, step_fn, *, ref_lr: float, min_lr: float, max_lr: float,
@@ -106,23 +105,28 @@ def run_lr_finder(cfg: Config, *, min_lr: float, max_lr: float, num_iter: int, p
     if t.use_gradient_checkpointing:
         model.enable_gradient_checkpointing()
     optimizer = build_optimizer(model, cfg)
-    stepper = OptimizerStep(model, optimizer, accum_steps=1, grad_clip=t.max_grad_norm or None)
-    perceptual = build_perceptual(cfg.loss.perceptual).to(device)
+    # the training step: the same AMP scaler (fp16 on CUDA), clipping and accumulation (one finder step is
+    # one optimizer step over gradient_accumulation micro-batches, i.e. at the effective batch size)
+    stepper = make_stepper(model, optimizer, make_grad_scaler(device, precision), cfg)
+    perceptual = build_perceptual(cfg.loss.perceptual, data.image_size, log).to(device)
     saved_model = copy.deepcopy(model.state_dict())
     saved_opt = copy.deepcopy(optimizer.state_dict())
     order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(t.seed)).tolist()
     cursor = {"i": 0}
 
     def step_fn():
-        idx = [order[(cursor["i"] + k) % len(order)] for k in range(t.batch_size)]
-        cursor["i"] += t.batch_size
-        batch = collate([windows[i] for i in idx])
-        frames, actions = batch["frames"].to(device), batch["actions"].to(device)
-        with stepper.micro_batch():
-            with autocast(device, precision):
-                loss = compute_losses(model(frames, actions), frames, cfg.loss, perceptual)["loss"]
-            stepper.backward(loss)
-        return loss.detach()
+        losses = []
+        for _ in range(t.gradient_accumulation):
+            idx = [order[(cursor["i"] + k) % len(order)] for k in range(t.batch_size)]
+            cursor["i"] += t.batch_size
+            batch = collate([windows[i] for i in idx])
+            frames, actions = batch["frames"].to(device), batch["actions"].to(device)
+            with stepper.micro_batch():
+                with autocast(device, precision):
+                    loss = compute_losses(model(frames, actions), frames, cfg.loss, perceptual)["loss"]
+                stepper.backward(loss)
+            losses.append(loss.detach().float())
+        return torch.stack(losses).mean()
 
     model.train()
     log(f"LR range test: {num_iter} steps, reference lr {min_lr:g} -> {max_lr:g}, module ratios "

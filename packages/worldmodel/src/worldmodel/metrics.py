@@ -35,8 +35,13 @@ def _gaussian_window(channels: int, device, dtype, size: int = 11, sigma: float 
 
 
 def ssim_map(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Differentiable SSIM map [N, C, H-10, W-10] (usable as a loss: 1 - mean)."""
-    pred, target = pred.float(), target.float()
+    """Differentiable SSIM map [N, C, H-10, W-10] (usable as a loss: 1 - mean), always in fp32: under a bf16/fp16
+    autocast the variances E[x^2] - mu^2 cancel catastrophically, so autocast is switched off here."""
+    with torch.autocast(pred.device.type, enabled=False):
+        return _ssim_map(pred.float(), target.float(), data_range)
+
+
+def _ssim_map(pred: torch.Tensor, target: torch.Tensor, data_range: float) -> torch.Tensor:
     c = pred.shape[1]
     win = _gaussian_window(c, pred.device, pred.dtype)
     k = win.shape[-1]

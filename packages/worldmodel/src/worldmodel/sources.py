@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from scipy.ndimage import uniform_filter1d
 from trainkit.errors import UserError
 
 from .config import Config
-from .data import Scene, prepare_output_dir, write_processed
+from .data import LazyFrames, Scene, prepare_output_dir, write_processed
 
 # python-sdk/nuscenes/utils/splits.py: the official mini split
 MINI_TRAIN = ["scene-0061", "scene-0553", "scene-0655", "scene-0757", "scene-0796", "scene-1077", "scene-1094",
@@ -45,9 +46,24 @@ def prepare(cfg: Config, *, data_root: str | None, out: str | None, overwrite: b
     else:
         scenes, extra = read_carla(data_root, tuple(d.image_size), d.carla_fps, d.val_fraction, allow_pickle, log=log)
         names, units, steer = CARLA_ACTION_NAMES, CARLA_ACTION_UNITS, 1
-    out_dir = prepare_output_dir(out, overwrite)
-    return write_processed(out_dir, scenes, source=d.dataset, action_names=names, action_units=units,
-                           steer_channel=steer, extra=extra)
+    # Frames are decoded while writing (LazyFrames), so an unreadable image can surface mid-write: write into
+    # a sibling folder and swap it in only when complete, so a failure never leaves a half-written dataset
+    # or loses the one that --overwrite would have replaced.
+    if out.exists() and not out.is_dir():
+        raise UserError("output path is a file", str(out), "a directory (new or empty)")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError("output directory is not empty", str(out), "a new or empty directory, or --overwrite")
+    partial = prepare_output_dir(out.with_name(f".{out.name}.partial"), overwrite=True)
+    try:
+        write_processed(partial, scenes, source=d.dataset, action_names=names, action_units=units,
+                        steer_channel=steer, extra=extra)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    return out
 
 
 # ------------------------------------------------------------------ images
@@ -230,7 +246,11 @@ def read_nuscenes(root: str, version: str, size: tuple[int, int], smoothing: int
             source = "can_bus" if actions is not None else source
         if actions is None:
             actions = ego_actions_from_poses(ts, xy, yaw, smoothing, where=f"scene {scene['name']}")
-        frames = np.stack([load_frame(root_p / sd["filename"], size) for sd in chain])
+        paths = [root_p / sd["filename"] for sd in chain]
+        missing = next((q for q in paths if not q.is_file()), None)
+        if missing is not None:  # fail before writing anything, not halfway through the memmap
+            raise UserError("image file is missing", str(missing), "the file named by sample_data.json")
+        frames = LazyFrames(paths, size, load_frame)  # decoded one by one while writing (bounded memory)
         scenes.append(Scene(scene["name"], frames, ts, actions, "val" if scene["name"] in val_names else "train",
                             {"action_source": source, "keyframes": int(sum(bool(sd.get("is_key_frame")) for sd in chain))}))
         log(f"{scene['name']}: {len(chain)} CAM_FRONT frames over {(ts[-1] - ts[0]) / 1e6:.1f} s, actions from {source}")
@@ -277,6 +297,30 @@ def _carla_table(run: Path, allow_pickle: bool) -> tuple[dict[str, list], Path]:
     raise UserError("no action table in the run", str(run), "a *.csv table (or pd_dataframe.pkl with --allow-pickle)")
 
 
+def _split_action_column(table: dict, tpath: Path) -> dict:
+    """MILE's own table (mile/data/dataset.py) has one ``action`` column of (throttle, steering, brake) per row;
+    in a CSV export that cell is the string "(0.5, 0.1, 0.0)" or "[0.5, 0.1, 0.0]". Split it into the three
+    columns (separate throttle/steer/brake columns are used as they are)."""
+    if "action" not in table or all(c in table for c in ("throttle", "steer", "brake")):
+        return table
+    parts = []
+    for row, cell in enumerate(table["action"]):
+        if isinstance(cell, str):
+            cell = [v for v in cell.strip().strip("()[]").replace(",", " ").split() if v]
+        try:
+            vals = [float(v) for v in cell]
+        except (TypeError, ValueError):
+            vals = []
+        if len(vals) != 3:
+            raise UserError(f"action cell {cell!r} in row {row} is not (throttle, steering, brake)", str(tpath),
+                            "three numbers per row, as MILE records them")
+        parts.append(vals)
+    out = dict(table)
+    for i, name in enumerate(("throttle", "steer", "brake")):
+        out[name] = [p[i] for p in parts]
+    return out
+
+
 def read_carla(root: str, size: tuple[int, int], fps: float, val_fraction: float, allow_pickle: bool,
                log=print) -> tuple[list[Scene], dict]:
     root_p = Path(root)
@@ -288,6 +332,7 @@ def read_carla(root: str, size: tuple[int, int], fps: float, val_fraction: float
     raw = []
     for run in runs:
         table, tpath = _carla_table(run, allow_pickle)
+        table = _split_action_column(table, tpath)
         missing = [c for c in ("throttle", "steer", "brake", "speed") if c not in table]
         if missing:
             raise UserError(f"action table lacks {', '.join(missing)}", str(tpath), "columns throttle, steer, brake, speed")
@@ -321,7 +366,7 @@ def read_carla(root: str, size: tuple[int, int], fps: float, val_fraction: float
         rule = f"seeded run-level split, val_fraction {val_fraction}"
     scenes = []
     for name, (run, town, images, actions, ts) in zip(names, raw):
-        frames = np.stack([load_frame(p, size) for p in images])
+        frames = LazyFrames(images, size, load_frame)  # decoded one by one while writing (bounded memory)
         scenes.append(Scene(name, frames, ts, actions, "val" if name in val else "train", {"town": town}))
         log(f"{name}: {len(images)} frames")
     return scenes, {"carla": {"split_rule": rule, "fps_when_no_timestamp": fps}}

@@ -228,7 +228,11 @@ def generate(out: str | Path, *, num_scenes: int = 40, num_frames: int = 60, ima
              val_fraction: float = 0.2, overwrite: bool = False, log=None) -> Path:
     """Render ``num_scenes`` episodes into a processed dataset at ``out``; scene-level train/val split."""
     width, height = int(image_size[0]), int(image_size[1])
-    out = prepare_output_dir(out, overwrite)
+    final = Path(out)
+    if not overwrite or (final.exists() and not final.is_dir()):
+        prepare_output_dir(final, False)   # refuses a file, or an occupied folder without overwrite (deletes nothing)
+    # render into a sibling folder and swap it in at the end: an interrupted render never costs the old data
+    out = prepare_output_dir(final.with_name(final.name + ".partial"), True)
     num_val = max(1, int(round(num_scenes * val_fraction))) if num_scenes > 1 else 0
     val = set(np.random.default_rng(seed + 7).permutation(num_scenes)[:num_val].tolist())
     scenes = []
@@ -240,10 +244,16 @@ def generate(out: str | Path, *, num_scenes: int = 40, num_frames: int = 60, ima
                             {"action_source": "simulator"}))
         if log and (i + 1) % 10 == 0:
             log(f"rendered {i + 1}/{num_scenes} synthetic scenes")
-    return write_processed(out, scenes, source="synthetic", action_names=ACTION_NAMES, action_units=ACTION_UNITS,
-                           steer_channel=STEER_CHANNEL,
-                           extra={"synthetic": {"seed": seed, "num_scenes": num_scenes, "num_frames": num_frames,
-                                                "fps": 1 / DT}})
+    write_processed(out, scenes, source="synthetic", action_names=ACTION_NAMES, action_units=ACTION_UNITS,
+                    steer_channel=STEER_CHANNEL,
+                    extra={"synthetic": {"seed": seed, "num_scenes": num_scenes, "num_frames": num_frames,
+                                         "fps": 1 / DT}})
+    import shutil
+
+    if final.exists():
+        shutil.rmtree(final)
+    out.rename(final)
+    return final
 
 
 def default_cache_dir() -> Path:

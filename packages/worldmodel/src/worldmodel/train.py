@@ -12,19 +12,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
 
-from trainkit.checkpoint import CheckpointManager, load_checkpoint, restore_training_state, training_state
+from trainkit.checkpoint import (CheckpointManager, load_checkpoint, restore_training_state, save_checkpoint,
+                                training_state)
 from trainkit.cli import prepare_run_dir
-from trainkit.config import config_to_dict, load_config, save_config
+from trainkit.config import config_changes, config_to_dict, load_config, resolve_resume_config, save_config
 from trainkit.device import autocast, make_grad_scaler, seed_everything
 from trainkit.distributed import GracefulStop, barrier, cleanup, init_distributed, seed_rank_streams, wrap_ddp
+from trainkit.data import ResumableSampler
 from trainkit.errors import UserError
 from trainkit.progress import progress
 from trainkit.step import OptimizerStep
 from trainkit.tracking import Tracker
 
 from .config import RUN_DEFINING_KEYS, Config, effective_lrs, get
-from .data import EpochBatches, ProcessedDataset, WindowDataset, collate
+from .data import DrivingAugmentation, ProcessedDataset, WindowDataset, collate
 from .evaluate import build_model, image_grid, precision_for, validate
 from .losses import build_perceptual, compute_losses
 from .metrics import psnr_per_image, ssim_per_image
@@ -35,15 +38,38 @@ MODULES = ("encoder", "dynamics", "decoder")
 
 
 # ---------------------------------------------------------------- config on resume
-def resolve_run_config(config_path, overrides, cli_values: dict, allow_config_change: bool = False):
+# Settings that belong to one invocation, not to the run: a resumed run starts without them unless given again
+# (a checkpoint written by a run stopped with stop_after_steps would otherwise stop again at once).
+PER_INVOCATION = {"training.stop_after_steps": None, "training.resume": None}
+
+
+def scale_module_lrs(config_path, overrides, cli_values: dict) -> dict:
+    """``--lr X`` scales every module's LR by X / (the config's ``optimizer.lr``), keeping their ratios (the
+    guide's configs set all three module LRs, so ``--lr`` alone would otherwise change no group). A module LR
+    given with ``--set`` still wins (``--set`` is applied last)."""
+    if "optimizer.lr" not in cli_values:
+        return cli_values
+    without = {k: v for k, v in cli_values.items() if k != "optimizer.lr"}
+    o = load_config(Config, config_path, (), without).optimizer
+    factor = float(cli_values["optimizer.lr"]) / o.lr
+    for name in ("encoder_lr", "dynamics_lr", "decoder_lr"):
+        if getattr(o, name) is not None:
+            without[f"optimizer.{name}"] = getattr(o, name) * factor
+    without["optimizer.lr"] = cli_values["optimizer.lr"]
+    return without
+
+
+def resolve_run_config(config_path, overrides, cli_values: dict, allow_config_change: bool = False, log=print):
     """The run's config. Without --resume: shipped defaults < file < flags < --set. With --resume, the
-    checkpoint's config is the bottom layer instead, and any run-defining key that the file/flags/--set
-    would change is refused (naming the key) unless ``allow_config_change``. Returns (cfg, resume_path)."""
+    checkpoint's config is the bottom layer instead (trainkit's ``resolve_resume_config``), and any
+    run-defining key that the file/flags/--set would change is refused (naming the key) unless
+    ``allow_config_change``. Returns (cfg, resume_path)."""
+    cli_values = scale_module_lrs(config_path, overrides, dict(cli_values or {}))
     cfg = load_config(Config, config_path, overrides, cli_values)
     resume = cfg.training.resume
     if not resume:
         return cfg, None
-    ckpts = CheckpointManager(Path(cfg.training.save_dir) / "checkpoints")
+    ckpts = CheckpointManager(Path(cfg.training.save_dir) / "checkpoints", enabled=False)
     path = ckpts.resolve_resume(resume)
     if path is None:
         raise UserError("no checkpoint to resume from", f"--resume {resume}",
@@ -52,21 +78,17 @@ def resolve_run_config(config_path, overrides, cli_values: dict, allow_config_ch
     saved = state.get("config")
     if not isinstance(saved, dict) or "model" not in saved:
         raise UserError("not a worldmodel checkpoint", str(path), "a file written by `worldmodel train`")
-    # deep copies: trainkit's load_config writes --set values into the nested dicts of ``base`` in place
-    resumed = load_config(Config, config_path, overrides, cli_values, base=copy.deepcopy(saved))
-    if not allow_config_change:
-        base_cfg = load_config(Config, None, (), None, base=copy.deepcopy(saved))
-        for key in RUN_DEFINING_KEYS:
-            if config_to_dict_value(resumed, key) != config_to_dict_value(base_cfg, key):
-                raise UserError(f"--resume would change '{key}' from {config_to_dict_value(base_cfg, key)!r} to "
-                                f"{config_to_dict_value(resumed, key)!r}", str(path),
-                                "the checkpoint's value (or pass --allow-config-change to change the run on purpose)")
+    saved = copy.deepcopy(saved)
+    for dotted, fresh in PER_INVOCATION.items():
+        section, key = dotted.split(".")
+        saved.setdefault(section, {})[key] = fresh
+    resumed = resolve_resume_config(Config, saved, path=config_path, overrides=overrides, cli_values=cli_values,
+                                    run_defining=RUN_DEFINING_KEYS, allow_changes=allow_config_change,
+                                    override_flag="--allow-config-change", where=str(path))
+    for key, old, new in config_changes(saved, config_to_dict(resumed)):
+        if key not in PER_INVOCATION:
+            log(f"resume: {key} {old!r} -> {new!r}")
     return resumed, path
-
-
-def config_to_dict_value(cfg: Config, dotted: str):
-    v = get(cfg, dotted)
-    return config_to_dict(v) if hasattr(v, "__dataclass_fields__") else (list(v) if isinstance(v, tuple) else v)
 
 
 # ---------------------------------------------------------------- optimizer and schedule
@@ -91,9 +113,11 @@ def build_optimizer(model: WorldModel, cfg: Config) -> torch.optim.AdamW:
 
 
 def effective_warmup(warmup_steps: int, total_steps: int) -> int:
-    """The configured warmup, capped at 10% of the run when the run is short (a 1000-step warmup in a
-    300-step run would never reach the peak LR)."""
-    return min(warmup_steps, max(1, total_steps // 10)) if warmup_steps else 0
+    """The configured warmup, unless it is more than half of the run: then 10% of the run (a 1000-step warmup
+    in a 300-step run would never reach the peak LR). Runs long enough for their warmup keep it as configured."""
+    if not warmup_steps:
+        return 0
+    return max(1, total_steps // 10) if warmup_steps > total_steps / 2 else warmup_steps
 
 
 def lr_factor(warmup: int, total_steps: int, min_ratio: float, kind: str):
@@ -107,6 +131,13 @@ def lr_factor(warmup: int, total_steps: int, min_ratio: float, kind: str):
         t = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
     return f
+
+
+def make_stepper(model, optimizer, scaler, cfg: Config) -> OptimizerStep:
+    """The optimizer step of training (and of the LR finder): accumulation, clipping, the AMP scaler."""
+    t = cfg.training
+    return OptimizerStep(model, optimizer, scaler=scaler, accum_steps=t.gradient_accumulation,
+                         grad_clip=t.max_grad_norm or None)
 
 
 # ---------------------------------------------------------------- data
@@ -166,20 +197,30 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
     say = log if info.is_main else (lambda *a, **k: None)
     precision = precision_for(cfg, device)
 
-    # an existing run is refused before anything else happens (never overwritten without --resume)
-    run_dir = prepare_run_dir(t.save_dir, resume=str(resume_path) if resume_path else None) \
-        if info.is_main else Path(t.save_dir)
-    barrier()
-
-    # ---- data ----
+    # ---- data (opened and checked before the run directory is touched) ----
     data = ProcessedDataset(resolve_data_root(cfg, say, info.is_main))
     d = cfg.data
     train_set = WindowDataset(data, "train", d.sequence_length, d.frame_skip, d.window_stride)
     val_set = WindowDataset(data, "val", d.sequence_length, d.frame_skip, 1)
     WindowDataset(data, "val", cfg.eval.context_frames + cfg.eval.horizon, d.frame_skip, 1)  # fail early if too long
+    # an existing run is refused (never overwritten without --resume)
+    run_dir = prepare_run_dir(t.save_dir, resume=str(resume_path) if resume_path else None) \
+        if info.is_main else Path(t.save_dir)
+    barrier()
+
     order = np.argsort(train_set.difficulty(), kind="stable") if d.curriculum.enabled else None
-    batches = EpochBatches(len(train_set), t.batch_size, t.seed, info.rank, info.world_size)
-    plan = [len(batches.batches(e, curriculum_subset(order, e, cfg))) for e in range(t.num_epochs)]
+
+    def epoch_items(e: int) -> np.ndarray:
+        """The windows epoch ``e`` trains on (all of them, or the curriculum phase's easiest ones)."""
+        subset = curriculum_subset(order, e, cfg)
+        return np.arange(len(train_set)) if subset is None else subset
+
+    def epoch_sampler(e: int) -> ResumableSampler:
+        # order from (seed, epoch) only, sharded per rank, mid-epoch position checkpointed (trainkit)
+        return ResumableSampler(len(epoch_items(e)), shuffle=True, seed=t.seed, rank=info.rank,
+                                num_replicas=info.world_size)
+
+    plan = [math.ceil(len(epoch_sampler(e)) / t.batch_size) for e in range(t.num_epochs)]
     total_steps = sum(plan) // t.gradient_accumulation
     if t.max_steps is not None:
         total_steps = min(total_steps, t.max_steps)
@@ -188,6 +229,12 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
                         f"{t.gradient_accumulation})", "training.num_epochs",
                         "more epochs or data, or a smaller batch_size / gradient_accumulation")
     warmup = effective_warmup(cfg.scheduler.warmup_steps, total_steps)
+    if warmup != cfg.scheduler.warmup_steps:
+        say(f"warmup {warmup} steps: scheduler.warmup_steps={cfg.scheduler.warmup_steps} is more than half of this "
+            f"{total_steps}-step run")
+
+    aug = d.augmentation
+    augment = DrivingAugmentation(aug.brightness, aug.contrast, aug.crop_scale) if aug.enabled else None
 
     # ---- model, optimizer, schedule ----
     seed_everything(t.seed)
@@ -203,24 +250,36 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(warmup, total_steps, cfg.scheduler.min_lr / cfg.optimizer.lr, cfg.scheduler.type))
     scaler = make_grad_scaler(device, precision)
-    stepper = OptimizerStep(model, optimizer, scaler=scaler, accum_steps=t.gradient_accumulation,
-                            grad_clip=t.max_grad_norm or None)
-    perceptual = build_perceptual(cfg.loss.perceptual).to(device)
+    stepper = make_stepper(model, optimizer, scaler, cfg)
+    perceptual = build_perceptual(cfg.loss.perceptual, data.image_size, say).to(device)
 
     # ---- run directory, resume ----
     ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=t.keep_last, best_metric="val/psnr",
                               best_mode="max", enabled=info.is_main)
-    step, epoch, batch_pos, best = 0, 0, 0, None
+    step, epoch, best, resumed_sums = 0, 0, None, {}
+    sampler = epoch_sampler(0)
     if resume_path is not None:
         state = load_checkpoint(resume_path, map_location=device)
+        epoch = int(state.get("epoch", 0))
+        sampler = epoch_sampler(epoch)   # the stopped epoch's item count (curriculum phases differ)
         rest = restore_training_state(state, model=raw_model, optimizer=optimizer, scheduler=scheduler,
-                                      scaler=scaler, where=str(resume_path))
+                                      scaler=scaler, sampler=sampler, stepper=stepper, where=str(resume_path))
         extra = rest.get("extra") or {}
-        stepper.load_state_dict(extra.get("stepper", {}))
+        resumed_sums = rest.get("rank_extra") or {}
         ckpts.load_manager_state(state)
-        step, epoch, batch_pos = int(rest["step"]), int(extra["epoch"]), int(extra["batch"])
+        best_file = ckpts.directory / ckpts.BEST      # may hold a newer best than latest.pt (eval-only save)
+        if best_file.is_file():
+            value = (load_checkpoint(best_file).get("manager") or {}).get("best_value")
+            if value is not None and ckpts.is_better(float(value)):
+                ckpts.best_value = float(value)
+        step = int(rest["step"])
         best = extra.get("best")
-        say(f"resumed from {resume_path} at step {step} (epoch {epoch + 1}, batch {batch_pos})")
+        say(f"resumed from {resume_path} at step {step} (epoch {epoch + 1}, {sampler.consumed} of "
+            f"{len(sampler)} windows done)")
+    # config.yaml says what the run uses: the processed data's frame size and source, not the config's guess
+    cfg.data.image_size = list(data.image_size)
+    if data.index.get("source") in ("synthetic", "nuscenes", "carla"):
+        cfg.data.dataset = data.index["source"]
     if info.is_main:
         save_config(cfg, run_dir)
     tracker = Tracker(run_dir, config=config_to_dict(cfg),
@@ -234,14 +293,30 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
         f"warmup {warmup} | perceptual loss: {perceptual.name}")
     tracker.log_text("run/perceptual_loss", perceptual.name, step)
 
-    def save(metrics: dict | None) -> None:
+    def save(metrics: dict | None, periodic: bool = True) -> None:
+        """``periodic``: the step's checkpoint + latest.pt (+ best.pt if val/psnr improved). Otherwise (an
+        evaluation that is not a save step) only best.pt, and only when val/psnr improved, so save_interval
+        alone sets how often periodic files are written. Called on every rank (RNG states are gathered)."""
         payload = training_state(model=raw_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, step=step,
-                                 epoch=epoch, config=config_to_dict(cfg),
-                                 extra={"epoch": epoch, "batch": batch_pos, "stepper": stepper.state_dict(),
-                                        "best": best, "image_size": list(data.image_size), "max_len": max_len,
+                                 epoch=epoch, config=config_to_dict(cfg), sampler=sampler, stepper=stepper,
+                                 # this rank's running sums of the current log interval: a resume logs the
+                                 # same train/* averages as an uninterrupted run
+                                 rank_extra={"sums": {k: v.detach().cpu() for k, v in sums.items()},
+                                             "n_sum": n_sum},
+                                 extra={"best": best, "image_size": list(data.image_size), "max_len": max_len,
                                         "perceptual": perceptual.name,
-                                        "action_normalisation": data.index["action_normalisation"]})
-        path = ckpts.save(payload, step=step, metrics=metrics)
+                                        "action_normalisation": data.index["action_normalisation"],
+                                        "action_names": list(data.index["action_names"]),
+                                        "effective_warmup": warmup})
+        path = None
+        if periodic:
+            path = ckpts.save(payload, step=step, metrics=metrics)
+        elif info.is_main and metrics and ckpts.is_better(float(metrics["val/psnr"])):
+            ckpts.best_value = float(metrics["val/psnr"])
+            payload["manager"] = {"best_value": ckpts.best_value, "best_metric": ckpts.best_metric}
+            path = ckpts.directory / ckpts.BEST
+            ckpts.directory.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(path, payload)
         if path is not None:
             say(f"saved {path}")
 
@@ -261,18 +336,27 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
     # ---- loop ----
     stop = GracefulStop()
     metrics: dict = {}
-    sums: dict[str, torch.Tensor] = {}
-    n_sum, t_log = 0, time.time()
+    sums: dict[str, torch.Tensor] = {k: v.to(device) for k, v in resumed_sums.get("sums", {}).items()}
+    n_sum, t_log = int(resumed_sums.get("n_sum", 0)), time.time()
     done = step >= total_steps
     try:
         while not done and epoch < t.num_epochs:
-            epoch_batches = batches.batches(epoch, curriculum_subset(order, epoch, cfg))
-            bar = progress(range(batch_pos, len(epoch_batches)), total=len(epoch_batches), initial=batch_pos,
+            if len(sampler) != len(epoch_sampler(epoch)) or sampler.epoch != epoch:
+                sampler = epoch_sampler(epoch)
+            sampler.set_epoch(epoch)            # the epoch a checkpoint stopped in keeps its position
+            loader = DataLoader(Subset(train_set, epoch_items(epoch).tolist()), batch_size=t.batch_size,
+                                sampler=sampler, generator=sampler.generator, num_workers=d.num_workers,
+                                pin_memory=d.pin_memory and device.type == "cuda", collate_fn=collate)
+            bar = progress(sampler.track(loader), total=len(loader), initial=sampler.consumed_batches(t.batch_size),
                            desc=f"Epoch {epoch + 1}/{t.num_epochs}", quiet=t.quiet)
             model.train()
-            for b in bar:
-                batch = collate([train_set[i] for i in epoch_batches[b]])
-                frames = batch["frames"].to(device, non_blocking=True)
+            for batch in bar:
+                frames = batch["frames"]
+                if augment is not None:
+                    # draws from (seed, rank, epoch, position): reproducible, exact on resume, own per rank
+                    g = torch.Generator().manual_seed(hash((t.seed, info.rank, epoch, sampler.consumed)) % 2**63)
+                    frames = augment(frames, g)
+                frames = frames.to(device, non_blocking=True)
                 actions = batch["actions"].to(device, non_blocking=True)
                 want_grads["on"] = (lg.histogram_every > 0 and stepper.is_boundary
                                     and (step + 1) % (lg.log_interval * lg.histogram_every) == 0)
@@ -284,27 +368,32 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v.detach()
                 n_sum += 1
-                batch_pos = b + 1
                 if not outcome.boundary:
                     continue
                 scheduler.step()
                 step += 1
                 if step % lg.log_interval == 0 or step == total_steps:
-                    scalars = {f"train/{k}": float(v) / n_sum for k, v in sums.items()}
                     with torch.no_grad():
+                        local = {f"train/{k}": v.float() / n_sum for k, v in sorted(sums.items())}
                         pred = to_unit(out["predicted"].float()).flatten(0, 1)
                         nxt = frames[:, 1:].flatten(0, 1)
                         rec = to_unit(out["reconstructed"].float()).flatten(0, 1)
-                        scalars["train/psnr"] = float(psnr_per_image(pred, nxt).mean())
-                        scalars["train/ssim"] = float(ssim_per_image(pred, nxt).mean())
-                        scalars["train/recon_psnr"] = float(psnr_per_image(rec, frames.flatten(0, 1)).mean())
+                        local["train/psnr"] = psnr_per_image(pred, nxt).mean()
+                        local["train/ssim"] = ssim_per_image(pred, nxt).mean()
+                        local["train/recon_psnr"] = psnr_per_image(rec, frames.flatten(0, 1)).mean()
+                        vec = torch.stack(list(local.values()))
+                        if info.is_distributed:   # every rank's shard, not rank 0's alone (one all-reduce per log)
+                            dist.all_reduce(vec)
+                            vec /= info.world_size
+                    scalars = dict(zip(local, vec.tolist()))
                     gn = outcome.grad_norm
                     scalars["train/grad_norm"] = float(gn) if gn is not None else float("nan")
-                    scalars["lr"] = cfg.optimizer.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+                    # `lr` is a real group's LR (dynamics: the module the world model is about); lr/* all of them
+                    scalars["lr"] = next(g["lr"] for g in optimizer.param_groups if g["name"] == "dynamics")
                     for g in optimizer.param_groups:
                         if not g["name"].endswith("_no_decay"):
                             scalars[f"lr/{g['module']}"] = g["lr"]
-                    scalars["train/epoch"] = epoch + batch_pos / len(epoch_batches)
+                    scalars["train/epoch"] = epoch + sampler.consumed / len(sampler)
                     sec_per_batch = (time.time() - t_log) / n_sum
                     tracker.log_scalars(scalars, step)
                     if grad_snapshot:
@@ -336,8 +425,10 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
                             f" dB (copy-last-frame {metrics[f'val/copy_last_psnr@{cfg.eval.horizon}']:.1f} dB)\n"
                             f"  Best val: {best['value']:.1f} dB (epoch {best['epoch']}, step {best['step']})")
                     barrier()
-                if step % lg.save_interval == 0 or step == total_steps or is_eval:
+                if step % lg.save_interval == 0 or step == total_steps:
                     save(metrics if is_eval else None)
+                elif is_eval:
+                    save(metrics, periodic=False)
                 if step >= total_steps:
                     done = True
                     break
@@ -355,7 +446,7 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
             if hasattr(bar, "close"):
                 bar.close()
             if not done:
-                epoch, batch_pos = epoch + 1, 0
+                epoch += 1
     finally:
         tracker.close()
         stop.restore()
