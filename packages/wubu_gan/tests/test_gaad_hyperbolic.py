@@ -105,3 +105,22 @@ def test_wubu_t_mixes_across_time():
     y2 = stack(x2)
     assert (y2[:, 3] - y[:, 3]).abs().max() > 1e-4  # its neighbour's output changed
     assert torch.allclose(y2[:, 0], y[:, 0], atol=1e-6)  # kernel 3: frame 0 does not see frame 4
+
+
+def test_cached_region_matrices_equal_roi_align_and_carry_gradients():
+    from torchvision.ops import roi_align
+
+    from wubu_gan.gaad import gaad_boxes, region_crops, region_sampling_matrices
+    from wubu_gan.model import rois_for
+
+    g = torch.Generator().manual_seed(0)
+    for h, w, n, out in ((16, 16, 4, 4), (32, 48, 12, 5), (64, 64, 24, 16)):
+        boxes = gaad_boxes(h, w, n, "hybrid", 2)
+        x = torch.randn(3, 5, h, w, generator=g, requires_grad=True)
+        ref = roi_align(x, rois_for(boxes, 3), (out, out), 1.0, -1, True).reshape(3, n, 5, out, out)
+        wy, wx = region_sampling_matrices(boxes, h, w, out, out)
+        got = region_crops(x, wy, wx)
+        assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4), (h, w, (got - ref).abs().max())
+        (gr,) = torch.autograd.grad(ref.square().sum(), x)
+        (gg,) = torch.autograd.grad(got.square().sum(), x)
+        assert torch.allclose(gg, gr, atol=1e-3, rtol=1e-3)

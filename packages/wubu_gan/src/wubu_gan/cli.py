@@ -207,6 +207,9 @@ def info(image_h, image_w, gaad_num_regions, gaad_decomposition_type, gaad_min_s
     if save_png:
         from .plots import draw_boxes
 
+        parent = Path(save_png).parent
+        if not parent.is_dir():
+            raise UserError("folder does not exist", f"--save_png {save_png}", f"an existing folder ({parent})")
         draw_boxes(boxes, image_h, image_w, save_png, video)
         click.echo(f"saved {save_png}")
 

@@ -24,6 +24,7 @@ from trainkit.errors import UserError
 VIDEO_EXTS = (".mp4", ".avi", ".webm", ".gif", ".mkv", ".mov", ".m4v")
 SQUARE_VIDEO = "dummy_video_hybridgen_v01.mp4"
 SHAPES_VIDEO = "procedural_shapes_v01.mp4"
+DEMO_DIR_NAME = "demo_video_data_dir"
 
 
 def cache_root() -> Path:
@@ -223,11 +224,14 @@ class VideoClips(Dataset):
         return item
 
 
-def build_datasets(cfg, log=print, flow_method: str | None = None) -> tuple[VideoClips, VideoClips]:
-    """Train and validation clips for a config (generating the demo videos when asked)."""
+def build_datasets(cfg, log=print, flow_method: str | None = None,
+                   generate_demo: bool = True) -> tuple[VideoClips, VideoClips]:
+    """Train and validation clips for a config (generating the demo videos when asked: `train` only; evaluate,
+    sample and resume must read the run's own data, never a freshly generated stand-in)."""
     T, skip = cfg.total_frames, cfg.frame_skip
     span = (T - 1) * skip + 1
-    ensure_demo_videos(cfg.video_data_path, cfg.image_h, cfg.image_w, T * skip, log=log)
+    if generate_demo:
+        ensure_demo_videos(cfg.video_data_path, cfg.image_h, cfg.image_w, T * skip, log=log)
     train_src = prepare_videos(cfg.video_data_path, cfg.image_h, cfg.image_w, "--video_data_path", T, skip, flow_method)
     if cfg.validation_video_path:
         val_src = prepare_videos(cfg.validation_video_path, cfg.image_h, cfg.image_w, "--validation_video_path", T, skip,
@@ -241,29 +245,6 @@ def build_datasets(cfg, log=print, flow_method: str | None = None) -> tuple[Vide
         train_idx += [(i, s) for s in tr]
         val_idx += [(i, s) for s in va]
     return VideoClips(train_src, train_idx, T, skip), VideoClips(train_src, val_idx, T, skip)
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """Seeded per-epoch permutation, sharded over DDP ranks, that can start part-way (exact mid-epoch resume)."""
-
-    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1):
-        self.n, self.seed, self.rank, self.world = n, seed, rank, world_size
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
-
-    def _order(self) -> list[int]:
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch)).tolist()
-        per_rank = math.ceil(self.n / self.world)
-        perm += perm[: per_rank * self.world - self.n]
-        return perm[self.rank::self.world]
-
-    def __iter__(self):
-        return iter(self._order()[self.skip:])
-
-    def __len__(self) -> int:
-        return max(0, math.ceil(self.n / self.world) - self.skip)
 
 
 # ---------------------------------------------------------------- demo videos
@@ -360,9 +341,9 @@ def make_demo_videos(out_dir: str | Path, h: int = 64, w: int = 64, num_frames: 
 def ensure_demo_videos(path, h: int, w: int, need_frames: int, log=print) -> None:
     """Generate the demo videos when the path is the guide's demo folder and holds no video (as the original)."""
     p = Path(path)
-    if "demo_video_data" not in str(p):
-        return
     folder = p if p.suffix.lower() not in VIDEO_EXTS else p.parent
+    if folder.name != DEMO_DIR_NAME:  # the guide's folder by name (the original matched any path containing it)
+        return
     if folder.is_dir() and any(q.suffix.lower() in VIDEO_EXTS for q in folder.iterdir()):
         return
     if p.suffix.lower() in VIDEO_EXTS and p.is_file():
