@@ -116,3 +116,33 @@ def test_conditional_discriminator_sees_the_context_frames(tmp_path, tiny_video,
         a = D(disc_input(cfg, clips, pred))
         b = D(disc_input(cfg, torch.cat([clips[:, :cfg.num_input_frames].flip(-1), pred], 1), pred))
         assert (a - b).abs().max() > 1e-4, kind  # same prediction, other context -> other score
+
+
+def test_a_short_video_in_a_folder_trains_and_is_named(tmp_path, make_cfg):
+    from wubu_gan.data import _write_video, shapes_frames
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    _write_video(folder / "long.mp4", shapes_frames(60, 32, 32, seed=1), 32, 32)
+    _write_video(folder / "short.mp4", shapes_frames(6, 32, 32, seed=2), 32, 32)
+    said = []
+    cfg = make_cfg(tmp_path, folder)
+    train, val = build_datasets(cfg, log=said.append)
+    assert any("short.mp4" in m and "too short to split" in m for m in said)
+    assert {src for src, _ in train.index} == {0, 1} and {src for src, _ in val.index} == {0}
+
+
+def test_raft_is_used_only_for_frames_it_can_handle(tmp_path, tiny_video, make_cfg, monkeypatch):
+    import wubu_gan.model as M
+
+    monkeypatch.setattr(M, "cached_raft_weights", lambda net: tmp_path / "raft.pth")
+    kind, why = M.decide_flow(make_cfg(tmp_path, tiny_video, use_wubu_motion_branch=True), 64, 64)
+    assert kind == "ilk" and "128" in why
+    assert M.decide_flow(make_cfg(tmp_path, tiny_video, use_wubu_motion_branch=True), 128, 128)[0] == "raft"
+
+
+def test_lpips_is_null_with_a_reason_below_32_px():
+    from wubu_gan.metrics import lpips_model
+
+    net, why = lpips_model("cpu", (24, 24))
+    assert net is None and "24x24" in why

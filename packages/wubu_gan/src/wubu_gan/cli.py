@@ -116,7 +116,7 @@ def train(ctx, config_path, overrides, **_):
         explicit |= set((yaml.safe_load(Path(path).read_text()) or {}).keys())
     say = (lambda m: None) if cfg.quiet else click.echo
     summary = run_train(cfg, log=say, explicit_keys=frozenset(explicit))
-    if not cfg.quiet and summary.get("val"):
+    if not cfg.quiet and summary.get("val") and summary.get("is_main", True):  # one summary line, from rank 0
         click.echo(json.dumps({"checkpoint_dir": summary["checkpoint_dir"], "best": summary["best"], "step": summary["step"],
                                "val": {k: v for k, v in summary["val"].items()}}, default=float))
 
@@ -154,8 +154,9 @@ def evaluate(checkpoint, video_data_path, max_clips, no_lpips, device, as_json):
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Output folder (samples.png, samples.gif).")
-@click.option("--num_samples", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--num_samples", type=click.IntRange(min=1), default=None,
+              help="Default: the run's demo_num_samples (as training's samples/fixed_noise_generated).")
+@click.option("--seed", type=int, default=None, help="Default: the run's seed (the same fixed noise as training).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--replace", is_flag=True, help="Replace a non-empty --out folder.")
 @handle_user_errors

@@ -131,6 +131,7 @@ class TrainConfig:
     gen_context_skip: bool = True         # generator sees the last input frame and predicts a residual to it
     gen_context_channels: int = 32        # width of that context feature pyramid
     disc_see_context: bool = True         # D scores [input frames, predicted frames] (conditional), not the prediction alone
+    keep_last_checkpoints: int = 3        # newest epE_stepN / stepN files kept (0 = all); best is always kept
     lambda_gan_warmup_steps: int = 0      # adversarial weight ramps 0 -> lambda_gan over these optimizer steps
     flow_fallback: str = "ilk"            # weights-free flow when RAFT weights are not cached: ilk | tvl1
     resume: str | None = None             # continue THIS run: a checkpoint path or "auto" (newest in checkpoint_dir)
@@ -196,7 +197,8 @@ def validate(c: TrainConfig) -> None:
             _fail(key, getattr(c, key), "a positive number")
     for key in ("num_workers", "lambda_kl", "lambda_gan", "risgd_max_grad_norm", "global_max_grad_norm",
                 "lambda_kl_update_interval", "wandb_log_train_recon_interval", "wandb_log_fixed_noise_samples_interval",
-                "num_val_samples_to_log", "threads", "max_val_clips", "gaad_min_size_px", "lambda_gan_warmup_steps"):
+                "num_val_samples_to_log", "threads", "max_val_clips", "gaad_min_size_px", "lambda_gan_warmup_steps",
+                "keep_last_checkpoints"):
         if getattr(c, key) < 0:
             _fail(key, getattr(c, key), "a value >= 0")
     if not 0 < c.min_lambda_kl_q_control <= c.max_lambda_kl_q_control:
@@ -228,6 +230,8 @@ def validate(c: TrainConfig) -> None:
             _fail(f"wubu_{name}_initial_curvatures", curv, "positive curvatures")
     if not c.disc_cnn_channels_2d or any(v <= 0 for v in c.disc_cnn_channels_2d):
         _fail("disc_cnn_channels_2d", c.disc_cnn_channels_2d, "positive channel counts")
+    if c.gen_temporal_kernel_size % 2 == 0:  # 'same' temporal padding (k // 2) keeps the frame count only for odd k
+        _fail("gen_temporal_kernel_size", c.gen_temporal_kernel_size, "an odd size (1, 3, 5, ...)")
     if c.num_channels != 3:  # accepted for launch-script compatibility; videos are decoded as RGB
         _fail("num_channels", c.num_channels, "3 (videos are decoded as RGB)")
     if min(c.image_h, c.image_w) < 8:

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +158,9 @@ def prepare_videos(path, h: int, w: int, flag: str, need_frames: int, frame_skip
         longest = max(s.num_frames for s in sources)
         raise UserError(f"too few frames for one clip (longest video has {longest})", f"{flag} {path}",
                         f"at least {span} frames (num_input_frames+num_predict_frames with frame_skip)")
+    for s in sources:
+        if s.num_frames < span:
+            print(f"note: skipping {s.path.name}: {s.num_frames} frames, fewer than one clip ({span})", file=sys.stderr)
     if flow_method:
         for s in sources:
             if s.num_frames >= span:
@@ -241,9 +245,19 @@ def build_datasets(cfg, log=print, flow_method: str | None = None,
         return train, val
     train_idx, val_idx = [], []
     for i, v in enumerate(train_src):
-        tr, va = block_split(v.num_frames, span, cfg.validation_split_fraction, cfg.val_block_size, cfg.seed)
+        try:
+            tr, va = block_split(v.num_frames, span, cfg.validation_split_fraction, cfg.val_block_size, cfg.seed)
+        except UserError:
+            if len(train_src) == 1:
+                raise
+            # One short video in a collection: all of its clips train; the others give the validation blocks.
+            log(f"note: {v.path.name} ({v.num_frames} frames) is too short to split: all its clips go to training")
+            tr, va = list(range(v.num_frames - span + 1)), []
         train_idx += [(i, s) for s in tr]
         val_idx += [(i, s) for s in va]
+    if not val_idx:
+        raise UserError("no video is long enough for a validation block", f"--video_data_path {cfg.video_data_path}",
+                        "a longer video, or a --validation_video_path")
     return VideoClips(train_src, train_idx, T, skip), VideoClips(train_src, val_idx, T, skip)
 
 
@@ -278,10 +292,14 @@ def shapes_frames(num_frames: int, h: int, w: int, seed: int = 0):
     """A richer procedural video: a textured background seen through a panning camera, and four textured
     shapes (disc, square, triangle, ring) that move, bounce and change phase, each with its own texture."""
     rng = np.random.default_rng(seed)
+    # The scene depends on the seed too (background phases and scales, camera path phase), so another seed is
+    # a new video, not the same background with other shapes; seed 0 keeps its original values (all offsets 0).
+    scene = [float(v) for v in np.random.default_rng(10_000 + seed).uniform(-1, 1, 6)] if seed else [0.0] * 6
     H, W = 2 * h, 3 * w                       # the world the camera pans over
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    bg = np.stack([0.5 + 0.25 * np.sin(xx / 9.0 + c) * np.cos(yy / 13.0 - c) + 0.1 * np.sin((xx + yy) / 5.0 + 2 * c)
-                   for c in (0.0, 1.3, 2.6)], -1)
+    fx, fy, fd = 9.0 * (1 + 0.3 * scene[0]), 13.0 * (1 + 0.3 * scene[1]), 5.0 * (1 + 0.3 * scene[2])
+    bg = np.stack([0.5 + 0.25 * np.sin(xx / fx + c + 3 * scene[3]) * np.cos(yy / fy - c)
+                   + 0.1 * np.sin((xx + yy) / fd + 2 * c + 3 * scene[3]) for c in (0.0, 1.3, 2.6)], -1)
     bg = (np.clip(bg, 0, 1) * 0.7 + 0.1).astype(np.float32)
     sy, sx = np.mgrid[0:h, 0:w].astype(np.float32)
     shapes = []
@@ -292,8 +310,8 @@ def shapes_frames(num_frames: int, h: int, w: int, seed: int = 0):
                        "col": rng.uniform(0.2, 1.0, 3), "col2": rng.uniform(0.0, 0.6, 3), "freq": rng.uniform(0.25, 0.6)})
     for i in range(num_frames):
         # camera: slow Lissajous pan over the world
-        cx = (W - w) / 2 * (1 + math.sin(i / 40.0))
-        cy = (H - h) / 2 * (1 + math.sin(i / 57.0 + 1.0))
+        cx = (W - w) / 2 * (1 + math.sin(i / 40.0 + 3 * scene[4]))
+        cy = (H - h) / 2 * (1 + math.sin(i / 57.0 + 1.0 + 3 * scene[5]))
         x0, y0 = int(round(cx)), int(round(cy))
         img = bg[y0:y0 + h, x0:x0 + w].copy()
         for s in shapes:

@@ -102,7 +102,7 @@ def evaluate_checkpoint(path, video_path=None, device="cpu", use_lpips=True, max
     else:
         _, dataset = build_datasets(cfg, log=log, flow_method=flow_method, generate_demo=False)
         where = f"validation split of {cfg.video_data_path}"
-    net, reason = lpips_model(device) if use_lpips else (None, "LPIPS not requested")
+    net, reason = lpips_model(device, (cfg.image_h, cfg.image_w)) if use_lpips else (None, "LPIPS not requested")
     result = validate(G, dataset, cfg, device, net, max_clips=max_clips)
     result["info"] = {"checkpoint": str(path), "data": where, "num_clips": result["model"]["num_clips"],
                       "step": state.get("step"), "lpips_note": reason}
@@ -132,7 +132,8 @@ SAMPLE_FILES = ("samples.png", "samples.gif")
 
 
 @torch.no_grad()
-def sample_checkpoint(path, out_dir, num_samples: int = 4, seed: int = 0, device="cpu", replace: bool = False) -> dict:
+def sample_checkpoint(path, out_dir, num_samples: int | None = None, seed: int | None = None, device="cpu",
+                      replace: bool = False) -> dict:
     """Fixed-noise generations: ``samples.png`` (rows = samples, columns = frames) and ``samples.gif``.
 
     ``--out`` must be a new or empty folder, or (with ``replace``) a folder holding only an earlier sample
@@ -155,6 +156,8 @@ def sample_checkpoint(path, out_dir, num_samples: int = 4, seed: int = 0, device
             raise UserError(f"--replace only replaces an earlier sample output; the folder also holds {others[0]!r}",
                             f"--out {out}", f"a folder holding only {' and '.join(SAMPLE_FILES)}, or a new one")
     G, cfg, _ = load_generator(path, device)
+    num_samples = cfg.demo_num_samples if num_samples is None else num_samples
+    seed = cfg.seed if seed is None else seed  # training's fixed noise: fixed_noise(demo_num_samples, ..., cfg.seed)
     z = fixed_noise(num_samples, cfg.latent_dim, seed, device)
     context = None
     if G.generator.use_context:  # continue the last input frames of evenly spaced validation clips

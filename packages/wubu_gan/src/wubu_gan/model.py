@@ -22,6 +22,7 @@ def rois_for(boxes: torch.Tensor, n_images: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ flow
+RAFT_MIN_SIDE = 128  # RAFT's 1/8 feature maps must survive its 4-level correlation pyramid
 RAFT_FILES = {"raft_small": "raft_small_C_T_V2-01064c6d.pth", "raft_large": "raft_large_C_T_SKHT_V2-ff5fadd5.pth"}
 
 
@@ -43,8 +44,9 @@ def decide_flow(cfg, image_h: int, image_w: int) -> tuple[str, str]:
     Decided before any layer is sized (the original sized WuBu-T for motion and then dropped the branch)."""
     if not cfg.use_wubu_motion_branch:
         return "none", "motion branch off"
-    if image_h % 8 or image_w % 8:
-        return cfg.flow_fallback, f"RAFT needs frame sizes divisible by 8 (got {image_h}x{image_w})"
+    if image_h % 8 or image_w % 8 or min(image_h, image_w) < RAFT_MIN_SIDE:
+        return cfg.flow_fallback, (f"RAFT needs frame sides divisible by 8 and at least {RAFT_MIN_SIDE} px "
+                                   f"(its correlation pyramid), got {image_h}x{image_w}")
     path = cached_raft_weights(cfg.optical_flow_net_type)
     if path is None:
         return cfg.flow_fallback, (f"{cfg.optical_flow_net_type} weights are not in the local torch cache "

@@ -8,6 +8,7 @@ whole step for G and D and no optimizer or Q-controller state is touched.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
@@ -167,12 +168,35 @@ def load_compatible(module: torch.nn.Module, saved: dict) -> list[str]:
     return sorted(k for k in own if k not in keep)
 
 
+def dropped_from(module: torch.nn.Module, saved: dict) -> list[str]:
+    """Checkpoint tensors this module has no place for (e.g. affine norms that FiLM replaces in phase 3)."""
+    own = module.state_dict()
+    return sorted(k for k in saved if k not in own)
+
+
+def run_dir_from(config_path, overrides) -> str:
+    """checkpoint_dir as a run would resolve it without the flag: the last --set, else the YAML file, else the default."""
+    import yaml
+
+    from trainkit.config import parse_override
+
+    for item in reversed(list(overrides)):
+        key, value = parse_override(item)
+        if key == "checkpoint_dir":
+            return str(value)
+    if config_path is not None:
+        data = yaml.safe_load(Path(config_path).read_text()) or {}
+        if data.get("checkpoint_dir"):
+            return str(data["checkpoint_dir"])
+    return TrainConfig.checkpoint_dir
+
+
 def resolve_resume_config(cli_values: dict, config_path, overrides, resume: str, checkpoint_dir: str | None):
     """On --resume the checkpoint's config is the run's config (trainkit's rule): what this invocation gives goes
     on top, and a flag that changes what the run is (RUN_DEFINING) is refused with one line naming the key."""
     from .config import RUN_DEFINING
 
-    directory = Path(checkpoint_dir or TrainConfig.checkpoint_dir)
+    directory = Path(checkpoint_dir or run_dir_from(config_path, overrides))
     path = newest_checkpoint(directory) if resume == "auto" else Path(resume)
     if path is None:
         raise UserError("no checkpoint to resume from", f"--resume {resume}",
@@ -247,7 +271,7 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
     q_lkl = QController("lkl", seed=cfg.seed + 2) if (cfg.q_controller_enabled and cfg.lambda_kl_update_interval > 0) else None
     lambda_kl = cfg.lambda_kl
     primary = cfg.val_primary_metric
-    lp_net, lp_reason = lpips_model(device) if cfg.use_lpips_for_verification else (None, "LPIPS not requested")
+    lp_net, lp_reason = lpips_model(device, (cfg.image_h, cfg.image_w)) if cfg.use_lpips_for_verification else (None, "LPIPS not requested")
     if cfg.use_lpips_for_verification and lp_net is None:
         say(f"note: val/avg_val_lpips will be null: {lp_reason}")
     if primary == "avg_val_lpips" and lp_net is None:
@@ -346,13 +370,17 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
         path = ckpt_path(ckpt_dir, tag)
         if info.is_main:
             save_checkpoint(path, payload)
+            if tag != "best" and cfg.keep_last_checkpoints:  # bounded disk use: the newest k periodic files stay
+                periodic = sorted((p for p in ckpt_dir.glob(f"{CKPT_PREFIX}*step*.pt")), key=lambda p: p.stat().st_mtime_ns)
+                for old in periodic[:-cfg.keep_last_checkpoints]:
+                    old.unlink(missing_ok=True)
         return path
 
     # ---- loop
     stop = GracefulStop()
     window = {}  # loss sums over the accumulation window (for the Q-controllers)
     last_val: dict = {}
-    summary = {"checkpoint_dir": str(ckpt_dir), "flow": flow_kind}
+    summary = {"checkpoint_dir": str(ckpt_dir), "flow": flow_kind, "is_main": info.is_main}
     last_batch = None  # (frames, recon) of the latest micro-batch, for the train_recon image
     t_start = time.time()
     try:
@@ -366,52 +394,55 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
             for batch in bar:
                 if batch_in_epoch >= steps_per_epoch:
                     break
-                frames, flow = move(batch, device)
-                target = frames[:, Tin:]
-                boundary = step_g.is_boundary
-                with autocast(device, precision):
-                    recon, mu, logvar = G(frames, flow)
-                    # One D forward on [real; fake]: DDP allows one forward per backward, and spectral norm then
-                    # runs one power iteration per step. InstanceNorm is per sample, so nothing mixes.
-                    real_in, fake_in = disc_input(cfg, frames, target), disc_input(cfg, frames, recon.detach())
-                    logits_real, logits_fake = D(torch.cat([real_in, fake_in])).chunk(2)
-                    loss_d_real = bce(logits_real, 1.0)
-                    loss_d_fake = bce(logits_fake, 0.0)
-                loss_d = 0.5 * (loss_d_real + loss_d_fake)
-                D_raw.requires_grad_(False)  # G's adversarial term needs no D gradients (raw module: no DDP sync)
-                with autocast(device, precision):
-                    loss_adv = bce(D_raw(disc_input(cfg, frames, recon)), 1.0)
-                D_raw.requires_grad_(True)
-                loss_recon = F.mse_loss(recon.float(), target.float())
-                loss_kl = kl_divergence(mu.float(), logvar.float())
-                lambda_gan = lambda_gan_now()
-                loss_g = cfg.lambda_recon * loss_recon + lambda_kl * loss_kl + lambda_gan * loss_adv
-                parts = torch.stack([loss_recon, loss_kl, loss_adv, loss_g, loss_d_real, loss_d_fake, loss_d]).detach()
-                finite = bool(torch.isfinite(parts).all())
-                if not finite:
-                    # Poison both windows: trainkit skips the whole step for G and D, touching no state.
-                    say(f"warning: non-finite loss at step {step} (recon {parts[0]:.4g}, kl {parts[1]:.4g}, "
-                        f"adv {parts[2]:.4g}, d {parts[6]:.4g}): skipping this optimizer step for G and D")
-                    loss_g, loss_d = loss_g * float("nan"), loss_d * float("nan")
-                    window["bad"] = True
-                names = ("recon", "kl", "g_adv", "g_total", "d_real", "d_fake", "d_total")
-                window.setdefault("sum", torch.zeros(7, device=device))
-                window["sum"] += torch.nan_to_num(parts)
-                window["n"] = window.get("n", 0) + 1
-                if boundary and not window.get("bad") and q_gen is not None:
-                    means = all_reduce_mean({k: float(v) for k, v in zip(names, window["sum"] / window["n"])})
-                    common = {**means, "lambda_kl": lambda_kl}
-                    apply_scales(opt_g, cfg.learning_rate_gen, q_gen.step(
-                        {**common, "lr": opt_g.param_groups[0]["lr"], "momentum": current_momentum(opt_g)}))
-                    apply_scales(opt_d, cfg.learning_rate_disc, q_disc.step(
-                        {**common, "lr": opt_d.param_groups[0]["lr"], "momentum": current_momentum(opt_d)}))
-                    if q_lkl is not None and val_history and (step + 1) % cfg.lambda_kl_update_interval == 0:
-                        val = val_history[-1] if HIGHER_IS_BETTER[primary] else -val_history[-1]
-                        scale = q_lkl.step({**common, "val": val})["lklscale"]
-                        lambda_kl = min(cfg.max_lambda_kl_q_control, max(cfg.min_lambda_kl_q_control, lambda_kl * scale))
-                with step_g.micro_batch():
+                # Both steppers' contexts around forward AND backward: DDP decides at forward time whether to all-reduce
+                # (no_sync inside an accumulation window), and --detect_anomaly records the forward's traceback.
+                with contextlib.ExitStack() as micro:
+                    micro.enter_context(step_g.micro_batch())
+                    micro.enter_context(step_d.micro_batch())
+                    frames, flow = move(batch, device)
+                    target = frames[:, Tin:]
+                    boundary = step_g.is_boundary
+                    with autocast(device, precision):
+                        recon, mu, logvar = G(frames, flow)
+                        # One D forward on [real; fake]: DDP allows one forward per backward, and spectral norm then
+                        # runs one power iteration per step. InstanceNorm is per sample, so nothing mixes.
+                        real_in, fake_in = disc_input(cfg, frames, target), disc_input(cfg, frames, recon.detach())
+                        logits_real, logits_fake = D(torch.cat([real_in, fake_in])).chunk(2)
+                        loss_d_real = bce(logits_real, 1.0)
+                        loss_d_fake = bce(logits_fake, 0.0)
+                    loss_d = 0.5 * (loss_d_real + loss_d_fake)
+                    D_raw.requires_grad_(False)  # G's adversarial term needs no D gradients (raw module: no DDP sync)
+                    with autocast(device, precision):
+                        loss_adv = bce(D_raw(disc_input(cfg, frames, recon)), 1.0)
+                    D_raw.requires_grad_(True)
+                    loss_recon = F.mse_loss(recon.float(), target.float())
+                    loss_kl = kl_divergence(mu.float(), logvar.float())
+                    lambda_gan = lambda_gan_now()
+                    loss_g = cfg.lambda_recon * loss_recon + lambda_kl * loss_kl + lambda_gan * loss_adv
+                    parts = torch.stack([loss_recon, loss_kl, loss_adv, loss_g, loss_d_real, loss_d_fake, loss_d]).detach()
+                    finite = bool(torch.isfinite(parts).all())
+                    if not finite:
+                        # Poison both windows: trainkit skips the whole step for G and D, touching no state.
+                        say(f"warning: non-finite loss at step {step} (recon {parts[0]:.4g}, kl {parts[1]:.4g}, "
+                            f"adv {parts[2]:.4g}, d {parts[6]:.4g}): skipping this optimizer step for G and D")
+                        loss_g, loss_d = loss_g * float("nan"), loss_d * float("nan")
+                        window["bad"] = True
+                    names = ("recon", "kl", "g_adv", "g_total", "d_real", "d_fake", "d_total")
+                    window.setdefault("sum", torch.zeros(7, device=device))
+                    window["sum"] += torch.nan_to_num(parts)
+                    window["n"] = window.get("n", 0) + 1
+                    if boundary and not window.get("bad") and q_gen is not None:
+                        means = all_reduce_mean({k: float(v) for k, v in zip(names, window["sum"] / window["n"])})
+                        common = {**means, "lambda_kl": lambda_kl}
+                        apply_scales(opt_g, cfg.learning_rate_gen, q_gen.step(
+                            {**common, "lr": opt_g.param_groups[0]["lr"], "momentum": current_momentum(opt_g)}))
+                        apply_scales(opt_d, cfg.learning_rate_disc, q_disc.step(
+                            {**common, "lr": opt_d.param_groups[0]["lr"], "momentum": current_momentum(opt_d)}))
+                        if q_lkl is not None and val_history and (step + 1) % cfg.lambda_kl_update_interval == 0:
+                            val = val_history[-1] if HIGHER_IS_BETTER[primary] else -val_history[-1]
+                            scale = q_lkl.step({**common, "val": val})["lklscale"]
+                            lambda_kl = min(cfg.max_lambda_kl_q_control, max(cfg.min_lambda_kl_q_control, lambda_kl * scale))
                     out_g = step_g.backward(loss_g)
-                with step_d.micro_batch():
                     out_d = step_d.backward(loss_d)
                 batch_in_epoch += 1
                 last_batch = (frames, recon)
@@ -505,12 +536,14 @@ def start_new_phase(cfg, explicit_keys, G_raw, D_raw, opt_g, opt_d, q_gen, q_dis
     fresh_d = load_compatible(D_raw, state["disc"])
     if fresh_g:
         say(f"note: generator/encoder tensors re-initialised (no matching shape in {path}): {', '.join(fresh_g)}")
-    if fresh_d:
+    dropped_d = dropped_from(D_raw, state["disc"])
+    if fresh_d or dropped_d:
         say(f"note: discriminator changed shape; kept {len(D_raw.state_dict()) - len(fresh_d)} compatible tensors, "
-            f"re-initialised {len(fresh_d)}: {', '.join(fresh_d)}")
+            f"re-initialised {len(fresh_d)}: {', '.join(fresh_d) or 'none'}; dropped from the checkpoint "
+            f"{len(dropped_d)}: {', '.join(dropped_d) or 'none'}")
     if not fresh_g:
         load_optimizer(opt_g, state["opt_gen"])
-    if not fresh_d:
+    if not fresh_d and not dropped_d:
         load_optimizer(opt_d, state["opt_disc"])
     else:
         say("note: discriminator optimizer starts fresh (its parameters changed)")
