@@ -36,7 +36,8 @@ def timed(fn, repeats: int) -> dict:
 def bench_gaad(size: int, batch: int, regions: int, repeats: int) -> dict:
     from torchvision.ops import roi_align
 
-    from wubu_gan.gaad import gaad_boxes, golden_subdivision, phi_spiral, region_crops, region_sampling_matrices
+    from wubu_gan.gaad import (_supports, gaad_boxes, golden_subdivision, phi_spiral, region_crops,
+                               region_sampling_matrices)
     from wubu_gan.model import rois_for
 
     images = torch.rand(batch, 3, size, size)
@@ -61,9 +62,11 @@ def bench_gaad(size: int, batch: int, regions: int, repeats: int) -> dict:
     def batched_roi_align():
         return roi_align(images, rois, (patch, patch), 1.0, -1, True).reshape(batch, regions, 3, patch, patch)
 
-    def cached_matrices():  # what the model runs: the matrices are cached per (size, boxes, patch)
-        wy, wx = region_sampling_matrices(boxes, size, size, patch, patch)
-        return region_crops(images, wy, wx)
+    wy, wx = region_sampling_matrices(boxes, size, size, patch, patch)  # cached per (size, boxes, patch)
+    supports = _supports(wy, wx)                                          # as model.RegionSampler does
+
+    def cached_matrices():  # what the model runs
+        return region_crops(images, wy, wx, supports)
 
     assert torch.allclose(cached_matrices(), batched_roi_align(), atol=1e-3)
     base, roi, ours = timed(original_loop, repeats), timed(batched_roi_align, repeats), timed(cached_matrices, repeats)

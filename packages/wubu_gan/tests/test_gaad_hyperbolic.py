@@ -117,7 +117,7 @@ def test_wubu_t_mixes_across_time():
 def test_cached_region_matrices_equal_roi_align_and_carry_gradients():
     from torchvision.ops import roi_align
 
-    from wubu_gan.gaad import gaad_boxes, region_crops, region_sampling_matrices
+    from wubu_gan.gaad import _supports, gaad_boxes, region_crops, region_sampling_matrices
     from wubu_gan.model import rois_for
 
     g = torch.Generator().manual_seed(0)
@@ -128,6 +128,8 @@ def test_cached_region_matrices_equal_roi_align_and_carry_gradients():
         wy, wx = region_sampling_matrices(boxes, h, w, out, out)
         got = region_crops(x, wy, wx)
         assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4), (h, w, (got - ref).abs().max())
+        per_box = region_crops(x, wy, wx, _supports(wy, wx))  # the large-frame path: same numbers
+        assert torch.allclose(per_box, ref, atol=1e-4, rtol=1e-4)
         (gr,) = torch.autograd.grad(ref.square().sum(), x)
         (gg,) = torch.autograd.grad(got.square().sum(), x)
         assert torch.allclose(gg, gr, atol=1e-3, rtol=1e-3)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
-from .gaad import box_features, gaad_boxes, region_crops, region_sampling_matrices
+from .gaad import _supports, box_features, gaad_boxes, region_crops, region_sampling_matrices
 from .hyperbolic import WuBuStack
 
 LOGVAR_RANGE = (-10.0, 10.0)  # the original never clamped logvar, so exp(logvar) could overflow the KL
@@ -87,10 +87,12 @@ class RegionSampler(nn.Module):
         wy, wx = region_sampling_matrices(boxes, height, width, out_h, out_w)
         self.register_buffer("wy", wy, persistent=False)
         self.register_buffer("wx", wx, persistent=False)
+        # Per-box supports (work ~ box area) beat the dense products (work ~ R x frame) at every size measured.
+        self.supports = _supports(wy, wx)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, R, C, out_h, out_w)."""
-        return region_crops(maps, self.wy, self.wx)
+        return region_crops(maps, self.wy, self.wx, self.supports)
 
 
 def flow_statistics(flow: torch.Tensor, sampler: RegionSampler, components) -> torch.Tensor:
