@@ -10,7 +10,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 RUNS="${RUNS:-runs/wubu_quality}"
 DATA="${DATA:-data/wubu_quality}"
-P1_EPOCHS="${P1_EPOCHS:-4}"; P2_EPOCHS="${P2_EPOCHS:-2}"
+P1_EPOCHS="${P1_EPOCHS:-3}"; P2_EPOCHS="${P2_EPOCHS:-1}"
 [ -f "$DATA/procedural_shapes_v01.mp4" ] || $WUBU make-demo-video --which shapes --out "$DATA" --seed 0
 for s in 1 2 3; do
   [ -f "$DATA/heldout$s/procedural_shapes_v01.mp4" ] || $WUBU make-demo-video --which shapes --out "$DATA/heldout$s" --seed $s
