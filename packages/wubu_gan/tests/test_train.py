@@ -153,3 +153,12 @@ def test_gan_warmup_ramps_the_adversarial_weight(tmp_path, make_cfg, tiny_video)
     eff = [r["train/lambda_gan_eff"] for r in _rows(tmp_path / "run") if "train/lambda_gan_eff" in r]
     assert eff[0] == 0.0 and eff[1] == pytest.approx(0.5) and eff[-1] == 2.0
     assert all(b >= a for a, b in zip(eff, eff[1:]))
+
+
+def test_new_phase_with_another_optimizer_starts_its_state_fresh(base_run, tmp_path, make_cfg, tiny_video):
+    best = base_run["dir"] / f"{CKPT_PREFIX}best.pt"
+    logs = []
+    cfg = make_cfg(tmp_path, tiny_video, load_checkpoint=str(best), optimizer="riemannian_sgd", epochs=1)
+    summary = train(cfg, log=logs.append)
+    assert summary["step"] > base_run["summary"]["step"]
+    assert any("optimizer changed (riemannian_adam -> riemannian_sgd)" in m for m in logs)

@@ -23,6 +23,7 @@ from trainkit.errors import UserError, handle_user_errors
 from .config import TrainConfig, resolve_config_path
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+STOPPED_EXIT_CODE = 3  # `train` stopped by SIGTERM/SIGINT after saving a checkpoint (continue with --resume auto)
 HINTS = typing.get_type_hints(TrainConfig)
 
 
@@ -116,9 +117,13 @@ def train(ctx, config_path, overrides, **_):
         explicit |= set((yaml.safe_load(Path(path).read_text()) or {}).keys())
     say = (lambda m: None) if cfg.quiet else click.echo
     summary = run_train(cfg, log=say, explicit_keys=frozenset(explicit))
-    if not cfg.quiet and summary.get("val") and summary.get("is_main", True):  # one summary line, from rank 0
+    stopped = bool(summary.get("stopped"))
+    if not cfg.quiet and (summary.get("val") or stopped) and summary.get("is_main", True):  # one line, from rank 0
         click.echo(json.dumps({"checkpoint_dir": summary["checkpoint_dir"], "best": summary["best"], "step": summary["step"],
-                               "val": {k: v for k, v in summary["val"].items()}}, default=float))
+                               "stopped": stopped, "val": {k: v for k, v in (summary.get("val") or {}).items()}},
+                              default=float))
+    if stopped:  # a signal stop is not a finished phase: `run_phase1.sh && run_phase2a.sh` must not go on
+        raise SystemExit(STOPPED_EXIT_CODE)
 
 
 @main.command()

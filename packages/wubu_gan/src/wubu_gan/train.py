@@ -541,11 +541,15 @@ def start_new_phase(cfg, explicit_keys, G_raw, D_raw, opt_g, opt_d, q_gen, q_dis
         say(f"note: discriminator changed shape; kept {len(D_raw.state_dict()) - len(fresh_d)} compatible tensors, "
             f"re-initialised {len(fresh_d)}: {', '.join(fresh_d) or 'none'}; dropped from the checkpoint "
             f"{len(dropped_d)}: {', '.join(dropped_d) or 'none'}")
-    if not fresh_g:
+    saved_opt = dict(state.get("config") or {}).get("optimizer", "riemannian_adam")
+    same_opt = saved_opt == cfg.optimizer
+    if not same_opt:  # Adam's state (betas, moments) cannot drive SGD, nor the reverse
+        say(f"note: optimizer changed ({saved_opt} -> {cfg.optimizer}): both optimizers start fresh")
+    if not fresh_g and same_opt:
         load_optimizer(opt_g, state["opt_gen"])
-    if not fresh_d and not dropped_d:
+    if not fresh_d and not dropped_d and same_opt:
         load_optimizer(opt_d, state["opt_disc"])
-    else:
+    elif same_opt:
         say("note: discriminator optimizer starts fresh (its parameters changed)")
     # Base learning rates are this run's (the Q-controller scales them again from its next step on).
     for opt, lr in ((opt_g, cfg.learning_rate_gen), (opt_d, cfg.learning_rate_disc)):
