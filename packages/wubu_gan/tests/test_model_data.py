@@ -146,3 +146,16 @@ def test_lpips_is_null_with_a_reason_below_32_px():
 
     net, why = lpips_model("cpu", (24, 24))
     assert net is None and "24x24" in why
+
+
+def test_demo_videos_smaller_than_the_frames_asked_for_are_reported(tmp_path):
+    from wubu_gan.data import ensure_demo_videos, make_demo_videos
+
+    folder = tmp_path / "demo_video_data_dir"
+    make_demo_videos(folder, 8, 8, 20, which=("square",))  # written at 16x16
+    said = []
+    ensure_demo_videos(folder, 32, 32, 4, log=said.append)
+    assert len(said) == 1 and "smaller than the requested 32x32" in said[0]
+    said.clear()
+    ensure_demo_videos(folder, 16, 16, 4, log=said.append)
+    assert not said

@@ -363,11 +363,31 @@ def ensure_demo_videos(path, h: int, w: int, need_frames: int, log=print) -> Non
     if folder.name != DEMO_DIR_NAME:  # the guide's folder by name (the original matched any path containing it)
         return
     if folder.is_dir() and any(q.suffix.lower() in VIDEO_EXTS for q in folder.iterdir()):
+        _warn_small_demo_videos(folder, h, w, log)
         return
     if p.suffix.lower() in VIDEO_EXTS and p.is_file():
         return
     written = make_demo_videos(folder, h, w, need_frames)
     log(f"generated demo videos: {', '.join(str(x) for x in written)}")
+
+
+def _warn_small_demo_videos(folder: Path, h: int, w: int, log) -> None:
+    """The demo videos are written once, at twice the first run's frame size: say so when a later run asks for
+    frames larger than they are (they would be upsampled, i.e. blurry)."""
+    import av
+
+    for name in (SQUARE_VIDEO, SHAPES_VIDEO):
+        f = folder / name
+        if not f.is_file():
+            continue
+        try:
+            with av.open(str(f)) as c:
+                vh, vw = c.streams.video[0].height, c.streams.video[0].width
+        except Exception:  # noqa: BLE001 - unreadable files get their own error when decoded
+            continue
+        if vh < h or vw < w:
+            log(f"warning: {f} is {vh}x{vw}, smaller than the requested {h}x{w} frames (it will be upsampled); "
+                f"delete {folder} to regenerate the demo videos at this size")
 
 
 def write_json(path: Path, data) -> None:
