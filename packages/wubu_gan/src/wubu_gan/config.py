@@ -173,9 +173,8 @@ RUN_DEFINING = ("video_data_path", "validation_video_path", "image_h", "image_w"
                 "use_wubu_motion_branch", "gaad_motion_num_regions", "encoder_use_roi_align",
                 "encoder_initial_tangent_dim", "discriminator_type", "disc_use_gaad_film_condition",
                 "disc_apply_spectral_norm", "wubu_s_num_levels", "wubu_s_hyperbolic_dims", "wubu_m_num_levels",
-                "wubu_m_hyperbolic_dims", "wubu_t_num_levels", "wubu_t_hyperbolic_dims", "epochs", "gen_context_skip", "gen_context_channels",
-                "disc_see_context",
-                "validation_split_fraction", "val_block_size", "seed", "batch_size", "grad_accum_steps")
+                "wubu_m_hyperbolic_dims", "wubu_t_num_levels", "wubu_t_hyperbolic_dims", "epochs", "gen_context_skip",
+                "gen_context_channels", "disc_see_context", "validation_split_fraction", "val_block_size", "seed", "batch_size", "grad_accum_steps")
 
 
 def _fail(key, value, expected):
