@@ -1,11 +1,13 @@
 """Benchmarks for wubu_gan, each against a baseline measured in the same run (ratios printed as JSON).
 
-1. GAAD region extraction: cached boxes + one batched ``roi_align`` vs the original's way (boxes recomputed
-   per item in Python, each box cropped and resized on its own).
+1. GAAD region extraction at several frame sizes: the package's way (boxes and per-axis sampling matrices
+   cached per frame size, every region of every image as two batched matrix products, the numbers of
+   roi_align) vs the original's way (boxes recomputed per item in Python, each box cropped and resized on its
+   own); torchvision's batched ``roi_align`` on the cached boxes is reported beside them.
 2. Training step time with and without the motion branch (flow statistics -> WuBu-M).
 3. trainkit overhead: a G+D step through ``trainkit.step.OptimizerStep`` vs a hand-written plain loop.
 
-    OMP_NUM_THREADS=1 uv run python tools/bench_wubu_gan.py [--repeats 5] [--size 64]
+    OMP_NUM_THREADS=1 uv run python tools/bench_wubu_gan.py [--repeats 5] [--sizes 32 64 128 256]
 Wall and process (CPU) times are reported; on a shared machine compare ratios, not absolute times.
 """
 from __future__ import annotations
@@ -34,7 +36,8 @@ def timed(fn, repeats: int) -> dict:
 def bench_gaad(size: int, batch: int, regions: int, repeats: int) -> dict:
     from torchvision.ops import roi_align
 
-    from wubu_gan.gaad import gaad_boxes, golden_subdivision, phi_spiral
+    from wubu_gan.gaad import (_supports, gaad_boxes, golden_subdivision, phi_spiral, region_crops,
+                               region_sampling_matrices)
     from wubu_gan.model import rois_for
 
     images = torch.rand(batch, 3, size, size)
@@ -56,12 +59,21 @@ def bench_gaad(size: int, batch: int, regions: int, repeats: int) -> dict:
     boxes = gaad_boxes(size, size, regions, "hybrid", 4)
     rois = rois_for(boxes, batch)
 
-    def cached_batched():
+    def batched_roi_align():
         return roi_align(images, rois, (patch, patch), 1.0, -1, True).reshape(batch, regions, 3, patch, patch)
 
-    base, ours = timed(original_loop, repeats), timed(cached_batched, repeats)
-    return {"images": batch, "regions": regions, "size": size, "per_item_python_loop": base, "cached_batched_roi_align": ours,
-            "speedup_wall": base["wall_ms"] / ours["wall_ms"], "speedup_cpu": base["cpu_ms"] / ours["cpu_ms"]}
+    wy, wx = region_sampling_matrices(boxes, size, size, patch, patch)  # cached per (size, boxes, patch)
+    supports = _supports(wy, wx)                                          # as model.RegionSampler does
+
+    def cached_matrices():  # what the model runs
+        return region_crops(images, wy, wx, supports)
+
+    assert torch.allclose(cached_matrices(), batched_roi_align(), atol=1e-3)
+    base, roi, ours = timed(original_loop, repeats), timed(batched_roi_align, repeats), timed(cached_matrices, repeats)
+    return {"images": batch, "regions": regions, "size": size, "patch": patch, "per_item_python_loop": base,
+            "batched_roi_align": roi, "cached_matrices": ours,
+            "speedup_cpu": base["cpu_ms"] / ours["cpu_ms"], "speedup_wall": base["wall_ms"] / ours["wall_ms"],
+            "roi_align_speedup_cpu": base["cpu_ms"] / roi["cpu_ms"]}
 
 
 def small_cfg(**kw):
@@ -76,7 +88,7 @@ def small_cfg(**kw):
 def make_step(cfg, use_trainkit: bool):
     from trainkit.step import OptimizerStep
 
-    from wubu_gan.model import WuBuGen, build_discriminator
+    from wubu_gan.model import WuBuGen, build_discriminator, disc_input
     from wubu_gan.train import bce, kl_divergence, make_optimizer
 
     torch.manual_seed(0)
@@ -92,10 +104,10 @@ def make_step(cfg, use_trainkit: bool):
     def losses():
         target = frames[:, cfg.num_input_frames:]
         recon, mu, logvar = G(frames, flow)
-        real, fake = D(torch.cat([target, recon.detach()])).chunk(2)
+        real, fake = D(torch.cat([disc_input(cfg, frames, target), disc_input(cfg, frames, recon.detach())])).chunk(2)
         loss_d = 0.5 * (bce(real, 1.0) + bce(fake, 0.0))
         D.requires_grad_(False)
-        adv = bce(D(recon), 1.0)
+        adv = bce(D(disc_input(cfg, frames, recon)), 1.0)
         D.requires_grad_(True)
         loss_g = 10 * F.mse_loss(recon, target) + 1e-4 * kl_divergence(mu, logvar) + adv
         return loss_g, loss_d
@@ -121,11 +133,11 @@ def make_step(cfg, use_trainkit: bool):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256])
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = {"gaad": bench_gaad(args.size, 32, 12, args.repeats)}
+    out = {"gaad": [bench_gaad(size, 32, regions, args.repeats) for size in args.sizes for regions in (12, 24)]}
     no_motion = timed(make_step(small_cfg(), True), args.repeats)
     motion = timed(make_step(small_cfg(use_wubu_motion_branch=True), True), args.repeats)
     out["train_step"] = {"motion_off": no_motion, "motion_on": motion, "motion_cost_ratio_wall": motion["wall_ms"] / no_motion["wall_ms"],

@@ -31,7 +31,7 @@ def tiny_cfg(tmp_path, video, **kw):
                 wubu_m_hyperbolic_dims=[8], wubu_t_hyperbolic_dims=[16], disc_base_disc_channels=16,
                 disc_max_disc_channels=32, encoder_pixel_patch_size=4, validation_split_fraction=0.2,
                 val_block_size=5, max_val_clips=8, learning_rate_gen=1e-3, learning_rate_disc=1e-4, lambda_kl=1e-4,
-                quiet=True, device="cpu", wubu_dropout=0.0)
+                quiet=True, device="cpu", wubu_dropout=0.0, keep_last_checkpoints=0)
     base.update(kw)
     return TrainConfig(**base)
 

@@ -90,3 +90,76 @@ def test_evaluate_json_and_sample(base_run, tmp_path, tiny_video):
     assert res.exit_code == 0 and (tmp_path / "s" / "samples.png").is_file() and (tmp_path / "s" / "samples.gif").is_file()
     res = run(["sample", "--checkpoint", str(ckpt), "--out", str(tmp_path / "s")])
     assert res.exit_code == 2 and "not empty" in res.output
+
+
+def test_sample_replace_never_deletes_a_run_and_bad_out_paths_are_one_line_errors(base_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run_copy"
+    shutil.copytree(base_run["dir"], run_dir)
+    ckpt = run_dir / "wubugaad_hybridgen_ckpt_v01_best.pt"
+    res = run(["sample", "--checkpoint", str(ckpt), "--out", str(run_dir), "--replace"])
+    assert res.exit_code == 2 and "only replaces an earlier sample output" in res.output
+    assert ckpt.is_file() and (run_dir / "metrics.jsonl").is_file()
+    # a missing checkpoint deletes nothing, even with --replace
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "samples.png").write_bytes(b"old")
+    res = run(["sample", "--checkpoint", str(tmp_path / "typo.pt"), "--out", str(tmp_path / "s"), "--replace"])
+    assert res.exit_code == 2 and (tmp_path / "s" / "samples.png").read_bytes() == b"old"
+    (tmp_path / "file.txt").write_text("x")
+    res = run(["sample", "--checkpoint", str(ckpt), "--out", str(tmp_path / "file.txt")])
+    assert res.exit_code == 2 and "not a folder" in res.output and len(res.output.strip().splitlines()) == 1
+    res = run(["info", "--save_png", str(tmp_path / "nodir" / "boxes.png")])
+    assert res.exit_code == 2 and "folder does not exist" in res.output
+
+
+def test_resume_refuses_run_changing_keys_from_set_and_config_and_honours_lambda_kl(base_run, tmp_path):
+    import shutil
+
+    from trainkit.errors import UserError
+    from wubu_gan.train import CKPT_PREFIX, resolve_resume_config, train
+
+    last = next(base_run["dir"].glob(f"{CKPT_PREFIX}ep3_*.pt"))
+    for cli, path, overrides, key in (({}, None, ("epochs=50",), "epochs"),
+                                      ({}, None, ("image_h=32",), "image_h"),
+                                      ({}, "phase1", (), "phase1.yaml")):
+        from wubu_gan.config import resolve_config_path
+
+        with pytest.raises(UserError, match=key):
+            resolve_resume_config(cli, resolve_config_path(path), overrides, str(last), None)
+    # lambda_kl given on --resume is what the run uses (and what config.yaml says)
+    d = tmp_path / "r"
+    d.mkdir()
+    shutil.copy(last, d / last.name)
+    cfg = resolve_resume_config({"lambda_kl": 0.02, "checkpoint_dir": str(d)}, None, (), "auto", str(d))
+    summary = train(cfg, log=lambda m: None, explicit_keys=frozenset({"lambda_kl", "resume", "checkpoint_dir"}))
+    assert summary["lambda_kl"] == 0.02 and "lambda_kl: 0.02" in (d / "config.yaml").read_text()
+
+
+def test_num_channels_other_than_3_and_a_crashed_start_folder_are_one_line_errors(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("")
+    res = run(["train", "--num_channels", "1"])
+    assert res.exit_code == 2 and "num_channels" in res.output and len(res.output.strip().splitlines()) == 1
+    from wubu_gan.train import run_dir_refusal
+
+    err = run_dir_refusal(tmp_path)
+    assert err is not None and "saved no checkpoint" in str(err) and "delete" in str(err)
+
+
+def test_evaluate_never_generates_a_stand_in_demo_video(base_run, tmp_path, monkeypatch):
+    from wubu_gan.data import ensure_demo_videos
+
+    monkeypatch.chdir(tmp_path)
+    ensure_demo_videos(tmp_path / "my_demo_video_data_dir_copy", 16, 16, 4, log=lambda m: None)
+    assert not (tmp_path / "my_demo_video_data_dir_copy").exists()  # the guide's folder by name only
+    saved = base_run["cfg"].video_data_path
+    ckpt = base_run["dir"] / "wubugaad_hybridgen_ckpt_v01_best.pt"
+    import torch
+
+    state = torch.load(ckpt, weights_only=True)
+    assert state["config"]["video_data_path"] == str(__import__("pathlib").Path(saved).resolve())  # stored absolute
+    state["config"]["video_data_path"] = str(tmp_path / "demo_video_data_dir")  # the run's data is gone
+    torch.save(state, tmp_path / "moved.pt")
+    res = run(["evaluate", "--checkpoint", str(tmp_path / "moved.pt")])
+    assert res.exit_code == 2 and "path not found" in res.output
+    assert not (tmp_path / "demo_video_data_dir").exists()

@@ -4,7 +4,7 @@ import torch
 
 from wubu_gan.data import block_split, build_datasets
 from wubu_gan.metrics import psnr_per_frame, ssim_per_frame
-from wubu_gan.model import Encoder, WuBuGen, build_discriminator
+from wubu_gan.model import Encoder, WuBuGen, build_discriminator, disc_input
 
 
 def test_block_split_shares_no_frames_and_ignores_rank():
@@ -42,13 +42,14 @@ def test_motion_branch_changes_the_encoder_output(tmp_path, tiny_video, make_cfg
 
 def test_generator_size_non_square_and_discriminators(tmp_path, tiny_video, make_cfg):
     for kw in ({"image_h": 16, "image_w": 24}, {"discriminator_type": "regional_cnn"},
+               {"discriminator_type": "regional_cnn", "disc_see_context": False, "gen_context_skip": False},
                {"disc_use_gaad_film_condition": True, "disc_apply_spectral_norm": True, "num_predict_frames": 4}):
         cfg = make_cfg(tmp_path, tiny_video, **kw)
         G, D = WuBuGen(cfg), build_discriminator(cfg)
         x = torch.rand(2, cfg.total_frames, 3, cfg.image_h, cfg.image_w) * 2 - 1
         rec, mu, logvar = G(x)
         assert rec.shape == (2, cfg.num_predict_frames, 3, cfg.image_h, cfg.image_w)
-        assert rec.abs().max() <= 1 and D(rec).shape == (2,)
+        assert rec.abs().max() <= 1 and D(disc_input(cfg, x, rec)).shape == (2,)
     sn = build_discriminator(make_cfg(tmp_path, tiny_video, disc_apply_spectral_norm=True))
     assert any("parametrizations" in n for n, _ in sn.named_parameters())
 
@@ -66,3 +67,95 @@ def test_psnr_and_ssim_match_scikit_image():
         ref_ssim = structural_similarity(a[i].permute(1, 2, 0).double().numpy(), b[i].permute(1, 2, 0).double().numpy(),
                                          channel_axis=-1, data_range=1.0)
         assert ssim_per_frame(b[i:i + 1], a[i:i + 1])[0] == pytest.approx(ref_ssim, rel=1e-6)
+
+
+def _fit_vae(cfg, clips, steps):
+    """Adam on the reconstruction loss alone (z = mu): (first MSE, last MSE, copy-last-frame MSE)."""
+    torch.manual_seed(0)
+    G = WuBuGen(cfg)
+    opt = torch.optim.Adam(G.parameters(), lr=2e-3)
+    target = clips[:, cfg.num_input_frames:]
+    losses = []
+    for _ in range(steps):
+        recon, _, _ = G(clips, sample=False)
+        loss = torch.nn.functional.mse_loss(recon, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    copy = torch.nn.functional.mse_loss(clips[:, cfg.num_input_frames - 1:cfg.num_input_frames], target).item()
+    return losses[0], sum(losses[-5:]) / 5, copy
+
+
+def test_context_generator_starts_at_copy_last_and_learns_past_it(tmp_path, tiny_video, make_cfg):
+    cfg = make_cfg(tmp_path, tiny_video, wubu_dropout=0.0)
+    train, _ = build_datasets(cfg, log=lambda m: None)
+    clips = torch.stack([train[i]["frames"] for i in range(0, 48, 6)])
+    first, last, copy = _fit_vae(cfg, clips, 60)
+    assert first < 1.5 * copy          # residual to the last input frame: starts near copy-last
+    assert last < 0.7 * copy, (first, last, copy)  # and learns the motion past it
+
+
+def test_original_decoder_without_context_learns(tmp_path, tiny_video, make_cfg):
+    cfg = make_cfg(tmp_path, tiny_video, gen_context_skip=False, disc_see_context=False, wubu_dropout=0.0)
+    train, _ = build_datasets(cfg, log=lambda m: None)
+    clips = torch.stack([train[i]["frames"] for i in range(0, 48, 6)])
+    G = WuBuGen(cfg)
+    assert not G.generator.use_context and not hasattr(G.generator, "ctx_in")
+    first, last, _ = _fit_vae(cfg, clips, 60)
+    assert last < 0.6 * first, (first, last)
+
+
+def test_conditional_discriminator_sees_the_context_frames(tmp_path, tiny_video, make_cfg):
+    for kind in ("spatio_temporal_cnn", "regional_cnn"):
+        cfg = make_cfg(tmp_path, tiny_video, discriminator_type=kind)
+        torch.manual_seed(0)
+        D = build_discriminator(cfg).eval()
+        clips = torch.rand(2, cfg.total_frames, 3, 16, 16) * 2 - 1
+        pred = clips[:, cfg.num_input_frames:]
+        a = D(disc_input(cfg, clips, pred))
+        b = D(disc_input(cfg, torch.cat([clips[:, :cfg.num_input_frames].flip(-1), pred], 1), pred))
+        assert (a - b).abs().max() > 1e-4, kind  # same prediction, other context -> other score
+
+
+def test_a_short_video_in_a_folder_trains_and_is_named(tmp_path, make_cfg):
+    from wubu_gan.data import _write_video, shapes_frames
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    _write_video(folder / "long.mp4", shapes_frames(60, 32, 32, seed=1), 32, 32)
+    _write_video(folder / "short.mp4", shapes_frames(6, 32, 32, seed=2), 32, 32)
+    said = []
+    cfg = make_cfg(tmp_path, folder)
+    train, val = build_datasets(cfg, log=said.append)
+    assert any("short.mp4" in m and "too short to split" in m for m in said)
+    assert {src for src, _ in train.index} == {0, 1} and {src for src, _ in val.index} == {0}
+
+
+def test_raft_is_used_only_for_frames_it_can_handle(tmp_path, tiny_video, make_cfg, monkeypatch):
+    import wubu_gan.model as M
+
+    monkeypatch.setattr(M, "cached_raft_weights", lambda net: tmp_path / "raft.pth")
+    kind, why = M.decide_flow(make_cfg(tmp_path, tiny_video, use_wubu_motion_branch=True), 64, 64)
+    assert kind == "ilk" and "128" in why
+    assert M.decide_flow(make_cfg(tmp_path, tiny_video, use_wubu_motion_branch=True), 128, 128)[0] == "raft"
+
+
+def test_lpips_is_null_with_a_reason_below_32_px():
+    from wubu_gan.metrics import lpips_model
+
+    net, why = lpips_model("cpu", (24, 24))
+    assert net is None and "24x24" in why
+
+
+def test_demo_videos_smaller_than_the_frames_asked_for_are_reported(tmp_path):
+    from wubu_gan.data import ensure_demo_videos, make_demo_videos
+
+    folder = tmp_path / "demo_video_data_dir"
+    make_demo_videos(folder, 8, 8, 20, which=("square",))  # written at 16x16
+    said = []
+    ensure_demo_videos(folder, 32, 32, 4, log=said.append)
+    assert len(said) == 1 and "smaller than the requested 32x32" in said[0]
+    said.clear()
+    ensure_demo_videos(folder, 16, 16, 4, log=said.append)
+    assert not said

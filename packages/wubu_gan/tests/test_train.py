@@ -20,15 +20,12 @@ def _rows(run_dir):
 
 
 def test_tiny_vae_gan_lowers_reconstruction_loss(base_run):
-    rows = [r for r in _rows(base_run["dir"]) if "train/loss_recon" in r]
-    first = rows[0]["train/loss_recon"]
-    last = sum(r["train/loss_recon"] for r in rows[-5:]) / 5
-    assert last < 0.6 * first, (first, last)
-    val = [r["val/avg_val_recon_mse"] for r in _rows(base_run["dir"]) if "val/avg_val_recon_mse" in r]
-    # Validation is logged every epoch; it is not ranked here: over 3 tiny epochs with the adversarial term
-    # on, val MSE moves by noise (0.0571 -> 0.0561 -> 0.0593 on an idle CI machine). Learning is asserted on
-    # the training loss above.
-    assert len(val) == 3 and all(math.isfinite(v) and v > 0 for v in val)
+    rows = _rows(base_run["dir"])
+    assert all(math.isfinite(r["train/loss_recon"]) for r in rows if "train/loss_recon" in r)
+    # The context generator starts near copy-last-frame, so the training loss starts low; learning shows on the
+    # fixed validation subset (z = mu): on an idle machine 0.0135 -> 0.0089 -> 0.0075 over the 3 epochs.
+    val = [r["val/avg_val_recon_mse"] for r in rows if "val/avg_val_recon_mse" in r]
+    assert len(val) == 3 and val[-1] < 0.8 * val[0], val
 
 
 def test_every_guide_tag_and_image_reads_back(base_run):
@@ -138,3 +135,30 @@ def test_auto_resume_skips_a_truncated_newest_checkpoint(base_run, tmp_path):
     said = []
     assert newest_checkpoint(ckpts, log=said.append) == good
     assert said and str(broken) in said[0]
+
+
+def test_epochs_are_whole_accumulation_windows(tmp_path, make_cfg, tiny_video):
+    cfg = make_cfg(tmp_path, tiny_video, grad_accum_steps=2, batch_size=4, epochs=1)
+    train(cfg, log=lambda m: None)
+    state = torch.load(next((tmp_path / "run").glob(f"{CKPT_PREFIX}ep1_*.pt")), weights_only=True)
+    assert state["stepper_gen"]["micro_index"] == 0 and state["stepper_disc"]["micro_index"] == 0
+    assert state["step"] * 2 == state["sampler"]["consumed"] // 4 // 2 * 2  # only whole windows were trained
+
+
+def test_gan_warmup_ramps_the_adversarial_weight(tmp_path, make_cfg, tiny_video):
+    cfg = make_cfg(tmp_path, tiny_video, lambda_gan_warmup_steps=4, lambda_gan=2.0, epochs=2, keep_last_checkpoints=1)
+    train(cfg, log=lambda m: None)
+    names = sorted(p.name for p in (tmp_path / "run").glob("*.pt"))  # retention: the newest periodic file + best
+    assert len(names) == 2 and f"{CKPT_PREFIX}best.pt" in names and any("_ep2_" in n for n in names), names
+    eff = [r["train/lambda_gan_eff"] for r in _rows(tmp_path / "run") if "train/lambda_gan_eff" in r]
+    assert eff[0] == 0.0 and eff[1] == pytest.approx(0.5) and eff[-1] == 2.0
+    assert all(b >= a for a, b in zip(eff, eff[1:]))
+
+
+def test_new_phase_with_another_optimizer_starts_its_state_fresh(base_run, tmp_path, make_cfg, tiny_video):
+    best = base_run["dir"] / f"{CKPT_PREFIX}best.pt"
+    logs = []
+    cfg = make_cfg(tmp_path, tiny_video, load_checkpoint=str(best), optimizer="riemannian_sgd", epochs=1)
+    summary = train(cfg, log=logs.append)
+    assert summary["step"] > base_run["summary"]["step"]
+    assert any("optimizer changed (riemannian_adam -> riemannian_sgd)" in m for m in logs)

@@ -23,6 +23,7 @@ from trainkit.errors import UserError, handle_user_errors
 from .config import TrainConfig, resolve_config_path
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+STOPPED_EXIT_CODE = 3  # `train` stopped by SIGTERM/SIGINT after saving a checkpoint (continue with --resume auto)
 HINTS = typing.get_type_hints(TrainConfig)
 
 
@@ -116,9 +117,13 @@ def train(ctx, config_path, overrides, **_):
         explicit |= set((yaml.safe_load(Path(path).read_text()) or {}).keys())
     say = (lambda m: None) if cfg.quiet else click.echo
     summary = run_train(cfg, log=say, explicit_keys=frozenset(explicit))
-    if not cfg.quiet and summary.get("val"):
+    stopped = bool(summary.get("stopped"))
+    if not cfg.quiet and (summary.get("val") or stopped) and summary.get("is_main", True):  # one line, from rank 0
         click.echo(json.dumps({"checkpoint_dir": summary["checkpoint_dir"], "best": summary["best"], "step": summary["step"],
-                               "val": {k: v for k, v in summary["val"].items()}}, default=float))
+                               "stopped": stopped, "val": {k: v for k, v in (summary.get("val") or {}).items()}},
+                              default=float))
+    if stopped:  # a signal stop is not a finished phase: `run_phase1.sh && run_phase2a.sh` must not go on
+        raise SystemExit(STOPPED_EXIT_CODE)
 
 
 @main.command()
@@ -154,8 +159,9 @@ def evaluate(checkpoint, video_data_path, max_clips, no_lpips, device, as_json):
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Output folder (samples.png, samples.gif).")
-@click.option("--num_samples", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--num_samples", type=click.IntRange(min=1), default=None,
+              help="Default: the run's demo_num_samples (as training's samples/fixed_noise_generated).")
+@click.option("--seed", type=int, default=None, help="Default: the run's seed (the same fixed noise as training).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--replace", is_flag=True, help="Replace a non-empty --out folder.")
 @handle_user_errors
@@ -207,6 +213,9 @@ def info(image_h, image_w, gaad_num_regions, gaad_decomposition_type, gaad_min_s
     if save_png:
         from .plots import draw_boxes
 
+        parent = Path(save_png).parent
+        if not parent.is_dir():
+            raise UserError("folder does not exist", f"--save_png {save_png}", f"an existing folder ({parent})")
         draw_boxes(boxes, image_h, image_w, save_png, video)
         click.echo(f"saved {save_png}")
 

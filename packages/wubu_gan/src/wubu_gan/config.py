@@ -128,6 +128,11 @@ class TrainConfig:
     # ---- ours
     optimizer: str = "riemannian_adam"    # or riemannian_sgd (the original's SGD: momentum 0.9, wd 0.01)
     wubu_learnable_curvature: bool = True  # false freezes every level's curvature (ablation of the original)
+    gen_context_skip: bool = True         # generator sees the last input frame and predicts a residual to it
+    gen_context_channels: int = 32        # width of that context feature pyramid
+    disc_see_context: bool = True         # D scores [input frames, predicted frames] (conditional), not the prediction alone
+    keep_last_checkpoints: int = 3        # newest epE_stepN / stepN files kept (0 = all); best is always kept
+    lambda_gan_warmup_steps: int = 0      # adversarial weight ramps 0 -> lambda_gan over these optimizer steps
     flow_fallback: str = "ilk"            # weights-free flow when RAFT weights are not cached: ilk | tvl1
     resume: str | None = None             # continue THIS run: a checkpoint path or "auto" (newest in checkpoint_dir)
     device: str = "auto"
@@ -168,8 +173,8 @@ RUN_DEFINING = ("video_data_path", "validation_video_path", "image_h", "image_w"
                 "use_wubu_motion_branch", "gaad_motion_num_regions", "encoder_use_roi_align",
                 "encoder_initial_tangent_dim", "discriminator_type", "disc_use_gaad_film_condition",
                 "disc_apply_spectral_norm", "wubu_s_num_levels", "wubu_s_hyperbolic_dims", "wubu_m_num_levels",
-                "wubu_m_hyperbolic_dims", "wubu_t_num_levels", "wubu_t_hyperbolic_dims", "epochs",
-                "validation_split_fraction", "val_block_size", "seed", "batch_size", "grad_accum_steps")
+                "wubu_m_hyperbolic_dims", "wubu_t_num_levels", "wubu_t_hyperbolic_dims", "epochs", "gen_context_skip",
+                "gen_context_channels", "disc_see_context", "validation_split_fraction", "val_block_size", "seed", "batch_size", "grad_accum_steps")
 
 
 def _fail(key, value, expected):
@@ -185,13 +190,14 @@ def validate(c: TrainConfig) -> None:
                 "disc_max_disc_channels", "disc_temporal_kernel_size", "disc_min_hidden_fc_dim",
                 "disc_max_hidden_fc_dim", "disc_gaad_condition_dim_disc", "disc_patch_size", "wubu_s_num_levels",
                 "wubu_m_num_levels", "wubu_t_num_levels", "learning_rate_gen", "learning_rate_disc",
-                "grad_accum_steps", "val_block_size", "demo_num_samples", "lambda_recon")
+                "grad_accum_steps", "val_block_size", "demo_num_samples", "lambda_recon", "gen_context_channels")
     for key in positive:
         if getattr(c, key) <= 0:
             _fail(key, getattr(c, key), "a positive number")
     for key in ("num_workers", "lambda_kl", "lambda_gan", "risgd_max_grad_norm", "global_max_grad_norm",
                 "lambda_kl_update_interval", "wandb_log_train_recon_interval", "wandb_log_fixed_noise_samples_interval",
-                "num_val_samples_to_log", "threads", "max_val_clips", "gaad_min_size_px"):
+                "num_val_samples_to_log", "threads", "max_val_clips", "gaad_min_size_px", "lambda_gan_warmup_steps",
+                "keep_last_checkpoints"):
         if getattr(c, key) < 0:
             _fail(key, getattr(c, key), "a value >= 0")
     if not 0 < c.min_lambda_kl_q_control <= c.max_lambda_kl_q_control:
@@ -223,6 +229,10 @@ def validate(c: TrainConfig) -> None:
             _fail(f"wubu_{name}_initial_curvatures", curv, "positive curvatures")
     if not c.disc_cnn_channels_2d or any(v <= 0 for v in c.disc_cnn_channels_2d):
         _fail("disc_cnn_channels_2d", c.disc_cnn_channels_2d, "positive channel counts")
+    if c.gen_temporal_kernel_size % 2 == 0:  # 'same' temporal padding (k // 2) keeps the frame count only for odd k
+        _fail("gen_temporal_kernel_size", c.gen_temporal_kernel_size, "an odd size (1, 3, 5, ...)")
+    if c.num_channels != 3:  # accepted for launch-script compatibility; videos are decoded as RGB
+        _fail("num_channels", c.num_channels, "3 (videos are decoded as RGB)")
     if min(c.image_h, c.image_w) < 8:
         _fail("image_h", min(c.image_h, c.image_w), "frames of at least 8x8 pixels")
 

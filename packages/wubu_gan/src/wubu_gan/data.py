@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from trainkit.errors import UserError
 VIDEO_EXTS = (".mp4", ".avi", ".webm", ".gif", ".mkv", ".mov", ".m4v")
 SQUARE_VIDEO = "dummy_video_hybridgen_v01.mp4"
 SHAPES_VIDEO = "procedural_shapes_v01.mp4"
+DEMO_DIR_NAME = "demo_video_data_dir"
 
 
 def cache_root() -> Path:
@@ -156,6 +158,9 @@ def prepare_videos(path, h: int, w: int, flag: str, need_frames: int, frame_skip
         longest = max(s.num_frames for s in sources)
         raise UserError(f"too few frames for one clip (longest video has {longest})", f"{flag} {path}",
                         f"at least {span} frames (num_input_frames+num_predict_frames with frame_skip)")
+    for s in sources:
+        if s.num_frames < span:
+            print(f"note: skipping {s.path.name}: {s.num_frames} frames, fewer than one clip ({span})", file=sys.stderr)
     if flow_method:
         for s in sources:
             if s.num_frames >= span:
@@ -223,11 +228,14 @@ class VideoClips(Dataset):
         return item
 
 
-def build_datasets(cfg, log=print, flow_method: str | None = None) -> tuple[VideoClips, VideoClips]:
-    """Train and validation clips for a config (generating the demo videos when asked)."""
+def build_datasets(cfg, log=print, flow_method: str | None = None,
+                   generate_demo: bool = True) -> tuple[VideoClips, VideoClips]:
+    """Train and validation clips for a config (generating the demo videos when asked: `train` only; evaluate,
+    sample and resume must read the run's own data, never a freshly generated stand-in)."""
     T, skip = cfg.total_frames, cfg.frame_skip
     span = (T - 1) * skip + 1
-    ensure_demo_videos(cfg.video_data_path, cfg.image_h, cfg.image_w, T * skip, log=log)
+    if generate_demo:
+        ensure_demo_videos(cfg.video_data_path, cfg.image_h, cfg.image_w, T * skip, log=log)
     train_src = prepare_videos(cfg.video_data_path, cfg.image_h, cfg.image_w, "--video_data_path", T, skip, flow_method)
     if cfg.validation_video_path:
         val_src = prepare_videos(cfg.validation_video_path, cfg.image_h, cfg.image_w, "--validation_video_path", T, skip,
@@ -237,33 +245,20 @@ def build_datasets(cfg, log=print, flow_method: str | None = None) -> tuple[Vide
         return train, val
     train_idx, val_idx = [], []
     for i, v in enumerate(train_src):
-        tr, va = block_split(v.num_frames, span, cfg.validation_split_fraction, cfg.val_block_size, cfg.seed)
+        try:
+            tr, va = block_split(v.num_frames, span, cfg.validation_split_fraction, cfg.val_block_size, cfg.seed)
+        except UserError:
+            if len(train_src) == 1:
+                raise
+            # One short video in a collection: all of its clips train; the others give the validation blocks.
+            log(f"note: {v.path.name} ({v.num_frames} frames) is too short to split: all its clips go to training")
+            tr, va = list(range(v.num_frames - span + 1)), []
         train_idx += [(i, s) for s in tr]
         val_idx += [(i, s) for s in va]
+    if not val_idx:
+        raise UserError("no video is long enough for a validation block", f"--video_data_path {cfg.video_data_path}",
+                        "a longer video, or a --validation_video_path")
     return VideoClips(train_src, train_idx, T, skip), VideoClips(train_src, val_idx, T, skip)
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """Seeded per-epoch permutation, sharded over DDP ranks, that can start part-way (exact mid-epoch resume)."""
-
-    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1):
-        self.n, self.seed, self.rank, self.world = n, seed, rank, world_size
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
-
-    def _order(self) -> list[int]:
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch)).tolist()
-        per_rank = math.ceil(self.n / self.world)
-        perm += perm[: per_rank * self.world - self.n]
-        return perm[self.rank::self.world]
-
-    def __iter__(self):
-        return iter(self._order()[self.skip:])
-
-    def __len__(self) -> int:
-        return max(0, math.ceil(self.n / self.world) - self.skip)
 
 
 # ---------------------------------------------------------------- demo videos
@@ -297,10 +292,14 @@ def shapes_frames(num_frames: int, h: int, w: int, seed: int = 0):
     """A richer procedural video: a textured background seen through a panning camera, and four textured
     shapes (disc, square, triangle, ring) that move, bounce and change phase, each with its own texture."""
     rng = np.random.default_rng(seed)
+    # The scene depends on the seed too (background phases and scales, camera path phase), so another seed is
+    # a new video, not the same background with other shapes; seed 0 keeps its original values (all offsets 0).
+    scene = [float(v) for v in np.random.default_rng(10_000 + seed).uniform(-1, 1, 6)] if seed else [0.0] * 6
     H, W = 2 * h, 3 * w                       # the world the camera pans over
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    bg = np.stack([0.5 + 0.25 * np.sin(xx / 9.0 + c) * np.cos(yy / 13.0 - c) + 0.1 * np.sin((xx + yy) / 5.0 + 2 * c)
-                   for c in (0.0, 1.3, 2.6)], -1)
+    fx, fy, fd = 9.0 * (1 + 0.3 * scene[0]), 13.0 * (1 + 0.3 * scene[1]), 5.0 * (1 + 0.3 * scene[2])
+    bg = np.stack([0.5 + 0.25 * np.sin(xx / fx + c + 3 * scene[3]) * np.cos(yy / fy - c)
+                   + 0.1 * np.sin((xx + yy) / fd + 2 * c + 3 * scene[3]) for c in (0.0, 1.3, 2.6)], -1)
     bg = (np.clip(bg, 0, 1) * 0.7 + 0.1).astype(np.float32)
     sy, sx = np.mgrid[0:h, 0:w].astype(np.float32)
     shapes = []
@@ -311,8 +310,8 @@ def shapes_frames(num_frames: int, h: int, w: int, seed: int = 0):
                        "col": rng.uniform(0.2, 1.0, 3), "col2": rng.uniform(0.0, 0.6, 3), "freq": rng.uniform(0.25, 0.6)})
     for i in range(num_frames):
         # camera: slow Lissajous pan over the world
-        cx = (W - w) / 2 * (1 + math.sin(i / 40.0))
-        cy = (H - h) / 2 * (1 + math.sin(i / 57.0 + 1.0))
+        cx = (W - w) / 2 * (1 + math.sin(i / 40.0 + 3 * scene[4]))
+        cy = (H - h) / 2 * (1 + math.sin(i / 57.0 + 1.0 + 3 * scene[5]))
         x0, y0 = int(round(cx)), int(round(cy))
         img = bg[y0:y0 + h, x0:x0 + w].copy()
         for s in shapes:
@@ -360,15 +359,35 @@ def make_demo_videos(out_dir: str | Path, h: int = 64, w: int = 64, num_frames: 
 def ensure_demo_videos(path, h: int, w: int, need_frames: int, log=print) -> None:
     """Generate the demo videos when the path is the guide's demo folder and holds no video (as the original)."""
     p = Path(path)
-    if "demo_video_data" not in str(p):
-        return
     folder = p if p.suffix.lower() not in VIDEO_EXTS else p.parent
+    if folder.name != DEMO_DIR_NAME:  # the guide's folder by name (the original matched any path containing it)
+        return
     if folder.is_dir() and any(q.suffix.lower() in VIDEO_EXTS for q in folder.iterdir()):
+        _warn_small_demo_videos(folder, h, w, log)
         return
     if p.suffix.lower() in VIDEO_EXTS and p.is_file():
         return
     written = make_demo_videos(folder, h, w, need_frames)
     log(f"generated demo videos: {', '.join(str(x) for x in written)}")
+
+
+def _warn_small_demo_videos(folder: Path, h: int, w: int, log) -> None:
+    """The demo videos are written once, at twice the first run's frame size: say so when a later run asks for
+    frames larger than they are (they would be upsampled, i.e. blurry)."""
+    import av
+
+    for name in (SQUARE_VIDEO, SHAPES_VIDEO):
+        f = folder / name
+        if not f.is_file():
+            continue
+        try:
+            with av.open(str(f)) as c:
+                vh, vw = c.streams.video[0].height, c.streams.video[0].width
+        except Exception:  # noqa: BLE001 - unreadable files get their own error when decoded
+            continue
+        if vh < h or vw < w:
+            log(f"warning: {f} is {vh}x{vw}, smaller than the requested {h}x{w} frames (it will be upsampled); "
+                f"delete {folder} to regenerate the demo videos at this size")
 
 
 def write_json(path: Path, data) -> None:

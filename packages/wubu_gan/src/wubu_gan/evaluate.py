@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,10 @@ def load_generator(path, device) -> tuple[WuBuGen, TrainConfig, dict]:
     state = load_checkpoint(path, map_location=device)
     if "config" not in state or "gen" not in state:
         raise UserError("not a wubu-gan checkpoint", str(path), "a file written by `wubu-gan train`")
-    cfg = config_from_dict(TrainConfig, state["config"], where=str(path))
+    saved = dict(state["config"])
+    saved.setdefault("gen_context_skip", False)  # checkpoints from before the context path decoded from z alone
+    saved.setdefault("disc_see_context", False)
+    cfg = config_from_dict(TrainConfig, saved, where=str(path))
     flow_kind = state.get("flow_kind", "none")
     if flow_kind == "raft" and decide_flow(cfg, cfg.image_h, cfg.image_w)[0] != "raft":
         raise UserError("checkpoint was trained with RAFT flow, whose weights are not in the local torch cache",
@@ -96,9 +100,9 @@ def evaluate_checkpoint(path, video_path=None, device="cpu", use_lpips=True, max
         dataset = VideoClips(sources, [(i, s) for i, v in enumerate(sources) for s in range(v.num_frames - span + 1)], T, skip)
         where = str(video_path)
     else:
-        _, dataset = build_datasets(cfg, log=log, flow_method=flow_method)
+        _, dataset = build_datasets(cfg, log=log, flow_method=flow_method, generate_demo=False)
         where = f"validation split of {cfg.video_data_path}"
-    net, reason = lpips_model(device) if use_lpips else (None, "LPIPS not requested")
+    net, reason = lpips_model(device, (cfg.image_h, cfg.image_w)) if use_lpips else (None, "LPIPS not requested")
     result = validate(G, dataset, cfg, device, net, max_clips=max_clips)
     result["info"] = {"checkpoint": str(path), "data": where, "num_clips": result["model"]["num_clips"],
                       "step": state.get("step"), "lpips_note": reason}
@@ -124,27 +128,59 @@ def fixed_noise(n: int, latent_dim: int, seed: int, device) -> torch.Tensor:
     return torch.randn(n, latent_dim, generator=make_generator(device, seed), device=device)
 
 
+SAMPLE_FILES = ("samples.png", "samples.gif")
+
+
 @torch.no_grad()
-def sample_checkpoint(path, out_dir, num_samples: int = 4, seed: int = 0, device="cpu", replace: bool = False) -> dict:
-    """Fixed-noise generations: ``samples.png`` (rows = samples, columns = frames) and ``samples.gif``."""
+def sample_checkpoint(path, out_dir, num_samples: int | None = None, seed: int | None = None, device="cpu",
+                      replace: bool = False) -> dict:
+    """Fixed-noise generations: ``samples.png`` (rows = samples, columns = frames) and ``samples.gif``.
+
+    ``--out`` must be a new or empty folder, or (with ``replace``) a folder holding only an earlier sample
+    output; the new files are rendered next to it first and swapped in only once they exist, so a bad
+    checkpoint or a crash never deletes anything, and ``replace`` can never wipe a run folder."""
+    import shutil
+    import tempfile
+
     import imageio.v2 as imageio
 
     device = torch.device(device)
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and not out.is_dir():
+        raise UserError("not a folder", f"--out {out}", "a new or empty folder for samples.png and samples.gif")
+    if out.is_dir() and any(out.iterdir()):
+        others = sorted(p.name for p in out.iterdir() if p.name not in SAMPLE_FILES)
         if not replace:
             raise UserError("output folder is not empty", f"--out {out}", "a new or empty folder, or --replace")
-        import shutil
-
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+        if others:
+            raise UserError(f"--replace only replaces an earlier sample output; the folder also holds {others[0]!r}",
+                            f"--out {out}", f"a folder holding only {' and '.join(SAMPLE_FILES)}, or a new one")
     G, cfg, _ = load_generator(path, device)
+    num_samples = cfg.demo_num_samples if num_samples is None else num_samples
+    seed = cfg.seed if seed is None else seed  # training's fixed noise: fixed_noise(demo_num_samples, ..., cfg.seed)
     z = fixed_noise(num_samples, cfg.latent_dim, seed, device)
-    videos = G.generator(z)
+    context = None
+    if G.generator.use_context:  # continue the last input frames of evenly spaced validation clips
+        _, val_set = build_datasets(cfg, log=lambda *a: None, generate_demo=False)
+        idx = np.linspace(0, len(val_set) - 1, num_samples).round().astype(int).tolist()
+        clips = torch.stack([val_set[i]["frames"] for i in idx]).to(device)
+        context = clips[:, :cfg.num_input_frames]
+    videos = G.generator(z, context)
+    if context is not None:  # first columns: the input frames each sample continues
+        videos = torch.cat([context, videos], 1)
     grid = frames_to_grid(videos)
-    imageio.imwrite(out / "samples.png", grid)
-    # GIF: frame j shows every sample's frame j side by side.
-    frames = [frames_to_grid(videos[:, j:j + 1].permute(1, 0, 2, 3, 4)) for j in range(videos.shape[1])]
-    imageio.mimsave(out / "samples.gif", frames, duration=0.2, loop=0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        imageio.imwrite(tmp / "samples.png", grid)
+        # GIF: frame j shows every sample's frame j side by side.
+        frames = [frames_to_grid(videos[:, j:j + 1].permute(1, 0, 2, 3, 4)) for j in range(videos.shape[1])]
+        imageio.mimsave(tmp / "samples.gif", frames, duration=0.2, loop=0)
+        if out.is_dir():
+            shutil.rmtree(out)  # empty, or only the earlier samples.png/gif (checked above)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
     return {"png": str(out / "samples.png"), "gif": str(out / "samples.gif"), "num_samples": num_samples,
             "frames": int(videos.shape[1])}

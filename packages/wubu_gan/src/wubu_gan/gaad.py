@@ -113,3 +113,83 @@ def box_features(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def cache_info():
     return _boxes_cached.cache_info()
+
+
+# ---------------------------------------------------------------- region sampling as two small matrix products
+def _axis_weights(lo: float, hi: float, size: int, out: int) -> list[list[float]]:
+    """(out, size) weights of torchvision's roi_align (aligned=True, adaptive sampling_ratio=-1) along one axis.
+
+    roi_align averages a grid of bilinear samples per output bin; both the bilinear kernel and the sample grid
+    factor over the two axes (a sample outside the map is zero in either axis), so a box's crop-resize is
+    ``Wy @ image @ Wx^T`` with one such matrix per axis. Mirrors the kernel's rules: start at lo - 0.5, ceil(len
+    / out) samples per bin, samples below -1 or above size dropped, clamped to the edge pixel otherwise.
+    """
+    start, length = lo - 0.5, hi - lo
+    bin_size = length / out
+    grid = max(1, math.ceil(length / out))
+    rows = []
+    for p in range(out):
+        w = [0.0] * size
+        for i in range(grid):
+            y = start + p * bin_size + (i + 0.5) * bin_size / grid
+            if y < -1.0 or y > size:
+                continue
+            y = max(y, 0.0)
+            low = int(y)
+            if low >= size - 1:
+                low = high = size - 1
+                y = float(low)
+            else:
+                high = low + 1
+            frac = y - low
+            w[low] += (1.0 - frac) / grid
+            w[high] += frac / grid
+        rows.append(w)
+    return rows
+
+
+@lru_cache(maxsize=64)
+def _sampling_cached(height: int, width: int, boxes: tuple, out_h: int, out_w: int) -> tuple:
+    wy = [_axis_weights(b[1], b[3], height, out_h) for b in boxes]
+    wx = [_axis_weights(b[0], b[2], width, out_w) for b in boxes]
+    return wy, wx
+
+
+def region_sampling_matrices(boxes: torch.Tensor, height: int, width: int, out_h: int, out_w: int):
+    """(R, out_h, H) and (R, out_w, W) float32 matrices such that ``region_crops`` equals roi_align's crops of
+    the boxes; computed once per (frame size, boxes, output size) and cached."""
+    key = tuple(tuple(round(float(v), 6) for v in b) for b in boxes.tolist())
+    wy, wx = _sampling_cached(int(height), int(width), key, int(out_h), int(out_w))
+    return torch.tensor(wy, dtype=torch.float32), torch.tensor(wx, dtype=torch.float32)
+
+
+def _supports(wy: torch.Tensor, wx: torch.Tensor) -> list[tuple[int, int, int, int]]:
+    """Per box, the row and column range its sampling weights touch (y0, y1, x0, x1)."""
+    out = []
+    for a, b in zip(wy, wx):
+        rows = torch.nonzero(a.abs().sum(0)).flatten()
+        cols = torch.nonzero(b.abs().sum(0)).flatten()
+        out.append((int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1))
+    return out
+
+
+def region_crops(images: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor, supports=None) -> torch.Tensor:
+    """(N, C, H, W) -> (N, R, C, out_h, out_w): every box of every image, as batched matrix products
+    (the same numbers as ``roi_align(images, rois, (out_h, out_w), 1.0, -1, aligned=True)``).
+
+    With ``supports`` (see ``_supports``; what the model uses): per box, only its own rows and columns,
+    batched over all images and channels, so the work is proportional to the boxes' area rather than R x the
+    frame. Without: two dense products for all boxes at once."""
+    if supports is not None:
+        wy, wx = wy.to(images.dtype), wx.to(images.dtype)
+        crops = []
+        for r, (y0, y1, x0, x1) in enumerate(supports):
+            crops.append(wy[r, :, y0:y1] @ images[:, :, y0:y1, x0:x1] @ wx[r, :, x0:x1].T)
+        return torch.stack(crops, 1)
+    n, c, h, w = images.shape
+    r, oh, ow = wy.shape[0], wy.shape[1], wx.shape[1]
+    wy, wx = wy.to(images.dtype), wx.to(images.dtype)
+    cols = images.reshape(n * c * h, w) @ wx.reshape(r * ow, w).T                 # (N*C*H, R*ow)
+    cols = cols.reshape(n * c, h, r, ow).permute(2, 1, 0, 3).reshape(r, h, n * c * ow)
+    out = torch.bmm(wy, cols)                                                       # (R, oh, N*C*ow)
+    return out.reshape(r, oh, n, c, ow).permute(2, 0, 3, 1, 4)

@@ -31,12 +31,18 @@ def ssim_per_frame(pred01: torch.Tensor, target01: torch.Tensor) -> np.ndarray:
     return np.array([structural_similarity(a, b, channel_axis=-1, data_range=1.0, win_size=win) for a, b in zip(p, t)])
 
 
-def lpips_model(device):
+LPIPS_MIN_SIDE = 32  # AlexNet's third max-pool has no output below ~31 px
+
+
+def lpips_model(device, image_hw: tuple[int, int] | None = None):
     """(LPIPS-alex model, None) when the AlexNet trunk weights are in the local torch cache, else (None, reason).
+    Frames smaller than LPIPS_MIN_SIDE give (None, reason) too: AlexNet cannot score them.
 
     lpips builds ``torchvision.models.alexnet(pretrained=True)``, which downloads when the file is missing;
     we check for the file first so nothing is ever fetched, and never report a random-trunk number.
     """
+    if image_hw is not None and min(image_hw) < LPIPS_MIN_SIDE:
+        return None, f"LPIPS unavailable: frames of {image_hw[0]}x{image_hw[1]} are below AlexNet's {LPIPS_MIN_SIDE} px"
     path = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
     if not path.is_file():
         return None, f"LPIPS unavailable: AlexNet weights not in the local torch cache ({path})"

@@ -8,6 +8,7 @@ whole step for G and D and no optimizer or Q-controller state is touched.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
@@ -22,17 +23,20 @@ from trainkit.checkpoint import capture_rng_state, load_checkpoint, restore_rng_
 from trainkit.cli import prepare_run_dir
 from trainkit.config import config_to_dict, save_config
 from trainkit.device import autocast, make_grad_scaler, seed_everything
-from trainkit.distributed import GracefulStop, all_reduce_mean, cleanup, init_distributed, wrap_ddp
+from trainkit.config import resolve_resume_config as resolve_saved_config
+from trainkit.data import ResumableSampler
+from trainkit.distributed import (GracefulStop, all_reduce_mean, barrier, cleanup, init_distributed, seed_rank_streams,
+                                  wrap_ddp)
 from trainkit.errors import UserError
 from trainkit.progress import progress
 from trainkit.step import OptimizerStep
 from trainkit.tracking import Tracker
 
 from .config import TrainConfig
-from .data import EpochSampler, build_datasets
+from .data import build_datasets
 from .evaluate import fixed_noise, frames_to_grid, move, validate
 from .metrics import lpips_model
-from .model import WuBuGen, build_discriminator, count_parameters, decide_flow
+from .model import WuBuGen, build_discriminator, count_parameters, decide_flow, disc_input
 from .qcontrol import QController
 
 CKPT_PREFIX = "wubugaad_hybridgen_ckpt_v01_"
@@ -119,6 +123,18 @@ def ckpt_path(directory: Path, tag: str) -> Path:
     return Path(directory) / f"{CKPT_PREFIX}{tag}.pt"
 
 
+def run_dir_refusal(ckpt_dir: Path) -> UserError | None:
+    """Why a new run may not start in ``ckpt_dir`` (None: it may)."""
+    if any(ckpt_dir.glob(f"{CKPT_PREFIX}*.pt")):
+        return UserError("checkpoint directory already holds a run", f"--checkpoint_dir {ckpt_dir}",
+                         "pass --resume auto to continue it, or choose a new --checkpoint_dir")
+    if (ckpt_dir / "metrics.jsonl").exists():  # a start that crashed before its first checkpoint
+        return UserError("checkpoint directory holds an earlier run that saved no checkpoint",
+                         f"--checkpoint_dir {ckpt_dir}", f"delete {ckpt_dir} (nothing to resume there), or choose "
+                         "a new --checkpoint_dir")
+    return None
+
+
 def newest_checkpoint(directory: Path, log=print) -> Path | None:
     """The newest checkpoint in ``directory`` that loads; a corrupt or truncated newer file is skipped and named
     (a crash while writing must not make ``--resume auto`` fail or pick nothing)."""
@@ -152,13 +168,35 @@ def load_compatible(module: torch.nn.Module, saved: dict) -> list[str]:
     return sorted(k for k in own if k not in keep)
 
 
-def resolve_resume_config(cli_values: dict, config_path, overrides, resume: str, checkpoint_dir: str | None):
-    """On --resume the checkpoint's config is the run's config; flags that change what the run is are refused."""
-    from trainkit.config import load_config
+def dropped_from(module: torch.nn.Module, saved: dict) -> list[str]:
+    """Checkpoint tensors this module has no place for (e.g. affine norms that FiLM replaces in phase 3)."""
+    own = module.state_dict()
+    return sorted(k for k in saved if k not in own)
 
+
+def run_dir_from(config_path, overrides) -> str:
+    """checkpoint_dir as a run would resolve it without the flag: the last --set, else the YAML file, else the default."""
+    import yaml
+
+    from trainkit.config import parse_override
+
+    for item in reversed(list(overrides)):
+        key, value = parse_override(item)
+        if key == "checkpoint_dir":
+            return str(value)
+    if config_path is not None:
+        data = yaml.safe_load(Path(config_path).read_text()) or {}
+        if data.get("checkpoint_dir"):
+            return str(data["checkpoint_dir"])
+    return TrainConfig.checkpoint_dir
+
+
+def resolve_resume_config(cli_values: dict, config_path, overrides, resume: str, checkpoint_dir: str | None):
+    """On --resume the checkpoint's config is the run's config (trainkit's rule): what this invocation gives goes
+    on top, and a flag that changes what the run is (RUN_DEFINING) is refused with one line naming the key."""
     from .config import RUN_DEFINING
 
-    directory = Path(checkpoint_dir or TrainConfig.checkpoint_dir)
+    directory = Path(checkpoint_dir or run_dir_from(config_path, overrides))
     path = newest_checkpoint(directory) if resume == "auto" else Path(resume)
     if path is None:
         raise UserError("no checkpoint to resume from", f"--resume {resume}",
@@ -166,15 +204,11 @@ def resolve_resume_config(cli_values: dict, config_path, overrides, resume: str,
     state = load_checkpoint(path)
     if "config" not in state or "gen" not in state:
         raise UserError("not a wubu-gan checkpoint", str(path), "a file written by `wubu-gan train`")
-    base = dict(state["config"])
-    for key, value in cli_values.items():
-        if key in RUN_DEFINING and base.get(key) != value and not (isinstance(value, (list, tuple)) and list(value) == base.get(key)):
-            raise UserError(f"--{key} {value!r} differs from the resumed run's {base.get(key)!r}", f"--resume {path}",
-                            f"leave --{key} out (it changes what the run is), or start a new phase with --load_checkpoint")
-    base["resume"] = str(path)
-    base["load_checkpoint"] = None
-    return load_config(TrainConfig, config_path, overrides, {**cli_values, "resume": str(path), "load_checkpoint": None},
-                       base=base)
+    saved = {**state["config"], "resume": str(path), "load_checkpoint": None}
+    return resolve_saved_config(TrainConfig, saved, path=config_path, overrides=overrides,
+                                cli_values={**cli_values, "resume": str(path), "load_checkpoint": None},
+                                run_defining=RUN_DEFINING, where=str(path),
+                                override_flag="a new phase (--load_checkpoint) instead of --resume")
 
 
 # ------------------------------------------------------------------------------------------ the loop
@@ -196,17 +230,24 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
     flow_method = flow_kind if flow_kind not in ("none", "raft") else None
 
     # ---- data (the split is seeded by cfg.seed only: the same on every rank)
-    train_set, val_set = build_datasets(cfg, log=say, flow_method=flow_method)
+    train_set, val_set = build_datasets(cfg, log=say, flow_method=flow_method, generate_demo=not cfg.resume)
+    # Saved absolute, so evaluate/sample/resume from another folder read this run's data (never a new demo video).
+    cfg.video_data_path = str(Path(cfg.video_data_path).resolve())
+    if cfg.validation_video_path:
+        cfg.validation_video_path = str(Path(cfg.validation_video_path).resolve())
     if cfg.batch_size % info.world_size:
         raise UserError(f"batch_size={cfg.batch_size} is not divisible by {info.world_size} processes", "--batch_size",
                         "a global batch size that is a multiple of the number of processes")
     per_rank = cfg.batch_size // info.world_size
-    sampler = EpochSampler(len(train_set), cfg.seed, info.rank, info.world_size)
-    # Its own generator: a DataLoader otherwise draws its worker seed from the global RNG at every new
-    # iterator, which would shift the RNG stream of a resumed run against the uninterrupted one.
+    # trainkit's sampler: a (seed, epoch) order sharded over ranks whose mid-epoch position is checkpointed. Its
+    # generator seeds the DataLoader's workers, so a resume does not shift the global RNG stream.
+    sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, num_replicas=info.world_size,
+                               rank=info.rank, drop_last=False)
     loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers, drop_last=True,
-                        persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed + info.rank))
-    steps_per_epoch = len(sampler) // per_rank
+                        persistent_workers=False, generator=sampler.generator)
+    # An epoch is a whole number of accumulation windows (the trailing micro-batches are left for the next
+    # epoch's shuffle), so an epoch-end checkpoint, validation and best.pt never fall inside a window.
+    steps_per_epoch = len(sampler) // per_rank // cfg.grad_accum_steps * cfg.grad_accum_steps
     if steps_per_epoch == 0:
         raise UserError(f"{len(train_set)} training clips give no full batch of {per_rank}", "--batch_size",
                         "a smaller batch size or more video")
@@ -217,6 +258,7 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
     D_raw = build_discriminator(cfg).to(device)
     G = wrap_ddp(G_raw, info)
     D = wrap_ddp(D_raw, info)
+    seed_rank_streams(cfg.seed)  # from here on (posterior noise, dropout) every rank draws its own randomness
     opt_g = make_optimizer(G_raw, cfg.learning_rate_gen, cfg)
     opt_d = make_optimizer(D_raw, cfg.learning_rate_disc, cfg)
     scaler_g, scaler_d = make_grad_scaler(device, precision), make_grad_scaler(device, precision)
@@ -229,7 +271,7 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
     q_lkl = QController("lkl", seed=cfg.seed + 2) if (cfg.q_controller_enabled and cfg.lambda_kl_update_interval > 0) else None
     lambda_kl = cfg.lambda_kl
     primary = cfg.val_primary_metric
-    lp_net, lp_reason = lpips_model(device) if cfg.use_lpips_for_verification else (None, "LPIPS not requested")
+    lp_net, lp_reason = lpips_model(device, (cfg.image_h, cfg.image_w)) if cfg.use_lpips_for_verification else (None, "LPIPS not requested")
     if cfg.use_lpips_for_verification and lp_net is None:
         say(f"note: val/avg_val_lpips will be null: {lp_reason}")
     if primary == "avg_val_lpips" and lp_net is None:
@@ -238,10 +280,13 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
 
     # ---- run directory, resume or new phase
     ckpt_dir = Path(cfg.checkpoint_dir)
+    # Every rank decides (it only reads the file system) before rank 0 writes anything, so a refused folder
+    # stops all ranks at once instead of leaving the others waiting in the first all-reduce.
+    refusal = None if cfg.resume else run_dir_refusal(ckpt_dir)
+    barrier()
+    if refusal:
+        raise refusal
     if info.is_main:
-        if not cfg.resume and (any(ckpt_dir.glob(f"{CKPT_PREFIX}*.pt")) or (ckpt_dir / "metrics.jsonl").exists()):
-            raise UserError("checkpoint directory already holds a run", f"--checkpoint_dir {ckpt_dir}",
-                            "pass --resume auto to continue it, or choose a new --checkpoint_dir")
         prepare_run_dir(ckpt_dir, resume=cfg.resume)
     step, start_epoch, batch_in_epoch, best_value = 0, 0, 0, None
     val_history: list[float] = []  # the primary validation metric per epoch (the lambda_KL controller's input)
@@ -259,10 +304,24 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
             if q is not None and state.get(key):
                 q.load_state_dict(state[key])
         lambda_kl = float(state["lambda_kl"])
+        # Given on this command line (resume keeps everything else): honoured, so config.yaml tells the truth.
+        if "lambda_kl" in explicit_keys:
+            lambda_kl = cfg.lambda_kl
+            say(f"lambda_kl {lambda_kl:g} (as given; the checkpoint had {float(state['lambda_kl']):g})")
+        for opt, key in ((opt_g, "learning_rate_gen"), (opt_d, "learning_rate_disc")):
+            if key in explicit_keys:
+                for g in opt.param_groups:
+                    g["lr"] = getattr(cfg, key)
+                say(f"{key} {getattr(cfg, key):g} (as given)")
         step, start_epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
         best_value = state.get("best_value")
         val_history[:] = [float(v) for v in state.get("val_history", [])]
-        restore_rng_state(state["rng"])
+        per_rank_rng = state.get("rng_per_rank") or []
+        restore_rng_state(per_rank_rng[info.rank] if info.rank < len(per_rank_rng) else state["rng"])
+        if state.get("sampler"):
+            sampler.load_state_dict(state["sampler"], where=str(cfg.resume))
+        else:  # older checkpoints: position from the batch counter
+            sampler.load_state_dict({"epoch": start_epoch, "consumed": batch_in_epoch * per_rank}, where=str(cfg.resume))
         say(f"resumed {cfg.resume} at epoch {start_epoch}, batch {batch_in_epoch}, step {step}")
     elif cfg.load_checkpoint:
         step, lambda_kl = start_new_phase(cfg, explicit_keys, G_raw, D_raw, opt_g, opt_d, q_gen, q_disc, q_lkl, device, say)
@@ -274,8 +333,28 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
         f"({cfg.image_h}x{cfg.image_w}) | G {count_parameters(G_raw):,} / D {count_parameters(D_raw):,} parameters | "
         f"device {device} {precision} | {steps_per_epoch} batches/epoch")
     z_fixed = fixed_noise(cfg.demo_num_samples, cfg.latent_dim, cfg.seed, device)
+    ctx_fixed = fixed_context(G_raw, val_set, cfg.demo_num_samples, device)
+    # Adversarial warm-up: lambda_GAN ramps in linearly once reconstruction has had its steps. Counted from this
+    # run's first step (a new phase starts its own ramp only if it asks for one) and never longer than half the run.
+    run_steps = cfg.epochs * steps_per_epoch // max(1, cfg.grad_accum_steps)
+    gan_warmup = min(cfg.lambda_gan_warmup_steps, max(1, run_steps // 2)) if cfg.lambda_gan_warmup_steps else 0
+    warmup_start = int(state.get("warmup_start", 0)) if cfg.resume else step
+    if gan_warmup and gan_warmup < cfg.lambda_gan_warmup_steps:
+        say(f"note: lambda_gan_warmup_steps {cfg.lambda_gan_warmup_steps} is longer than half this run "
+            f"({run_steps} steps): ramping over {gan_warmup}")
+
+    def lambda_gan_now() -> float:
+        if not gan_warmup:
+            return cfg.lambda_gan
+        return cfg.lambda_gan * min(1.0, max(0, step - warmup_start) / gan_warmup)
 
     def save(tag: str, epoch: int, batch: int, metrics: dict | None = None) -> Path:
+        """Called on every rank (each rank's RNG stream is gathered); only rank 0 writes."""
+        rng = capture_rng_state()
+        rng_per_rank = [rng]
+        if info.world_size > 1:
+            rng_per_rank = [None] * info.world_size
+            torch.distributed.all_gather_object(rng_per_rank, rng)
         payload = {
             "format_version": FORMAT_VERSION, "gen": plain_state(G_raw.state_dict()),
             "disc": plain_state(D_raw.state_dict()), "opt_gen": plain_state(opt_g.state_dict()),
@@ -284,73 +363,86 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
             "q_gen": q_gen.state_dict() if q_gen else None, "q_disc": q_disc.state_dict() if q_disc else None,
             "q_lkl": q_lkl.state_dict() if q_lkl else None, "lambda_kl": float(lambda_kl), "step": step,
             "epoch": epoch, "batch_in_epoch": batch, "metrics": metrics or {}, "best_value": best_value,
-            "rng": capture_rng_state(), "config": config_to_dict(cfg), "flow_kind": flow_kind,
-            "val_history": [float(v) for v in val_history],
+            "rng": rng, "rng_per_rank": rng_per_rank, "sampler": sampler.state_dict(),
+            "config": config_to_dict(cfg), "flow_kind": flow_kind,
+            "val_history": [float(v) for v in val_history], "warmup_start": warmup_start,
         }
         path = ckpt_path(ckpt_dir, tag)
         if info.is_main:
             save_checkpoint(path, payload)
+            if tag != "best" and cfg.keep_last_checkpoints:  # bounded disk use: the newest k periodic files stay
+                periodic = sorted((p for p in ckpt_dir.glob(f"{CKPT_PREFIX}*step*.pt")), key=lambda p: p.stat().st_mtime_ns)
+                for old in periodic[:-cfg.keep_last_checkpoints]:
+                    old.unlink(missing_ok=True)
         return path
 
     # ---- loop
     stop = GracefulStop()
     window = {}  # loss sums over the accumulation window (for the Q-controllers)
     last_val: dict = {}
-    summary = {"checkpoint_dir": str(ckpt_dir), "flow": flow_kind}
+    summary = {"checkpoint_dir": str(ckpt_dir), "flow": flow_kind, "is_main": info.is_main}
     last_batch = None  # (frames, recon) of the latest micro-batch, for the train_recon image
     t_start = time.time()
     try:
         for epoch in range(start_epoch, cfg.epochs):
             G.train()
             D.train()
-            sampler.set_epoch(epoch, skip=batch_in_epoch * per_rank)
-            bar = progress(loader, total=steps_per_epoch - batch_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                           quiet=cfg.quiet)
+            sampler.set_epoch(epoch)  # keeps a restored mid-epoch position for the resumed epoch only
+            batch_in_epoch = sampler.consumed_batches(per_rank)
+            bar = progress(sampler.track(loader), total=steps_per_epoch - batch_in_epoch,
+                           desc=f"epoch {epoch + 1}/{cfg.epochs}", quiet=cfg.quiet)
             for batch in bar:
-                frames, flow = move(batch, device)
-                target = frames[:, Tin:]
-                boundary = step_g.is_boundary
-                with autocast(device, precision):
-                    recon, mu, logvar = G(frames, flow)
-                    # One D forward on [real; fake]: DDP allows one forward per backward, and spectral norm then
-                    # runs one power iteration per step. InstanceNorm is per sample, so nothing mixes.
-                    logits_real, logits_fake = D(torch.cat([target, recon.detach()])).chunk(2)
-                    loss_d_real = bce(logits_real, 1.0)
-                    loss_d_fake = bce(logits_fake, 0.0)
-                loss_d = 0.5 * (loss_d_real + loss_d_fake)
-                D_raw.requires_grad_(False)  # G's adversarial term needs no D gradients (raw module: no DDP sync)
-                with autocast(device, precision):
-                    loss_adv = bce(D_raw(recon), 1.0)
-                D_raw.requires_grad_(True)
-                loss_recon = F.mse_loss(recon.float(), target.float())
-                loss_kl = kl_divergence(mu.float(), logvar.float())
-                loss_g = cfg.lambda_recon * loss_recon + lambda_kl * loss_kl + cfg.lambda_gan * loss_adv
-                parts = torch.stack([loss_recon, loss_kl, loss_adv, loss_g, loss_d_real, loss_d_fake, loss_d]).detach()
-                finite = bool(torch.isfinite(parts).all())
-                if not finite:
-                    # Poison both windows: trainkit skips the whole step for G and D, touching no state.
-                    say(f"warning: non-finite loss at step {step} (recon {parts[0]:.4g}, kl {parts[1]:.4g}, "
-                        f"adv {parts[2]:.4g}, d {parts[6]:.4g}): skipping this optimizer step for G and D")
-                    loss_g, loss_d = loss_g * float("nan"), loss_d * float("nan")
-                    window["bad"] = True
-                names = ("recon", "kl", "g_adv", "g_total", "d_real", "d_fake", "d_total")
-                window.setdefault("sum", torch.zeros(7, device=device))
-                window["sum"] += torch.nan_to_num(parts)
-                window["n"] = window.get("n", 0) + 1
-                if boundary and not window.get("bad") and q_gen is not None:
-                    means = all_reduce_mean({k: float(v) for k, v in zip(names, window["sum"] / window["n"])})
-                    common = {**means, "lambda_kl": lambda_kl}
-                    apply_scales(opt_g, cfg.learning_rate_gen, q_gen.step(
-                        {**common, "lr": opt_g.param_groups[0]["lr"], "momentum": current_momentum(opt_g)}))
-                    apply_scales(opt_d, cfg.learning_rate_disc, q_disc.step(
-                        {**common, "lr": opt_d.param_groups[0]["lr"], "momentum": current_momentum(opt_d)}))
-                    if q_lkl is not None and val_history and (step + 1) % cfg.lambda_kl_update_interval == 0:
-                        val = val_history[-1] if HIGHER_IS_BETTER[primary] else -val_history[-1]
-                        scale = q_lkl.step({**common, "val": val})["lklscale"]
-                        lambda_kl = min(cfg.max_lambda_kl_q_control, max(cfg.min_lambda_kl_q_control, lambda_kl * scale))
-                with step_g.micro_batch():
+                if batch_in_epoch >= steps_per_epoch:
+                    break
+                # Both steppers' contexts around forward AND backward: DDP decides at forward time whether to all-reduce
+                # (no_sync inside an accumulation window), and --detect_anomaly records the forward's traceback.
+                with contextlib.ExitStack() as micro:
+                    micro.enter_context(step_g.micro_batch())
+                    micro.enter_context(step_d.micro_batch())
+                    frames, flow = move(batch, device)
+                    target = frames[:, Tin:]
+                    boundary = step_g.is_boundary
+                    with autocast(device, precision):
+                        recon, mu, logvar = G(frames, flow)
+                        # One D forward on [real; fake]: DDP allows one forward per backward, and spectral norm then
+                        # runs one power iteration per step. InstanceNorm is per sample, so nothing mixes.
+                        real_in, fake_in = disc_input(cfg, frames, target), disc_input(cfg, frames, recon.detach())
+                        logits_real, logits_fake = D(torch.cat([real_in, fake_in])).chunk(2)
+                        loss_d_real = bce(logits_real, 1.0)
+                        loss_d_fake = bce(logits_fake, 0.0)
+                    loss_d = 0.5 * (loss_d_real + loss_d_fake)
+                    D_raw.requires_grad_(False)  # G's adversarial term needs no D gradients (raw module: no DDP sync)
+                    with autocast(device, precision):
+                        loss_adv = bce(D_raw(disc_input(cfg, frames, recon)), 1.0)
+                    D_raw.requires_grad_(True)
+                    loss_recon = F.mse_loss(recon.float(), target.float())
+                    loss_kl = kl_divergence(mu.float(), logvar.float())
+                    lambda_gan = lambda_gan_now()
+                    loss_g = cfg.lambda_recon * loss_recon + lambda_kl * loss_kl + lambda_gan * loss_adv
+                    parts = torch.stack([loss_recon, loss_kl, loss_adv, loss_g, loss_d_real, loss_d_fake, loss_d]).detach()
+                    finite = bool(torch.isfinite(parts).all())
+                    if not finite:
+                        # Poison both windows: trainkit skips the whole step for G and D, touching no state.
+                        say(f"warning: non-finite loss at step {step} (recon {parts[0]:.4g}, kl {parts[1]:.4g}, "
+                            f"adv {parts[2]:.4g}, d {parts[6]:.4g}): skipping this optimizer step for G and D")
+                        loss_g, loss_d = loss_g * float("nan"), loss_d * float("nan")
+                        window["bad"] = True
+                    names = ("recon", "kl", "g_adv", "g_total", "d_real", "d_fake", "d_total")
+                    window.setdefault("sum", torch.zeros(7, device=device))
+                    window["sum"] += torch.nan_to_num(parts)
+                    window["n"] = window.get("n", 0) + 1
+                    if boundary and not window.get("bad") and q_gen is not None:
+                        means = all_reduce_mean({k: float(v) for k, v in zip(names, window["sum"] / window["n"])})
+                        common = {**means, "lambda_kl": lambda_kl}
+                        apply_scales(opt_g, cfg.learning_rate_gen, q_gen.step(
+                            {**common, "lr": opt_g.param_groups[0]["lr"], "momentum": current_momentum(opt_g)}))
+                        apply_scales(opt_d, cfg.learning_rate_disc, q_disc.step(
+                            {**common, "lr": opt_d.param_groups[0]["lr"], "momentum": current_momentum(opt_d)}))
+                        if q_lkl is not None and val_history and (step + 1) % cfg.lambda_kl_update_interval == 0:
+                            val = val_history[-1] if HIGHER_IS_BETTER[primary] else -val_history[-1]
+                            scale = q_lkl.step({**common, "val": val})["lklscale"]
+                            lambda_kl = min(cfg.max_lambda_kl_q_control, max(cfg.min_lambda_kl_q_control, lambda_kl * scale))
                     out_g = step_g.backward(loss_g)
-                with step_d.micro_batch():
                     out_d = step_d.backward(loss_d)
                 batch_in_epoch += 1
                 last_batch = (frames, recon)
@@ -362,7 +454,8 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                     scalars = {f"train/loss_{k}": float(v) for k, v in zip(
                         ("recon", "kl", "g_adv", "g_total", "d_real", "d_fake", "d_total"), parts)}
                     scalars.update({"train/lr_gen": opt_g.param_groups[0]["lr"], "train/lr_disc": opt_d.param_groups[0]["lr"],
-                                    "train/lambda_kl_eff": lambda_kl, "train/skipped_steps": step_g.num_skipped,
+                                    "train/lambda_kl_eff": lambda_kl, "train/lambda_gan_eff": lambda_gan,
+                                    "train/skipped_steps": step_g.num_skipped,
                                     "train/epoch": epoch + batch_in_epoch / steps_per_epoch})
                     if cfg.log_grad_norm and out_g.grad_norm is not None:
                         scalars.update({"train/grad_norm_gen": float(out_g.grad_norm), "train/grad_norm_disc": float(out_d.grad_norm)})
@@ -377,7 +470,7 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                 if cfg.wandb_log_train_recon_interval and step % cfg.wandb_log_train_recon_interval == 0:
                     log_recon_images(tracker, "samples/train_recon", frames, recon, cfg, step)
                 if cfg.wandb_log_fixed_noise_samples_interval and step % cfg.wandb_log_fixed_noise_samples_interval == 0:
-                    log_fixed_noise(tracker, G_raw, z_fixed, step)
+                    log_fixed_noise(tracker, G_raw, z_fixed, ctx_fixed, step)
                 if step % cfg.save_interval == 0:
                     save(f"step{step}", epoch, batch_in_epoch)
                 if stop.should_stop():
@@ -399,7 +492,7 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
             if last_batch is not None:
                 log_recon_images(tracker, "samples/train_recon", *last_batch, cfg, step)
             log_val_images(tracker, G_raw, val_set, cfg, device, step)
-            log_fixed_noise(tracker, G_raw, z_fixed, step)
+            log_fixed_noise(tracker, G_raw, z_fixed, ctx_fixed, step)
             value = result["model"][primary]
             better = best_value is None or (value > best_value if HIGHER_IS_BETTER[primary] else value < best_value)
             if better:
@@ -443,14 +536,20 @@ def start_new_phase(cfg, explicit_keys, G_raw, D_raw, opt_g, opt_d, q_gen, q_dis
     fresh_d = load_compatible(D_raw, state["disc"])
     if fresh_g:
         say(f"note: generator/encoder tensors re-initialised (no matching shape in {path}): {', '.join(fresh_g)}")
-    if fresh_d:
+    dropped_d = dropped_from(D_raw, state["disc"])
+    if fresh_d or dropped_d:
         say(f"note: discriminator changed shape; kept {len(D_raw.state_dict()) - len(fresh_d)} compatible tensors, "
-            f"re-initialised {len(fresh_d)}: {', '.join(fresh_d)}")
-    if not fresh_g:
+            f"re-initialised {len(fresh_d)}: {', '.join(fresh_d) or 'none'}; dropped from the checkpoint "
+            f"{len(dropped_d)}: {', '.join(dropped_d) or 'none'}")
+    saved_opt = dict(state.get("config") or {}).get("optimizer", "riemannian_adam")
+    same_opt = saved_opt == cfg.optimizer
+    if not same_opt:  # Adam's state (betas, moments) cannot drive SGD, nor the reverse
+        say(f"note: optimizer changed ({saved_opt} -> {cfg.optimizer}): both optimizers start fresh")
+    if not fresh_g and same_opt:
         load_optimizer(opt_g, state["opt_gen"])
-    if not fresh_d:
+    if not fresh_d and not dropped_d and same_opt:
         load_optimizer(opt_d, state["opt_disc"])
-    else:
+    elif same_opt:
         say("note: discriminator optimizer starts fresh (its parameters changed)")
     # Base learning rates are this run's (the Q-controller scales them again from its next step on).
     for opt, lr in ((opt_g, cfg.learning_rate_gen), (opt_d, cfg.learning_rate_disc)):
@@ -493,11 +592,19 @@ def log_val_images(tracker, G, val_set, cfg, device, step) -> None:
     log_recon_images(tracker, "samples/val_reconstruction_samples", frames, recon, cfg, step)
 
 
+def fixed_context(G, dataset, n: int, device) -> torch.Tensor | None:
+    """Input frames of n evenly spaced clips: what a context generator continues from fixed noise."""
+    if not G.generator.use_context or len(dataset) == 0:
+        return None
+    idx = torch.linspace(0, len(dataset) - 1, n).round().long().tolist()
+    return torch.stack([dataset[i]["frames"][:G.num_input_frames] for i in idx]).to(device)
+
+
 @torch.no_grad()
-def log_fixed_noise(tracker, G, z, step) -> None:
+def log_fixed_noise(tracker, G, z, context, step) -> None:
     was = G.training
     G.eval()
-    videos = G.generator(z)
+    videos = G.generator(z, context)
     G.train(was)
     tracker.log_image("samples/fixed_noise_generated", frames_to_grid(videos), step)
 

@@ -1,0 +1,38 @@
+"""Summarise a quality_cpu.sh run folder: per phase, model vs copy-last-frame on every evaluated set (mean +- std
+over the sets, worst set), and the fraction of logged training steps with D_total in the guide's healthy band."""
+import json
+import statistics
+import sys
+from pathlib import Path
+
+BAND = (0.3, 0.65)
+
+
+def summarise(phase_dir: Path) -> dict:
+    sets = {}
+    for f in sorted(phase_dir.glob("eval_*.json")):
+        r = json.loads(f.read_text())
+        m, b = r["model"], r["copy_last_frame"]
+        sets[f.stem[5:]] = {"model_psnr": m["avg_val_psnr"], "model_ssim": m["avg_val_ssim"],
+                            "copy_last_psnr": b["avg_val_psnr"], "copy_last_ssim": b["avg_val_ssim"],
+                            "delta_psnr": m["avg_val_psnr"] - b["avg_val_psnr"],
+                            "delta_ssim": m["avg_val_ssim"] - b["avg_val_ssim"], "clips": m["num_clips"]}
+    out = {"sets": sets}
+    for key in ("model_psnr", "model_ssim", "delta_psnr", "delta_ssim"):
+        vals = [s[key] for s in sets.values()]
+        if vals:
+            out[key] = {"mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                        "worst": min(vals)}
+    rows = [json.loads(x) for x in (phase_dir / "metrics.jsonl").read_text().splitlines()]
+    d = [r["train/loss_d_total"] for r in rows if "train/loss_d_total" in r]
+    if d:
+        out["d_total_in_band_fraction"] = sum(BAND[0] <= v <= BAND[1] for v in d) / len(d)
+        out["d_total_median"] = statistics.median(d)
+        out["d_total_logged_steps"] = len(d)
+    return out
+
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1])
+    print(json.dumps({p.name: summarise(p) for p in sorted(root.iterdir()) if (p / "metrics.jsonl").is_file()},
+                     indent=2))
