@@ -55,24 +55,60 @@ def _tiny_cfg(root, run_dir, **over):
     return sets
 
 
-def test_resume_matches_uninterrupted_run(synthetic_root, tmp_path):
-    full = train(config_for_run(None, _tiny_cfg(synthetic_root, tmp_path / "full")), log=lambda m: None)
-    part = _tiny_cfg(synthetic_root, tmp_path / "part", **{"training.stop_after_epoch": 1})
+def _sigterm_at_call(monkeypatch, n):
+    """Deliver a real SIGTERM while the ``n``-th training loss is computed (GracefulStop catches it)."""
+    import os
+    import signal
+
+    import amt.train as T
+
+    calls = {"n": 0}
+    real = T.compute_losses
+
+    def losses(*a, **k):
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == n:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "compute_losses", losses)
+
+
+def test_resume_matches_uninterrupted_run(synthetic_root, tmp_path, monkeypatch):
+    # 32 crops, batch 8, accumulation 2: 4 micro-batches = 2 optimizer steps per epoch, 3 epochs.
+    full = train(config_for_run(None, _tiny_cfg(synthetic_root, tmp_path / "full", **{"training.num_epochs": 3})),
+                 log=lambda m: None)
+    part = _tiny_cfg(synthetic_root, tmp_path / "part", **{"training.num_epochs": 3, "training.stop_after_epoch": 1})
     train(config_for_run(None, part), log=lambda m: None)
     latest = tmp_path / "part" / "checkpoints" / "latest.pth"
     assert load_checkpoint(latest)["epoch"] == 1
-    # resume with only the flag: the checkpoint's config is the run's config
+    # resume with only the flag: the checkpoint's config is the run's config; stop_after_epoch was an
+    # invocation setting, not saved, so this resume runs on (and is stopped mid-epoch 2 by a SIGTERM)
     cfg = config_for_run(None, [f"training.resume={latest}"])
-    assert cfg.data.image_size == 64 and cfg.training.num_epochs == 2 and cfg.training.stop_after_epoch == 1
-    cfg = config_for_run(None, [f"training.resume={latest}", "training.stop_after_epoch=2"])
-    resumed = train(cfg, log=lambda m: None)
+    assert cfg.data.image_size == 64 and cfg.training.num_epochs == 3 and cfg.training.stop_after_epoch is None
+    assert "stop_after_epoch: null" in (tmp_path / "part" / "config.yaml").read_text()
+    _sigterm_at_call(monkeypatch, 2)  # 2nd micro-batch of epoch 2 = the end of its first accumulation window
+    log = []
+    train(cfg, log=log.append)
+    assert any("stopping on SIGTERM after step 3 (16 of 32 crops of epoch 2)" in m for m in log), log
+    mid = load_checkpoint(latest)
+    assert mid["epoch"] == 1 and mid["step"] == 3 and mid["rank_extra_per_rank"][0]["epoch_partial"]["n"] == 2
+    monkeypatch.undo()
+    log = []
+    resumed = train(config_for_run(None, [f"training.resume={latest}"]), log=log.append)
+    assert any("16 crops into epoch 2" in m for m in log), log
     a = load_checkpoint(tmp_path / "full" / "checkpoints" / "latest.pth")
     b = load_checkpoint(latest)
+    assert a["step"] == b["step"] == 6
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     for k in a["ema"]["module"]:
         assert torch.equal(a["ema"]["module"][k], b["ema"]["module"][k]), k
     assert resumed["metrics"]["val/mpjpe"] == pytest.approx(full["metrics"]["val/mpjpe"], rel=1e-6)
+    rows = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    loss_of = lambda d: {r["step"]: r["train/epoch_loss"] for r in rows(d) if "train/epoch_loss" in r}  # noqa: E731
+    assert loss_of(tmp_path / "part")[4] == pytest.approx(loss_of(tmp_path / "full")[4], rel=1e-6)  # mid-epoch sums
     # both best.pth and the EMA weights load with weights_only
     assert "ema" in torch.load(tmp_path / "full" / "checkpoints" / "best.pth", weights_only=True)
     # a run-changing flag on resume is refused, naming the key, and the run is untouched
@@ -80,7 +116,29 @@ def test_resume_matches_uninterrupted_run(synthetic_root, tmp_path):
     before = latest.stat().st_mtime_ns
     with pytest.raises(UserError, match="image_size"):
         config_for_run(None, [f"training.resume={latest}", "data.image_size=96"])
+    with pytest.raises(UserError, match="already trained 3 epochs"):  # a finished run: nothing to do, nothing written
+        train(config_for_run(None, [f"training.resume={latest}"]), log=lambda m: None)
     assert latest.stat().st_mtime_ns == before
+    # extending the finished run follows the new 4-epoch schedule (not the old one's min_lr)
+    ext = config_for_run(None, [f"training.resume={latest}", "training.num_epochs=4"], allow_config_change=True)
+    train(ext, log=lambda m: None)
+    lr7 = next(r["train/lr_hand_decoder"] for r in rows(tmp_path / "part") if r.get("step") == 7 and "train/lr_hand_decoder" in r)
+    fresh = WarmRestartSchedule(2, 4, 0, ext.training.T_0, ext.training.T_mult, ext.training.min_lr / ext.training.learning_rate)
+    # logged after the 7th optimizer step: the LR the 8th step uses, schedule(7)
+    assert lr7 == pytest.approx(ext.training.learning_rate * fresh(7), rel=1e-6) and lr7 > 10 * ext.training.min_lr
+
+
+def test_checkpoint_files_every_save_freq_epochs_are_all_kept(tmp_path):
+    from amt.train import PthCheckpoints
+
+    m = PthCheckpoints(tmp_path, keep_last=0, filename="epoch_{epoch:04d}.pth", best_metric="val/mpjpe")
+    for ep, v in zip(range(1, 9), [5, 4, 6, 3, 7, 8, 9, 2]):
+        m.save({"x": torch.tensor(ep)}, step=ep, epoch=ep, metrics={"val/mpjpe": float(v)}, periodic=ep % 2 == 0)
+    assert sorted(p.name for p in tmp_path.glob("epoch_*")) == ["epoch_0002.pth", "epoch_0004.pth", "epoch_0006.pth",
+                                                                  "epoch_0008.pth"]
+    assert int(load_checkpoint(tmp_path / "latest.pth")["x"]) == 8 and int(load_checkpoint(tmp_path / "best.pth")["x"]) == 8
+    m.save({"x": torch.tensor(9)}, step=9, epoch=9, metrics={"val/mpjpe": 1.0}, periodic=False)
+    assert int(load_checkpoint(tmp_path / "best.pth")["x"]) == 9 and not (tmp_path / "epoch_0009.pth").exists()
 
 
 def test_warm_restart_schedule_ends_annealed():

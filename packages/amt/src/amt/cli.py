@@ -5,6 +5,7 @@ Thin: parse flags, build the config, call one function. User mistakes print one 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -68,6 +69,8 @@ def train(ctx, split, allow_config_change, config_path, overrides, precision, **
     values.update(_precision_values(precision))
     cfg = config_for_run(resolve_config_path(config_path), overrides, values, allow_config_change)
     out = run(cfg, log=lambda m: click.echo(m, err=True))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return
     click.echo(json.dumps({"run_dir": out["run_dir"], "step": out["step"],
                            **{k: round(v, 4) for k, v in out["metrics"].items() if isinstance(v, float)}}))
 
