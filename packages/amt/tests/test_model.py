@@ -107,12 +107,19 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
 
 
-def test_dinov2_backbone_interpolates_positions_and_freezes_layers():
-    m = _model(backbone="dinov2_tiny", image_size=70, freeze_layers=2)
+def test_dinov2_backbone_interpolates_positions_and_freezes_pretrained_layers_only(tmp_path):
+    path = tmp_path / "tiny.pth"
+    torch.save(_model(backbone="dinov2_tiny", image_size=70).backbone.vit.state_dict(), path)
+    m = _model(backbone="dinov2_tiny", image_size=70, freeze_layers=2, backbone_weights=str(path))
     feats, (h, w) = m.backbone(torch.randn(2, 3, 70, 70))
     assert (h, w) == (5, 5) and feats.shape == (2, 25, 48)
     assert not any(p.requires_grad for p in m.backbone.vit.blocks[1].parameters())
     assert all(p.requires_grad for p in m.backbone.vit.blocks[2].parameters())
+    m.unfreeze_all()  # a stage's unfreeze keeps the pretrained layers frozen
+    assert not any(p.requires_grad for p in m.backbone.vit.blocks[1].parameters())
+    # random weights: freezing them would only leave dead blocks, so freeze_layers is ignored
+    r = _model(backbone="dinov2_tiny", image_size=70, freeze_layers=2)
+    assert all(p.requires_grad for p in r.backbone.parameters())
 
 
 def test_bounded_diversity_and_penetration():

@@ -119,13 +119,39 @@ def test_resume_matches_uninterrupted_run(synthetic_root, tmp_path, monkeypatch)
     with pytest.raises(UserError, match="already trained 3 epochs"):  # a finished run: nothing to do, nothing written
         train(config_for_run(None, [f"training.resume={latest}"]), log=lambda m: None)
     assert latest.stat().st_mtime_ns == before
+    # --output_dir naming another folder on resume is refused (the run continues in its own folder)
+    with pytest.raises(UserError, match="output_dir"):
+        config_for_run(None, [f"training.resume={latest}"], {"output_dir": str(tmp_path / "elsewhere")})
     # extending the finished run follows the new 4-epoch schedule (not the old one's min_lr)
     ext = config_for_run(None, [f"training.resume={latest}", "training.num_epochs=4"], allow_config_change=True)
     train(ext, log=lambda m: None)
     lr7 = next(r["train/lr_hand_decoder"] for r in rows(tmp_path / "part") if r.get("step") == 7 and "train/lr_hand_decoder" in r)
     fresh = WarmRestartSchedule(2, 4, 0, ext.training.T_0, ext.training.T_mult, ext.training.min_lr / ext.training.learning_rate)
-    # logged after the 7th optimizer step: the LR the 8th step uses, schedule(7)
-    assert lr7 == pytest.approx(ext.training.learning_rate * fresh(7), rel=1e-6) and lr7 > 10 * ext.training.min_lr
+    # the LR the 7th optimizer step used: schedule(6)
+    assert lr7 == pytest.approx(ext.training.learning_rate * fresh(6), rel=1e-6) and lr7 > 10 * ext.training.min_lr
+
+
+def test_evaluate_writes_the_toolkit_result_file(synthetic_root, tmp_path):
+    from amt.evaluate import evaluate_checkpoint
+
+    train(config_for_run(None, _tiny_cfg(synthetic_root, tmp_path / "run", **{"training.num_epochs": 1})),
+          log=lambda m: None)
+    res = tmp_path / "res.txt"
+    r = evaluate_checkpoint(str(tmp_path / "run" / "checkpoints" / "best.pth"), split="s0_val", results=str(res),
+                            device="cpu", log=lambda m: None)
+    assert set(r["model"]) >= {"mpjpe", "pa_mpjpe", "mpjpe_abs", "auc_pa", "pck_5px"} and r["mean_pose_baseline"]["mpjpe"] > 0
+    rows = [line.split(",") for line in res.read_text().splitlines()]
+    index = DexYCBIndex(synthetic_root, "s0_val")
+    assert all(len(row) == 64 for row in rows)  # index + 21 x 3 numbers
+    assert [int(row[0]) for row in rows] == sorted(f.tk_index for f in index.frames)  # toolkit indices, -1 frames skipped
+    # the numbers are camera-frame mm (left hands mirrored back): their error against the label files is
+    # the absolute MPJPE the report prints
+    from amt.data import read_labels
+    by_index = {f.tk_index: f for f in index.frames}
+    errs = [np.linalg.norm(np.array(row[1:], float).reshape(21, 3) - read_labels(by_index[int(row[0])].label)["joint_3d"] * 1000,
+                           axis=1).mean() for row in rows]
+    assert np.mean(errs) == pytest.approx(r["model"]["mpjpe_abs"], rel=1e-3)
+    assert any(f.mano_side == "left" for f in index.frames)
 
 
 def test_checkpoint_files_every_save_freq_epochs_are_all_kept(tmp_path):
@@ -160,6 +186,8 @@ def test_cli_bad_inputs_one_line_errors(tmp_path, synthetic_root):
         (["train", "--config", "nope.yaml"], "config file not found"),
         (["evaluate", "--checkpoint", str(tmp_path / "x.pth")], "x.pth"),
         (["train", "--config", "configs/cpu.yaml", "--set", "model.backbone=resnet"], "model.backbone"),
+        (["train", "--split", "s1_test", "--output_dir", str(tmp_path / "r3")], "--split"),
+        (["evaluate", "--checkpoint", str(tmp_path / "x.pth"), "--results", str(tmp_path)], "not a writable file path"),
     ]
     for args, expected in cases:
         out = r.invoke(main, args)
@@ -169,9 +197,33 @@ def test_cli_bad_inputs_one_line_errors(tmp_path, synthetic_root):
 
 
 def test_cli_config_shipped_names_resolve():
+    from amt.cli import default_config
     from amt.config import resolve_config_path
+    # bare `amt train` is the quick start: the shipped CPU recipe, not the guide's ViT-L (on --resume, the checkpoint's)
+    assert load_config(Config, default_config(None)).model.backbone == "cnn"
+    assert default_config(None, {"training.resume": "x/checkpoints/latest.pth"}) is None
     for name in ("configs/cpu.yaml", "cpu.yaml", "cpu", "default_config"):
         cfg = load_config(Config, resolve_config_path(name))
         assert cfg.model.backbone in ("cnn", "dinov2_vitl14")
     g = load_config(Config, resolve_config_path("configs/default_config.yaml"))
     assert g.model.hidden_dim == 1024 and g.training.T_0 == 10 and len(g.stages) == 3 and g.precision == "bf16"
+
+
+@pytest.mark.slow  # inductor compiles C++ kernels with gcc: ~1-3 CPU-minutes on first use
+def test_torch_compile_trains_and_matches_eager(synthetic_root, tmp_path):
+    """``optimizations.use_compile`` really compiles (inductor on CPU) and trains like the eager model."""
+    over = {"training.num_epochs": 1, "data.max_train_samples": 16, "training.accumulation_steps": 1,
+            "model.dropout": 0.0, "training.T_0": 1}
+    eager = train(config_for_run(None, _tiny_cfg(synthetic_root, tmp_path / "eager", **over)), log=lambda m: None)
+    torch._dynamo.reset()
+    counters = __import__("torch._dynamo.utils", fromlist=["counters"]).counters
+    counters.clear()
+    comp = train(config_for_run(None, _tiny_cfg(synthetic_root, tmp_path / "comp", **over,
+                                                **{"optimizations.use_compile": True})), log=lambda m: None)
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo captured and compiled the model
+    a = load_checkpoint(tmp_path / "eager" / "checkpoints" / "latest.pth")["model"]
+    b = load_checkpoint(tmp_path / "comp" / "checkpoints" / "latest.pth")["model"]
+    assert all(k in b for k in a)  # the compiled run saves the plain module's keys (no _orig_mod. prefix)
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst < 1e-3, worst  # same training up to kernel-fusion round-off
+    assert comp["metrics"]["val/mpjpe"] == pytest.approx(eager["metrics"]["val/mpjpe"], rel=0.05)

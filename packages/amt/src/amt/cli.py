@@ -44,7 +44,16 @@ def build_config(ctx, config_path, overrides, split=None, precision=None, flags=
     values = explicit_cli_values(ctx, flags)
     values.update(_split_values(split))
     values.update(_precision_values(precision))
-    return load_config(Config, resolve_config_path(config_path), overrides, values)
+    return load_config(Config, default_config(config_path, values, overrides), overrides, values)
+
+
+def default_config(config_path: str | None, values: dict | None = None, overrides=()) -> str | None:
+    """The config file for train/info: the one given, else (a fresh run) the shipped CPU recipe, so bare
+    ``amt train`` is the quick start on the synthetic default. On --resume the checkpoint's config rules."""
+    resuming = (values or {}).get("training.resume") or any(o.startswith("training.resume=") for o in overrides)
+    if config_path is None and not resuming:
+        config_path = "configs/cpu.yaml"
+    return resolve_config_path(config_path)
 
 
 @main.command()
@@ -64,10 +73,13 @@ def train(ctx, split, allow_config_change, config_path, overrides, precision, **
     from .train import config_for_run
     from .train import train as run
 
+    if split is not None and "_" in split:  # train uses a whole setup: its train split, validating on its val
+        raise UserError(f"--split {split} names one split", "--split",
+                        "a setup for train (s0..s3: trains on <setup>_train, validates on <setup>_val)")
     values = explicit_cli_values(ctx, TRAIN_FLAGS)
     values.update(_split_values(split))
     values.update(_precision_values(precision))
-    cfg = config_for_run(resolve_config_path(config_path), overrides, values, allow_config_change)
+    cfg = config_for_run(default_config(config_path, values, overrides), overrides, values, allow_config_change)
     out = run(cfg, log=lambda m: click.echo(m, err=True))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return
@@ -93,6 +105,8 @@ def evaluate(ctx, checkpoint, split, data_root, results, as_json, batch_size, co
         raise UserError(f"unknown split {split!r}", "--split", f"one of {', '.join(SPLITS)}")
     if batch_size is not None and batch_size <= 0:
         raise UserError(f"batch_size={batch_size}", "--batch_size", "a positive integer")
+    if results is not None and (os.path.isdir(results) or not os.path.isdir(os.path.dirname(os.path.abspath(results)))):
+        raise UserError("not a writable file path", results, "--results FILE in an existing folder (not a folder)")
     from .evaluate import evaluate_checkpoint, format_report, report_json
 
     cli_values = {"data.root": data_root} if data_root is not None else None

@@ -102,7 +102,7 @@ def read_labels(path: Path) -> dict:
     """``labels_%06d.npz`` -> joint_3d [21,3] m, joint_2d [21,2] px, pose_y [n,3,4] (validated)."""
     try:
         with np.load(path) as z:
-            data = {k: z[k] for k in z.files}
+            data = {k: z[k] for k in z.files if k != "seg"}  # the segmentation mask is never used here
     except FileNotFoundError:
         raise UserError("missing label file", str(path), "labels_%06d.npz beside each color_%06d.jpg") from None
     except Exception as err:  # noqa: BLE001 - any unreadable archive is a user error
@@ -199,7 +199,16 @@ class DexYCBIndex:
 
 
 def _is_empty(label_path: Path) -> bool:
-    return bool(np.all(read_labels(label_path)["joint_3d"] == -1))
+    """Only ``joint_3d`` is decompressed (a DexYCB label also holds a 480x640 ``seg``): indexing s0_train reads
+    465,504 of these."""
+    try:
+        with np.load(label_path) as z:
+            j = z["joint_3d"] if "joint_3d" in z.files else None
+    except Exception:  # noqa: BLE001 - let read_labels name the problem
+        j = None
+    if j is None or tuple(j.shape) != (1, 21, 3):
+        j = read_labels(label_path)["joint_3d"]  # raises the one-line error for a missing/bad file
+    return bool(np.all(j == -1))
 
 
 # ---------------------------------------------------------------- crop geometry

@@ -100,7 +100,8 @@ def auc(errors: torch.Tensor, lo: float = AUC_MIN, hi: float = AUC_MAX, steps: i
     """The toolkit's AUC: per keypoint trapezoid of PCK over linspace(lo, hi, steps) / (hi - lo), then mean."""
     t = np.linspace(lo, hi, steps)
     curve = pck_curve(errors, t)
-    areas = [np.trapezoid(curve[:, k], t) / np.trapezoid(np.ones_like(t), t) for k in range(curve.shape[1])]
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # NumPy >= 2 renamed it
+    areas = [trapezoid(curve[:, k], t) / trapezoid(np.ones_like(t), t) for k in range(curve.shape[1])]
     return float(np.mean(areas))
 
 

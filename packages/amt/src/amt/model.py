@@ -234,7 +234,12 @@ class DinoV2Backbone(nn.Module):
                 (log or (lambda m: print(m, file=sys.stderr)))(msg)
         self.vit = model
         self.out_dim, self.patch = model.embed_dim, 14
-        self.freeze_layers = freeze_layers
+        # Freezing keeps pretrained features; frozen *random* blocks would only be dead weight for the run.
+        self.freeze_layers = freeze_layers if self.pretrained else 0
+        if freeze_layers > 0 and not self.pretrained and name != "dinov2_tiny":
+            (log or (lambda m: print(m, file=sys.stderr)))(
+                f"model.freeze_layers={freeze_layers} ignored: the backbone has no pretrained weights, so all its "
+                f"blocks train")
         self.apply_freeze()
 
     def apply_freeze(self):

@@ -294,7 +294,8 @@ def sample_frame(rng: np.random.Generator, K: np.ndarray, scale: float, left: bo
 
 
 def make_synthetic(root: str | Path, *, sequences_per_subject: int = 5, frames_per_sequence: int = 8, seed: int = 0,
-                   left_fraction: float = 0.3, overwrite: bool = False, log=print) -> Path:
+                   left_fraction: float = 0.3, overwrite: bool = False, keep_complete: bool = False,
+                   log=print) -> Path:
     """Write the dataset (10 subjects x ``sequences_per_subject`` x 8 cameras x ``frames_per_sequence``).
 
     Built in a temporary folder beside ``root`` and renamed into place, so an interrupted run never leaves a
@@ -346,6 +347,9 @@ def make_synthetic(root: str | Path, *, sequences_per_subject: int = 5, frames_p
                                      sphere_radius=np.array([radius], np.float32))
                     n += 1
         log(f"  subject {si + 1}/10 written ({n} frames)")
+    if keep_complete and (root / "calibration").is_dir():  # another process finished the same dataset first
+        shutil.rmtree(tmp)
+        return root
     if root.exists():
         shutil.rmtree(root)
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -366,7 +370,7 @@ def ensure_synthetic(sequences_per_subject: int, frames_per_sequence: int, seed:
         log(f"generating the synthetic DexYCB-layout dataset into {root} (first use)")
         try:
             make_synthetic(root, sequences_per_subject=sequences_per_subject, frames_per_sequence=frames_per_sequence,
-                           seed=seed, overwrite=True, log=log)
+                           seed=seed, overwrite=True, keep_complete=True, log=log)
         except OSError:
             if not (root / "calibration").is_dir():  # a concurrent first run may have won the rename
                 raise

@@ -184,7 +184,12 @@ def config_for_run(config_path: str | None, overrides=(), cli_values: dict | Non
     values = dict(cli_values or {})
     values["training.resume"] = str(path)
     if path.parent.name == "checkpoints":
-        values.setdefault("output_dir", str(path.parent.parent))  # the run the checkpoint belongs to
+        run_dir = path.parent.parent  # the run the checkpoint belongs to: the resumed run writes there
+        given = values.get("output_dir")
+        if given is not None and Path(given).resolve() != run_dir.resolve():
+            raise UserError(f"--output_dir {given} differs from the run being resumed ({run_dir})", "--output_dir",
+                            "no --output_dir on --resume (the run continues in its own folder), or that folder")
+        values["output_dir"] = str(run_dir)
     return resolve_resume_config(Config, state["config"], path=config_path, overrides=overrides, cli_values=values,
                                  run_defining=RUN_DEFINING, may_change=("data.num_workers",),
                                  allow_changes=allow_config_change, where=str(path))
@@ -208,7 +213,11 @@ def train(cfg: Config, log=print) -> dict:
                         "pass --resume auto to continue it, or choose a new --output_dir")
 
     # ---- data (checked before the run directory is created: a bad root leaves nothing behind) ----
-    root = resolve_root(cfg, say)
+    if info.is_main:  # rank 0 generates the synthetic default on first use; the others wait, then read it
+        root = resolve_root(cfg, say)
+    barrier()
+    if not info.is_main:
+        root = resolve_root(cfg, say)
     d = cfg.data
     train_set = make_dataset(cfg, root, d.train_split, augment=d.augment, limit=d.max_train_samples)
     val_set = make_dataset(cfg, root, d.val_split, limit=d.max_val_samples)
@@ -331,6 +340,7 @@ def train(cfg: Config, log=print) -> dict:
 
     # ---- loop ----
     stop = GracefulStop()
+    warned_no_surface = False
     metrics: dict = {}
     last_val_step = int(((resume_state or {}).get("extra") or {}).get("last_val_step", step))
     try:
@@ -363,12 +373,19 @@ def train(cfg: Config, log=print) -> dict:
                         out = model(x, b["K"])
                     loss, terms = compute_losses(out, b, weights, t.diversity_target_ratio)
                     res = stepper.backward(loss)
+                if weights.get("physics_penetration", 0) > 0 and not warned_no_surface and not bool((b["obj_radius"] > 0).any()):
+                    warned_no_surface = True  # checked until the first warning: one host read per batch until then
+                    say("WARNING: loss_weights.physics_penetration > 0 but these samples have no object surface "
+                        "(real DexYCB labels carry no sphere_radius; object meshes are not used): the term is 0")
                 micro += 1
-                if res.stepped:
-                    scheduler.step()
-                    ema.update(raw_model)
                 if res.boundary:
+                    step_lrs = [g["lr"] for g in optimizer.param_groups]  # what this optimizer step used
+                    # the schedule follows optimizer steps, a non-finite skip included, so it stays aligned
+                    # with ``step`` and the run still ends annealed
+                    scheduler.step()
                     step += 1
+                if res.stepped:
+                    ema.update(raw_model)
                 sums["loss"] += loss.detach()  # tensors: no host sync per micro-batch
                 for k, v in terms.items():
                     sums[k] += v
@@ -379,8 +396,8 @@ def train(cfg: Config, log=print) -> dict:
                     scalars = {"train/loss": float(loss.detach()), **{f"train/{k}": float(v) for k, v in terms.items()},
                                "train/grad_norm": float(res.grad_norm) if res.grad_norm is not None else 0.0,
                                **{f"train/{k}": v for k, v in stats.items()}}
-                    for g in optimizer.param_groups:
-                        scalars[f"train/lr_{g['name']}"] = g["lr"]
+                    for g, lr in zip(optimizer.param_groups, step_lrs):
+                        scalars[f"train/lr_{g['name']}"] = lr
                     tracker.log_scalars(scalars, step)
                     if warning:
                         say(f"WARNING step {step}: {warning}")
