@@ -151,3 +151,24 @@ def test_backbone_weights_from_a_local_file_and_loud_random_fallback_without_net
     with pytest.warns(UserWarning, match="RANDOM"):
         m = _model(backbone="dinov2_vits14", image_size=56, hidden_dim=32)
     assert not m.backbone.pretrained and m.backbone.vit.embed_dim == 384 and len(m.backbone.vit.blocks) == 12
+
+
+def test_sigma_reparam_of_an_averaged_model_stays_calibrated():
+    """An EMA averages the u buffers (an average of unit vectors is shorter than 1): sigma must not shrink with
+    |u|, and refresh_sigma realigns u with the averaged weight's own top singular vector."""
+    torch.manual_seed(0)
+    layer = SigmaReparamLinear(16, 12)
+    true = torch.linalg.matrix_norm(layer.weight.detach().double(), 2).item()
+    with torch.no_grad():
+        layer.u.mul_(0.8)
+    assert layer.sigma().item() == pytest.approx(true, rel=1e-4)
+    m = _model()
+    with torch.no_grad():
+        for sl in m.sigma_layers():  # like an EMA: weights moved on, u a shortened blend of older vectors
+            sl.weight.add_(0.05 * torch.randn_like(sl.weight))
+            sl.u.copy_(nn.functional.normalize(sl.u + 0.3 * torch.randn_like(sl.u), dim=0) * 0.9)
+    ratio = lambda sl: sl.sigma().item() / torch.linalg.matrix_norm(sl.weight.detach().double(), 2).item()  # noqa: E731
+    before = min(ratio(sl) for sl in m.sigma_layers())
+    m.refresh_sigma()
+    after = min(ratio(sl) for sl in m.sigma_layers())
+    assert after > 0.9 and after > before + 0.3, (before, after)  # 10 power steps from a poor start

@@ -160,6 +160,7 @@ def load_for_inference(path: str | Path, device, config_path: str | None = None,
     except RuntimeError as e:
         raise UserError("checkpoint weights do not match the model config", str(path),
                         " ".join(str(e).split())[:200]) from None
+    model.refresh_sigma()  # an EMA's averaged sigma-reparam vectors, realigned with its averaged weights
     return model.to(device).eval(), cfg, state["extra"]
 
 

@@ -329,6 +329,7 @@ def train(cfg: Config, log=print) -> dict:
             save_checkpoint(ckpts.directory / ckpts.LATEST, payload)
 
     def validate(epoch: int) -> dict:
+        ema.module.refresh_sigma()  # the averaged weights' own spectral norms (also what best.pth then holds)
         p = predict(ema.module, val_loader, device, cfg.precision, keep_images=8)
         m = metrics_from_predictions(p, t.collapse_std_threshold)
         scalars = {f"val/{k}": v for k, v in m.items() if isinstance(v, float)}
