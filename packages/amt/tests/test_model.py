@@ -172,3 +172,13 @@ def test_sigma_reparam_of_an_averaged_model_stays_calibrated():
     m.refresh_sigma()
     after = min(ratio(sl) for sl in m.sigma_layers())
     assert after > 0.9 and after > before + 0.3, (before, after)  # 10 power steps from a poor start
+
+
+def test_object_term_ignores_frames_without_an_object_pose():
+    b = _batch()
+    out = _model()(b["image"], b["K"])
+    w = {"object_position": 1.0}
+    _, with_pose = compute_losses(out, b, w, 0.5)
+    b["obj_valid"] = torch.zeros(b["root"].shape[0])
+    _, without = compute_losses(out, b, w, 0.5)
+    assert with_pose["object_position"] > 0 and without["object_position"] == 0

@@ -188,6 +188,8 @@ def test_cli_bad_inputs_one_line_errors(tmp_path, synthetic_root):
         (["train", "--config", "configs/cpu.yaml", "--set", "model.backbone=resnet"], "model.backbone"),
         (["train", "--split", "s1_test", "--output_dir", str(tmp_path / "r3")], "--split"),
         (["evaluate", "--checkpoint", str(tmp_path / "x.pth"), "--results", str(tmp_path)], "not a writable file path"),
+        (["train", "--output_dir", str(tmp_path / "r4"), "--set", "training.num_epochs=2",
+          "--set", "stages=[{epochs: 2, freeze_all_except: []}]"], "freeze_all_except"),
     ]
     for args, expected in cases:
         out = r.invoke(main, args)
@@ -205,6 +207,12 @@ def test_cli_config_shipped_names_resolve():
     for name in ("configs/cpu.yaml", "cpu.yaml", "cpu", "default_config"):
         cfg = load_config(Config, resolve_config_path(name))
         assert cfg.model.backbone in ("cnn", "dinov2_vitl14")
+    # the guide's config with a shorter run: --set order does not matter, the stage sum is checked at the end
+    for sets in (["training.num_epochs=10", "stages=[]"], ["stages=[]", "training.num_epochs=10"]):
+        assert config_for_run(resolve_config_path("default_config"), sets).training.num_epochs == 10
+    from trainkit.errors import UserError
+    with pytest.raises(UserError, match="stages=\\[\\]"):
+        config_for_run(resolve_config_path("default_config"), ["training.num_epochs=10"])
     g = load_config(Config, resolve_config_path("configs/default_config.yaml"))
     assert g.model.hidden_dim == 1024 and g.training.T_0 == 10 and len(g.stages) == 3 and g.precision == "bf16"
 

@@ -101,8 +101,10 @@ def train(ctx, split, allow_config_change, config_path, overrides, precision, **
 @handle_user_errors
 def evaluate(ctx, checkpoint, split, data_root, results, as_json, batch_size, config_path, overrides, device):
     """Model vs mean-pose baseline: MPJPE (root-relative, absolute), PA-MPJPE, AUC, 3-D PCK, PCK@5px."""
+    if split in ("s0", "s1", "s2", "s3"):  # a setup: its test split
+        split = f"{split}_test"
     if split is not None and split not in SPLITS:
-        raise UserError(f"unknown split {split!r}", "--split", f"one of {', '.join(SPLITS)}")
+        raise UserError(f"unknown split {split!r}", "--split", f"s0..s3 or one of {', '.join(SPLITS)}")
     if batch_size is not None and batch_size <= 0:
         raise UserError(f"batch_size={batch_size}", "--batch_size", "a positive integer")
     if results is not None and (os.path.isdir(results) or not os.path.isdir(os.path.dirname(os.path.abspath(results)))):
@@ -151,8 +153,10 @@ def visualize(ctx, out, checkpoint, data_root, split, num, augment, config_path,
     from .evaluate import load_for_inference, make_dataset, make_loader, predict, resolve_root
     from .plots import overlay_figure
 
+    if split in ("s0", "s1", "s2", "s3"):  # a setup: its test split
+        split = f"{split}_test"
     if split is not None and split not in SPLITS:
-        raise UserError(f"unknown split {split!r}", "--split", f"one of {', '.join(SPLITS)}")
+        raise UserError(f"unknown split {split!r}", "--split", f"s0..s3 or one of {', '.join(SPLITS)}")
     cli_values = {"data.root": data_root} if data_root is not None else None
     dev = resolve_device(device)
     if checkpoint:

@@ -170,9 +170,14 @@ def config_for_run(config_path: str | None, overrides=(), cli_values: dict | Non
     what the user gave on top; run-defining changes are refused (one line naming the key) unless allowed."""
     from trainkit.config import resolve_resume_config
 
+    from .config import check_stage_epochs
+
     cfg = load_config(Config, config_path, overrides, cli_values)
+    if cfg.data.root and not Path(cfg.data.root).is_absolute():  # stored absolute: evaluate/resume from anywhere
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(Path(cfg.data.root).expanduser().resolve())))
     resume = cfg.training.resume
     if not resume:
+        check_stage_epochs(cfg)
         return cfg
     path = Path(resume) if resume != "auto" else PthCheckpoints(cfg.run_dir / "checkpoints").resolve_resume("auto")
     if path is None:
@@ -190,9 +195,11 @@ def config_for_run(config_path: str | None, overrides=(), cli_values: dict | Non
             raise UserError(f"--output_dir {given} differs from the run being resumed ({run_dir})", "--output_dir",
                             "no --output_dir on --resume (the run continues in its own folder), or that folder")
         values["output_dir"] = str(run_dir)
-    return resolve_resume_config(Config, state["config"], path=config_path, overrides=overrides, cli_values=values,
-                                 run_defining=RUN_DEFINING, may_change=("data.num_workers",),
-                                 allow_changes=allow_config_change, where=str(path))
+    cfg = resolve_resume_config(Config, state["config"], path=config_path, overrides=overrides, cli_values=values,
+                                run_defining=RUN_DEFINING, may_change=("data.num_workers",),
+                                allow_changes=allow_config_change, where=str(path))
+    check_stage_epochs(cfg)
+    return cfg
 
 
 def train(cfg: Config, log=print) -> dict:
@@ -209,6 +216,9 @@ def train(cfg: Config, log=print) -> dict:
         run_dir = resume_path.parent.parent
     resume_state = load_checkpoint(resume_path) if resume_path is not None else None
     if not t.resume and run_dir_has_run(run_dir):  # before any data is read or generated
+        if not (run_dir / "checkpoints" / PthCheckpoints.LATEST).is_file():
+            raise UserError("run directory holds a run that never saved a checkpoint", str(run_dir),
+                            "delete that folder to start again there, or choose a new --output_dir")
         raise UserError("run directory already holds a run", str(run_dir),
                         "pass --resume auto to continue it, or choose a new --output_dir")
 
