@@ -42,7 +42,7 @@ sets = ["model.backbone=cnn", f"data.root={data}", f"output_dir={out / 'run'}", 
         "model.num_refinement_steps=1", "training.batch_size=4", "training.num_epochs=2",
         "training.accumulation_steps=2", "training.T_0=1", "training.log_freq=1", "data.max_train_samples=32",
         "data.max_val_samples=8", "training.quiet=true", "training.input_noise=0.01", "training.device=cpu",
-        "loss_weights.object_position=0",
+        "loss_weights.object_position=0", "training.save_freq=1",
         "stages=[{name: hand, epochs: 1, freeze_all_except: [hand_encoder, hand_decoder, refinement]}, {name: joint, epochs: 1}]"]
 cfg = T.config_for_run(None, sets)
 result = T.train(cfg, log=print)

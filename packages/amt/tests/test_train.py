@@ -137,11 +137,11 @@ def test_evaluate_writes_the_toolkit_result_file(synthetic_root, tmp_path):
     train(config_for_run(None, _tiny_cfg(synthetic_root, tmp_path / "run", **{"training.num_epochs": 1})),
           log=lambda m: None)
     res = tmp_path / "res.txt"
-    r = evaluate_checkpoint(str(tmp_path / "run" / "checkpoints" / "best.pth"), split="s0_val", results=str(res),
+    r = evaluate_checkpoint(str(tmp_path / "run" / "checkpoints" / "best.pth"), split="s0_test", results=str(res),
                             device="cpu", log=lambda m: None)
     assert set(r["model"]) >= {"mpjpe", "pa_mpjpe", "mpjpe_abs", "auc_pa", "pck_5px"} and r["mean_pose_baseline"]["mpjpe"] > 0
     rows = [line.split(",") for line in res.read_text().splitlines()]
-    index = DexYCBIndex(synthetic_root, "s0_val")
+    index = DexYCBIndex(synthetic_root, "s0_test")
     assert all(len(row) == 64 for row in rows)  # index + 21 x 3 numbers
     assert [int(row[0]) for row in rows] == sorted(f.tk_index for f in index.frames)  # toolkit indices, -1 frames skipped
     # the numbers are camera-frame mm (left hands mirrored back): their error against the label files is
@@ -151,7 +151,7 @@ def test_evaluate_writes_the_toolkit_result_file(synthetic_root, tmp_path):
     errs = [np.linalg.norm(np.array(row[1:], float).reshape(21, 3) - read_labels(by_index[int(row[0])].label)["joint_3d"] * 1000,
                            axis=1).mean() for row in rows]
     assert np.mean(errs) == pytest.approx(r["model"]["mpjpe_abs"], rel=1e-3)
-    assert any(f.mano_side == "left" for f in index.frames)
+    assert any(f.mano_side == "left" for f in index.frames)  # (s0_test of this data has left hands)
 
 
 def test_checkpoint_files_every_save_freq_epochs_are_all_kept(tmp_path):
