@@ -40,18 +40,24 @@ def scipy_pa_mpjpe(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(np.mean(errs))
 
 
-def bench_pa(n: int = 4000) -> dict:
+def bench_pa(n: int = 4000, repeats: int = 3) -> dict:
+    """CPU time (process time, best of ``repeats``: the machine may be shared) of PA-MPJPE over ``n`` samples."""
     rng = np.random.default_rng(0)
     gt = rng.normal(0, 40, (n, 21, 3))
     pred = gt + rng.normal(0, 10, gt.shape)
-    t0 = time.perf_counter()
-    ref = scipy_pa_mpjpe(pred, gt)
-    t_scipy = time.perf_counter() - t0
     pt, gtt = torch.tensor(pred), torch.tensor(gt)
     procrustes_align(pt[:10], gtt[:10])  # warm-up
-    t0 = time.perf_counter()
-    ours = float(joint_errors(procrustes_align(pt, gtt), gtt).mean())
-    t_torch = time.perf_counter() - t0
+
+    def cpu_time(fn):
+        best, out = float("inf"), None
+        for _ in range(repeats):
+            t0 = time.process_time()
+            out = fn()
+            best = min(best, time.process_time() - t0)
+        return best, out
+
+    t_scipy, ref = cpu_time(lambda: scipy_pa_mpjpe(pred, gt))
+    t_torch, ours = cpu_time(lambda: float(joint_errors(procrustes_align(pt, gtt), gtt).mean()))
     return {"n": n, "scipy_s": t_scipy, "torch_s": t_torch, "speedup": t_scipy / t_torch,
             "abs_diff_mm": abs(ours - ref)}
 
@@ -130,7 +136,7 @@ def main() -> None:
     out["data"] = {"load_samples_s": B / load_s, "train_samples_s": B / t_fp32,
                    "loader_over_training": (B / load_s) / (B / t_fp32)}
 
-    # gradient checkpointing on a DINOv2-architecture backbone (ViT-S/14 sized here), where it applies to blocks
+    # gradient checkpointing on a DINOv2-architecture backbone (the tiny test config: 48-dim, 3 blocks, 98 px; CPU memory is measured as bytes saved for backward, not peak), where it applies to blocks
     ck = {}
     vit_cfg = load_config(Config, None, ["model.backbone=dinov2_tiny", "data.image_size=98", "model.hidden_dim=128",
                                          "model.num_heads=4", "model.num_decoder_layers=4", "model.freeze_layers=0"])

@@ -108,3 +108,15 @@ def test_bad_inputs_are_one_line_user_errors(tmp_path, make_tree):
     with pytest.raises(UserError, match=r"joint_3d of shape \(21, 3\)") as e:
         DexYCBIndex(root, "s0_train")
     assert str(bad) in str(e.value)
+
+
+def test_unreadable_color_image_is_a_one_line_error(tmp_path, make_tree):
+    root = make_tree(tmp_path / "t", subjects=(0,), sequences=1, frames=2)
+    ds = HandCropDataset(DexYCBIndex(root, "s0_train"), 32)
+    img = ds.index.frames[0].color
+    for content in (open(img, "rb").read()[:300], b""):  # truncated, then empty
+        with open(img, "wb") as f:
+            f.write(content)
+        with pytest.raises(UserError, match="unreadable color image") as e:
+            ds[0]
+        assert img in str(e.value)

@@ -36,6 +36,35 @@ def test_procrustes_recovers_a_similarity_exactly():
     assert pa_mpjpe(torch.tensor(gt * [-1, 1, 1]), torch.tensor(gt)) > 1.0
 
 
+def umeyama_svd(pred, gt):
+    """Reference: Umeyama with numpy's SVD and the reflection fix."""
+    X0, Y0 = pred - pred.mean(0), gt - gt.mean(0)
+    U, S, Vt = np.linalg.svd(X0.T @ Y0)
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(Vt.T @ U.T))])
+    R = Vt.T @ D @ U.T
+    return (S * np.diag(D)).sum() / (X0 ** 2).sum() * X0 @ R.T + gt.mean(0)
+
+
+def test_procrustes_degenerate_cases_match_svd_reference():
+    rng = np.random.default_rng(3)
+    gt = rng.normal(0, 40, (6, 21, 3))
+    planar = gt.copy()
+    planar[..., 2] = 0.0                                        # a flat hand: rank-2 cross-covariance
+    cases = {
+        "mirrored (reflection fix needed)": (gt * [-1, 1, 1] + rng.normal(0, 1, gt.shape), gt),
+        "planar prediction": (planar + rng.normal(0, 2, gt.shape) * [1, 1, 0], gt),
+        "planar both": (planar * 0.9 + 3.0, planar),
+        "symmetric (repeated singular values)": (np.repeat(np.eye(3)[None] * 30, 6, 0), np.repeat(np.eye(3)[None] * 30, 6, 0)),
+    }
+    for name, (pred, g) in cases.items():
+        ours = procrustes_align(torch.tensor(pred), torch.tensor(g)).numpy()
+        ref = np.stack([umeyama_svd(p, q) for p, q in zip(pred, g)])
+        assert np.abs(ours - ref).max() < 1e-6, name
+    collapsed = np.repeat(gt.mean(1, keepdims=True), 21, 1)     # constant prediction: scale 0, aligned = GT mean
+    ours = procrustes_align(torch.tensor(collapsed), torch.tensor(gt)).numpy()
+    assert np.isfinite(ours).all() and np.abs(ours - gt.mean(1, keepdims=True)).max() < 1e-9
+
+
 def test_pck_and_auc_match_hand_computed_values():
     # one keypoint, errors 0, 25, 50 mm: PCK(t) over linspace(0, 50, 100) is 1/3 for t < 25, 2/3 for 25 <= t < 50
     e = torch.tensor([[0.0], [25.0], [50.0]])

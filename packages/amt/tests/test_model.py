@@ -107,12 +107,19 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
 
 
-def test_dinov2_backbone_interpolates_positions_and_freezes_layers():
-    m = _model(backbone="dinov2_tiny", image_size=70, freeze_layers=2)
+def test_dinov2_backbone_interpolates_positions_and_freezes_pretrained_layers_only(tmp_path):
+    path = tmp_path / "tiny.pth"
+    torch.save(_model(backbone="dinov2_tiny", image_size=70).backbone.vit.state_dict(), path)
+    m = _model(backbone="dinov2_tiny", image_size=70, freeze_layers=2, backbone_weights=str(path))
     feats, (h, w) = m.backbone(torch.randn(2, 3, 70, 70))
     assert (h, w) == (5, 5) and feats.shape == (2, 25, 48)
     assert not any(p.requires_grad for p in m.backbone.vit.blocks[1].parameters())
     assert all(p.requires_grad for p in m.backbone.vit.blocks[2].parameters())
+    m.unfreeze_all()  # a stage's unfreeze keeps the pretrained layers frozen
+    assert not any(p.requires_grad for p in m.backbone.vit.blocks[1].parameters())
+    # random weights: freezing them would only leave dead blocks, so freeze_layers is ignored
+    r = _model(backbone="dinov2_tiny", image_size=70, freeze_layers=2)
+    assert all(p.requires_grad for p in r.backbone.parameters())
 
 
 def test_bounded_diversity_and_penetration():
@@ -144,3 +151,34 @@ def test_backbone_weights_from_a_local_file_and_loud_random_fallback_without_net
     with pytest.warns(UserWarning, match="RANDOM"):
         m = _model(backbone="dinov2_vits14", image_size=56, hidden_dim=32)
     assert not m.backbone.pretrained and m.backbone.vit.embed_dim == 384 and len(m.backbone.vit.blocks) == 12
+
+
+def test_sigma_reparam_of_an_averaged_model_stays_calibrated():
+    """An EMA averages the u buffers (an average of unit vectors is shorter than 1): sigma must not shrink with
+    |u|, and refresh_sigma realigns u with the averaged weight's own top singular vector."""
+    torch.manual_seed(0)
+    layer = SigmaReparamLinear(16, 12)
+    true = torch.linalg.matrix_norm(layer.weight.detach().double(), 2).item()
+    with torch.no_grad():
+        layer.u.mul_(0.8)
+    assert layer.sigma().item() == pytest.approx(true, rel=1e-4)
+    m = _model()
+    with torch.no_grad():
+        for sl in m.sigma_layers():  # like an EMA: weights moved on, u a shortened blend of older vectors
+            sl.weight.add_(0.05 * torch.randn_like(sl.weight))
+            sl.u.copy_(nn.functional.normalize(sl.u + 0.3 * torch.randn_like(sl.u), dim=0) * 0.9)
+    ratio = lambda sl: sl.sigma().item() / torch.linalg.matrix_norm(sl.weight.detach().double(), 2).item()  # noqa: E731
+    before = min(ratio(sl) for sl in m.sigma_layers())
+    m.refresh_sigma()
+    after = min(ratio(sl) for sl in m.sigma_layers())
+    assert after > 0.9 and after > before + 0.3, (before, after)  # 10 power steps from a poor start
+
+
+def test_object_term_ignores_frames_without_an_object_pose():
+    b = _batch()
+    out = _model()(b["image"], b["K"])
+    w = {"object_position": 1.0}
+    _, with_pose = compute_losses(out, b, w, 0.5)
+    b["obj_valid"] = torch.zeros(b["root"].shape[0])
+    _, without = compute_losses(out, b, w, 0.5)
+    assert with_pose["object_position"] > 0 and without["object_position"] == 0

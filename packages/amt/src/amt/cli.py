@@ -5,6 +5,7 @@ Thin: parse flags, build the config, call one function. User mistakes print one 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -43,7 +44,16 @@ def build_config(ctx, config_path, overrides, split=None, precision=None, flags=
     values = explicit_cli_values(ctx, flags)
     values.update(_split_values(split))
     values.update(_precision_values(precision))
-    return load_config(Config, resolve_config_path(config_path), overrides, values)
+    return load_config(Config, default_config(config_path, values, overrides), overrides, values)
+
+
+def default_config(config_path: str | None, values: dict | None = None, overrides=()) -> str | None:
+    """The config file for train/info: the one given, else (a fresh run) the shipped CPU recipe, so bare
+    ``amt train`` is the quick start on the synthetic default. On --resume the checkpoint's config rules."""
+    resuming = (values or {}).get("training.resume") or any(o.startswith("training.resume=") for o in overrides)
+    if config_path is None and not resuming:
+        config_path = "configs/cpu.yaml"
+    return resolve_config_path(config_path)
 
 
 @main.command()
@@ -63,11 +73,16 @@ def train(ctx, split, allow_config_change, config_path, overrides, precision, **
     from .train import config_for_run
     from .train import train as run
 
+    if split is not None and "_" in split:  # train uses a whole setup: its train split, validating on its val
+        raise UserError(f"--split {split} names one split", "--split",
+                        "a setup for train (s0..s3: trains on <setup>_train, validates on <setup>_val)")
     values = explicit_cli_values(ctx, TRAIN_FLAGS)
     values.update(_split_values(split))
     values.update(_precision_values(precision))
-    cfg = config_for_run(resolve_config_path(config_path), overrides, values, allow_config_change)
+    cfg = config_for_run(default_config(config_path, values, overrides), overrides, values, allow_config_change)
     out = run(cfg, log=lambda m: click.echo(m, err=True))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return
     click.echo(json.dumps({"run_dir": out["run_dir"], "step": out["step"],
                            **{k: round(v, 4) for k, v in out["metrics"].items() if isinstance(v, float)}}))
 
@@ -86,10 +101,14 @@ def train(ctx, split, allow_config_change, config_path, overrides, precision, **
 @handle_user_errors
 def evaluate(ctx, checkpoint, split, data_root, results, as_json, batch_size, config_path, overrides, device):
     """Model vs mean-pose baseline: MPJPE (root-relative, absolute), PA-MPJPE, AUC, 3-D PCK, PCK@5px."""
+    if split in ("s0", "s1", "s2", "s3"):  # a setup: its test split
+        split = f"{split}_test"
     if split is not None and split not in SPLITS:
-        raise UserError(f"unknown split {split!r}", "--split", f"one of {', '.join(SPLITS)}")
+        raise UserError(f"unknown split {split!r}", "--split", f"s0..s3 or one of {', '.join(SPLITS)}")
     if batch_size is not None and batch_size <= 0:
         raise UserError(f"batch_size={batch_size}", "--batch_size", "a positive integer")
+    if results is not None and (os.path.isdir(results) or not os.path.isdir(os.path.dirname(os.path.abspath(results)))):
+        raise UserError("not a writable file path", results, "--results FILE in an existing folder (not a folder)")
     from .evaluate import evaluate_checkpoint, format_report, report_json
 
     cli_values = {"data.root": data_root} if data_root is not None else None
@@ -134,8 +153,10 @@ def visualize(ctx, out, checkpoint, data_root, split, num, augment, config_path,
     from .evaluate import load_for_inference, make_dataset, make_loader, predict, resolve_root
     from .plots import overlay_figure
 
+    if split in ("s0", "s1", "s2", "s3"):  # a setup: its test split
+        split = f"{split}_test"
     if split is not None and split not in SPLITS:
-        raise UserError(f"unknown split {split!r}", "--split", f"one of {', '.join(SPLITS)}")
+        raise UserError(f"unknown split {split!r}", "--split", f"s0..s3 or one of {', '.join(SPLITS)}")
     cli_values = {"data.root": data_root} if data_root is not None else None
     dev = resolve_device(device)
     if checkpoint:

@@ -215,15 +215,23 @@ def validate(cfg: Config) -> None:
             _bad(f"stages[{i}].epochs", st.epochs, "a positive integer")
         if st.lr_scale <= 0:
             _bad(f"stages[{i}].lr_scale", st.lr_scale, "a positive number")
+        if st.freeze_all_except is not None and len(st.freeze_all_except) == 0:
+            _bad(f"stages[{i}].freeze_all_except", [], "at least one component (or leave it out: train everything)")
         for n in st.freeze_all_except or []:
             if n not in COMPONENTS:
                 _bad(f"stages[{i}].freeze_all_except", n, f"names from {COMPONENTS}")
         for k in st.loss_weights:
             if k not in vars(cfg.loss_weights):
                 _bad(f"stages[{i}].loss_weights", k, f"keys from {sorted(vars(cfg.loss_weights))}")
-    if cfg.stages and sum(s.epochs for s in cfg.stages) != t.num_epochs:
+
+
+def check_stage_epochs(cfg) -> None:
+    """Stages must cover the run. Checked once all files, flags and --set overrides are applied (not per
+    override: ``--set training.num_epochs=10 --set stages=[]`` must work in either order)."""
+    if cfg.stages and sum(s.epochs for s in cfg.stages) != cfg.training.num_epochs:
         _bad("stages", [s.epochs for s in cfg.stages],
-             f"stage epochs summing to training.num_epochs={t.num_epochs}")
+             f"stage epochs summing to training.num_epochs={cfg.training.num_epochs} (set stages=[...] to match, "
+             f"or stages=[] for no stage schedule)")
 
 
 def resolve_config_path(path: str | None) -> str | None:

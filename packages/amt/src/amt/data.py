@@ -102,7 +102,7 @@ def read_labels(path: Path) -> dict:
     """``labels_%06d.npz`` -> joint_3d [21,3] m, joint_2d [21,2] px, pose_y [n,3,4] (validated)."""
     try:
         with np.load(path) as z:
-            data = {k: z[k] for k in z.files}
+            data = {k: z[k] for k in z.files if k != "seg"}  # the segmentation mask is never used here
     except FileNotFoundError:
         raise UserError("missing label file", str(path), "labels_%06d.npz beside each color_%06d.jpg") from None
     except Exception as err:  # noqa: BLE001 - any unreadable archive is a user error
@@ -199,7 +199,16 @@ class DexYCBIndex:
 
 
 def _is_empty(label_path: Path) -> bool:
-    return bool(np.all(read_labels(label_path)["joint_3d"] == -1))
+    """Only ``joint_3d`` is decompressed (a DexYCB label also holds a 480x640 ``seg``): indexing s0_train reads
+    465,504 of these."""
+    try:
+        with np.load(label_path) as z:
+            j = z["joint_3d"] if "joint_3d" in z.files else None
+    except Exception:  # noqa: BLE001 - let read_labels name the problem
+        j = None
+    if j is None or tuple(j.shape) != (1, 21, 3):
+        j = read_labels(label_path)["joint_3d"]  # raises the one-line error for a missing/bad file
+    return bool(np.all(j == -1))
 
 
 # ---------------------------------------------------------------- crop geometry
@@ -319,14 +328,17 @@ class HandCropDataset(torch.utils.data.Dataset):
                 crop = warp_image(im.convert("RGB"), M, self.image_size)
         except FileNotFoundError:
             raise UserError("missing color image", fr.color, "color_%06d.jpg beside labels_%06d.npz") from None
+        except (OSError, SyntaxError, ValueError) as err:  # truncated/empty/not an image (PIL's errors)
+            raise UserError("unreadable color image", fr.color, f"a 640x480 JPEG ({type(err).__name__})") from None
         img = np.asarray(crop, dtype=np.float32) / 255.0
         if self.augment:
             img = color_jitter(img, self.aug.color_jitter, rng)
         img = ((img - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
         Js = J @ T.T
         root = Js[0]
-        obj_rel, radius = np.zeros(3), 0.0
+        obj_rel, radius, obj_valid = np.zeros(3), 0.0, 0.0
         if len(lab["pose_y"]) > fr.grasp_index:
+            obj_valid = 1.0
             obj_rel = T @ lab["pose_y"][fr.grasp_index][:, 3] - root
             radius = lab.get("sphere_radius", 0.0)
         f32 = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
@@ -335,6 +347,7 @@ class HandCropDataset(torch.utils.data.Dataset):
             "joints_rel": f32(Js - root), "root": f32(root), "joints_2d": f32(project(Kc, Js)), "K": f32(Kc),
             "T": f32(T), "K_orig": f32(K), "joints_2d_orig": f32(lab["joint_2d"]), "obj_rel": f32(obj_rel),
             "obj_radius": torch.tensor(radius, dtype=torch.float32), "tk_index": torch.tensor(fr.tk_index),
+            "obj_valid": torch.tensor(obj_valid, dtype=torch.float32),
         }
 
 

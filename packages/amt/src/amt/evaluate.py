@@ -136,10 +136,12 @@ def write_results(path: str | Path, p: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     order = torch.argsort(p["tk_index"])
-    with path.open("w") as f:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:  # written aside and renamed: an interrupted run never leaves half a result file
         for i in order.tolist():
             vals = ",".join(f"{v:.4f}" for v in p["pred_mm"][i].reshape(-1).tolist())
             f.write(f"{int(p['tk_index'][i])},{vals}\n")
+    tmp.replace(path)
     return path
 
 
@@ -158,6 +160,7 @@ def load_for_inference(path: str | Path, device, config_path: str | None = None,
     except RuntimeError as e:
         raise UserError("checkpoint weights do not match the model config", str(path),
                         " ".join(str(e).split())[:200]) from None
+    model.refresh_sigma()  # an EMA's averaged sigma-reparam vectors, realigned with its averaged weights
     return model.to(device).eval(), cfg, state["extra"]
 
 

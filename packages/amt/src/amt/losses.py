@@ -47,7 +47,10 @@ def compute_losses(out: dict, batch: dict, weights: dict, target_ratio: float) -
         uv = project_points(K, final + root[:, None])
         terms["hand_2d"] = ((uv - batch["joints_2d"].float()).abs() / S).clamp(max=1.0).mean()
         terms["root"] = (root - gt_root).abs().mean()
-        terms["object_position"] = (out["obj_rel"].float() - batch["obj_rel"].float()).abs().mean()
+        # frames without an object pose (own data) do not pull the object branch towards a made-up target
+        valid = batch.get("obj_valid", torch.ones_like(gt_root[:, 0])).float()
+        obj_err = (out["obj_rel"].float() - batch["obj_rel"].float()).abs().mean(-1)
+        terms["object_position"] = (obj_err * valid).sum() / valid.sum().clamp_min(1.0)
         terms["diversity"] = diversity_loss(final, gt_rel, target_ratio)
         terms["physics_penetration"] = penetration_loss(final, batch["obj_rel"].float(), batch["obj_radius"].float())
         total = sum(weights[k] * terms[k] for k in LOSS_TERMS if weights.get(k, 0) > 0)

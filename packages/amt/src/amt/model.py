@@ -72,9 +72,12 @@ class SigmaReparamLinear(nn.Module):
     def sigma(self) -> torch.Tensor:
         with no_autocast():
             w = self.weight.float()
+            # u is renormalised here: an EMA copy averages the u buffers of many steps, and an average of unit
+            # vectors is shorter than 1 (0.87 seen), which would shrink sigma and inflate the layer by 1/|u|.
+            u = F.normalize(self.u.float(), dim=0)
             with torch.no_grad():
-                v = F.normalize(w @ self.u, dim=0)
-            return torch.dot(v, w @ self.u)
+                v = F.normalize(w @ u, dim=0)
+            return torch.dot(v, w @ u)
 
     def effective_weight(self) -> torch.Tensor:
         with no_autocast():
@@ -234,7 +237,12 @@ class DinoV2Backbone(nn.Module):
                 (log or (lambda m: print(m, file=sys.stderr)))(msg)
         self.vit = model
         self.out_dim, self.patch = model.embed_dim, 14
-        self.freeze_layers = freeze_layers
+        # Freezing keeps pretrained features; frozen *random* blocks would only be dead weight for the run.
+        self.freeze_layers = freeze_layers if self.pretrained else 0
+        if freeze_layers > 0 and not self.pretrained and name != "dinov2_tiny":
+            (log or (lambda m: print(m, file=sys.stderr)))(
+                f"model.freeze_layers={freeze_layers} ignored: the backbone has no pretrained weights, so all its "
+                f"blocks train")
         self.apply_freeze()
 
     def apply_freeze(self):
@@ -339,6 +347,15 @@ class AMTModel(nn.Module):
 
     def sigma_layers(self):
         return [m for m in self.modules() if isinstance(m, SigmaReparamLinear)]
+
+    @torch.no_grad()
+    def refresh_sigma(self, steps: int = 10) -> None:
+        """Power-iterate every sigma-reparam layer's ``u`` to its weight's top singular vector. For an EMA copy
+        before it is evaluated or saved: its averaged ``u`` points between the raw model's past vectors, not
+        along the averaged weight's own singular vector (the training forward only steps the raw model)."""
+        for m in self.sigma_layers():
+            for _ in range(steps):
+                m.power_step()
 
     # ---- forward
     def forward(self, images: torch.Tensor, K: torch.Tensor) -> dict:

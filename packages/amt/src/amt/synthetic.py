@@ -2,13 +2,15 @@
 
 Skeleton: the toolkit's joint order; bone lengths from Buryanov & Kotiuk (2010) X-ray proportions (mm:
 metacarpal, proximal, middle, distal+soft tip); joint limits of a human-mimicking hand (finger MCP flexion
--15..90 deg, abduction +-20, PIP 0..90, DIP ~ 2/3 PIP; thumb CMC opposition +-60, abduction 0..70, MCP
--15..40, IP -15..90). Shape varies per subject (global scale, like MANO betas) and per sample (bone jitter).
-Each camera frame gets a random articulation (a shared "grasp closure" plus per-finger noise), a random
-global rotation, depth 0.4-1.0 m and a position that keeps the hand in the 640x480 image, a sphere object
-held near the fingertips (never penetrated by the ground-truth joints, so the physics term has an exact
-surface), drawn with depth ordering over noisy cluttered backgrounds. Frame 0 of every sequence shows no hand
-and is labelled -1, as DexYCB does, so readers must drop it. Left-hand sequences are mirrored hands.
+-15..90 deg, abduction +-20, PIP 0..100, DIP ~ 2/3 PIP; thumb CMC palmar abduction 0..70 and opposition 0..60,
+MCP -15..40, IP -15..90). Shape varies per subject (global scale, like MANO betas) and per sample (bone jitter).
+Each camera frame gets its own articulation from a grasp taxonomy (open, relaxed, power, precision, pinch,
+point, fist, free fingers; MCP/PIP/DIP flexion coupled, fingers adducting as they flex, thumb opposition with the
+grasp), a hand orientation over a table seen by a camera around it (:func:`table_view_rotation`), depth
+0.4-1.0 m and a position that keeps the hand in the 640x480 image, a sphere object held near the fingertips
+(never penetrated by the ground-truth joints, so the physics term has an exact surface), drawn with depth
+ordering over noisy cluttered backgrounds. Frame 0 of every sequence shows no hand and is labelled -1, as
+DexYCB does, so readers must drop it. Left-hand sequences are mirrored hands.
 """
 from __future__ import annotations
 
@@ -33,10 +35,13 @@ FINGER_BONES = {
 }
 THUMB_BONES = [0.025, 0.0462, 0.0316, 0.0217 + 0.0057]  # wrist->CMC offset, metacarpal, proximal, distal+tip
 FINGER_BASE_DEG = {"index": 9.0, "middle": 0.0, "ring": -9.0, "little": -19.0}  # splay in the palm plane
+# Bumped whenever the generator changes what it draws, so a cached dataset from an older generator is not reused.
+GENERATOR_VERSION = 2
 FINGER_FIRST_JOINT = {"thumb": 1, "index": 5, "middle": 9, "ring": 13, "little": 17}
 FINGER_COLOURS = {"thumb": (230, 60, 50), "index": (60, 200, 70), "middle": (60, 110, 235),
                   "ring": (235, 215, 50), "little": (210, 70, 210)}
 PALM_COLOUR = (205, 160, 130)
+PHALANX_TONE = (0.75, 0.9, 1.05, 1.2)  # brightness of the metacarpal, proximal, middle, distal segment
 
 
 def _rx(t):
@@ -54,51 +59,121 @@ def _rz(t):
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
 
 
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q = rng.normal(size=4)
-    q /= np.linalg.norm(q)
-    w, x, y, z = q
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+# Grasp taxonomy the articulation is drawn from (probabilities): DexYCB frames show a hand approaching (open,
+# relaxed), grasping (power / precision / pinch), or holding; "point" and "free" (independent fingers) add poses
+# no single closure parameter can reach.
+POSE_TYPES = {"open": 0.15, "relaxed": 0.15, "power": 0.2, "precision": 0.15, "pinch": 0.1, "point": 0.08,
+              "fist": 0.07, "free": 0.1}
+FINGERS = ("index", "middle", "ring", "little")
 
 
-def hand_joints(rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
-    """Forward kinematics of a right hand in its local frame (wrist at 0, fingers along +y, palm facing -z).
+def _finger_flexion(rng: np.random.Generator, kind: str) -> tuple[np.ndarray, float, float, float]:
+    """Per-finger flexion levels in [0, 1] (index, middle, ring, little), finger spread in [-0.3, 1], thumb
+    opposition and thumb flexion in [0, 1] for one pose type."""
+    u = rng.uniform
+    if kind == "open":
+        f, spread, opp, tflex = u(0.0, 0.12, 4), u(0.3, 1.0), u(0.0, 0.3), u(0.0, 0.2)
+    elif kind == "relaxed":
+        g = u(0.15, 0.4)
+        f, spread, opp, tflex = g + np.array([0.0, 0.05, 0.1, 0.15]) + rng.normal(0, 0.05, 4), u(0.0, 0.5), u(0.2, 0.5), u(0.1, 0.4)
+    elif kind == "power":  # wrap around a cylinder: fingers flex together, thumb opposed and wrapped
+        g = u(0.45, 0.85)
+        f, spread, opp, tflex = g + rng.normal(0, 0.07, 4), u(-0.3, 0.2), u(0.6, 1.0), u(0.4, 0.8)
+    elif kind == "precision":  # fingertips on a ball/box: moderate flexion, fingers spread, thumb opposed
+        f, spread, opp, tflex = u(0.25, 0.55, 4), u(0.2, 0.9), u(0.6, 1.0), u(0.2, 0.5)
+    elif kind == "pinch":  # thumb and index (and middle) meet; the rest free
+        f = np.concatenate([u(0.35, 0.6, 2), u(0.0, 0.9, 1).repeat(2) + rng.normal(0, 0.08, 2)])
+        spread, opp, tflex = u(-0.2, 0.5), u(0.7, 1.0), u(0.3, 0.6)
+    elif kind == "point":
+        f = np.concatenate([u(0.0, 0.15, 1), u(0.75, 1.0, 3)])
+        spread, opp, tflex = u(-0.3, 0.3), u(0.3, 0.8), u(0.4, 0.9)
+    elif kind == "fist":
+        f, spread, opp, tflex = u(0.85, 1.0, 4), u(-0.3, 0.0), u(0.5, 1.0), u(0.6, 1.0)
+    else:  # free: independent fingers, ring and little coupled to their neighbour as real tendons couple them
+        f = u(0, 1, 4)
+        f[2] = 0.5 * f[1] + 0.5 * f[2]
+        f[3] = 0.6 * f[2] + 0.4 * f[3]
+        spread, opp, tflex = u(-0.3, 1.0), u(0.0, 1.0), u(0.0, 1.0)
+    return np.clip(f, 0.0, 1.0), float(spread), float(opp), float(tflex)
 
-    Angles are drawn within the joint limits above; returns [21,3] metres.
+
+def hand_joints(rng: np.random.Generator, scale: float = 1.0, kind: str | None = None) -> np.ndarray:
+    """Forward kinematics of a right hand in its local frame (wrist at 0, fingers along +y, palm facing -z,
+    thumb on the +x side), articulated by a pose type drawn from :data:`POSE_TYPES` (or ``kind``).
+
+    Joint limits (degrees): finger MCP flexion -15..90 and abduction +-20, PIP 0..90 (plus 0..10 past the
+    human-hand-like limit for fists), DIP coupled to 2/3 PIP (+-5), all flexing towards the palm; thumb CMC
+    palmar abduction 0..70 with opposition (rotation of the metacarpal about its axis, 0..60), thumb MCP
+    -15..40 and IP -15..90. Returns [21,3] metres.
     """
     J = np.zeros((21, 3))
     jitter = lambda: scale * (1 + rng.uniform(-0.03, 0.03))  # noqa: E731 - per-bone shape variation
-    closure = rng.uniform(0, 1)  # how closed the grasp is: fingers flex together, as in a grasp
+    if kind is None:
+        kind = str(rng.choice(list(POSE_TYPES), p=list(POSE_TYPES.values())))
+    flex, spread, opp, tflex = _finger_flexion(rng, kind)
     deg = math.radians
-    for name, lengths in FINGER_BONES.items():
-        k = FINGER_FIRST_JOINT[name]
-        R = _rz(deg(-FINGER_BASE_DEG[name]))  # splay towards the thumb side (+x) for the index
-        mcp = R @ np.array([0, lengths[0] * jitter(), 0])
-        flex_mcp = np.clip(deg(-15 + 105 * closure) + rng.normal(0, deg(15)), deg(-15), deg(90))
-        abd = rng.uniform(deg(-20), deg(20)) * (1 - 0.7 * closure)
-        flex_pip = np.clip(deg(100 * closure) + rng.normal(0, deg(15)), 0, deg(90))
+    splay = {"index": 15.0, "middle": 0.0, "ring": -10.0, "little": -20.0}  # abduction at full spread
+    for i, (name, lengths) in enumerate(FINGER_BONES.items()):
+        k, f = FINGER_FIRST_JOINT[name], flex[i]
+        R = _rz(deg(-FINGER_BASE_DEG[name]))  # splay in the palm plane towards the thumb side (+x) for the index
+        J[k] = R @ np.array([0, lengths[0] * jitter(), 0])
+        flex_mcp = np.clip(deg(-12 + 100 * f) + rng.normal(0, deg(6)), deg(-15), deg(90))
+        abd = np.clip(deg(splay[name] * spread * (1 - 0.8 * f)) + rng.normal(0, deg(3)), deg(-20), deg(20))
+        flex_pip = np.clip(deg(100 * f) + rng.normal(0, deg(8)), 0, deg(100))
         flex_dip = np.clip(flex_pip * 2 / 3 + rng.normal(0, deg(5)), 0, deg(90))
-        J[k] = mcp
-        R = R @ _rz(abd) @ _rx(-flex_mcp)
+        R = R @ _rz(-abd) @ _rx(-flex_mcp)
         J[k + 1] = J[k] + R @ np.array([0, lengths[1] * jitter(), 0])
         R = R @ _rx(-flex_pip)
         J[k + 2] = J[k + 1] + R @ np.array([0, lengths[2] * jitter(), 0])
         R = R @ _rx(-flex_dip)
         J[k + 3] = J[k + 2] + R @ np.array([0, lengths[3] * jitter(), 0])
-    # Thumb: CMC a short offset from the wrist, then opposition (about the finger axis) and abduction.
+    # Thumb: CMC a short offset from the wrist; palmar abduction lifts the metacarpal in front of the palm (-z),
+    # opposition turns it about its own axis so that flexing the MCP and IP brings the tip across the palm.
     R = _rz(deg(-50))
     J[1] = R @ np.array([0, THUMB_BONES[0] * jitter(), 0])
-    opp = rng.uniform(deg(-60), deg(60)) * 0.5 + deg(30) * closure
-    abd = rng.uniform(0, deg(70))
-    R = R @ _ry(opp) @ _rz(abd * 0.5) @ _rx(-abd * 0.5)
+    palmar = np.clip(deg(10 + 55 * opp) + rng.normal(0, deg(6)), 0, deg(70))
+    radial = deg(rng.uniform(-10, 20) * (1 - opp))  # spreads away from the index in the palm plane
+    pronation = np.clip(deg(60 * opp) + rng.normal(0, deg(6)), 0, deg(60))
+    R = R @ _rz(-radial) @ _rx(-palmar) @ _ry(pronation)
     J[2] = J[1] + R @ np.array([0, THUMB_BONES[1] * jitter(), 0])
-    R = R @ _rx(-np.clip(deg(-15 + 55 * closure) + rng.normal(0, deg(10)), deg(-15), deg(40)))
+    R = R @ _rx(-np.clip(deg(-10 + 50 * tflex) + rng.normal(0, deg(6)), deg(-15), deg(40)))
     J[3] = J[2] + R @ np.array([0, THUMB_BONES[2] * jitter(), 0])
-    R = R @ _rx(-np.clip(deg(-15 + 105 * closure) + rng.normal(0, deg(15)), deg(-15), deg(90)))
+    R = R @ _rx(-np.clip(deg(-10 + 90 * tflex) + rng.normal(0, deg(8)), deg(-15), deg(90)))
     J[4] = J[3] + R @ np.array([0, THUMB_BONES[3] * jitter(), 0])
     return J
+
+
+def _look(forward: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """Rows (right, down, forward): the world-to-camera rotation of a camera looking along ``forward``."""
+    f = forward / np.linalg.norm(forward)
+    r = np.cross(f, up)
+    r /= np.linalg.norm(r)
+    return np.stack([r, np.cross(f, r), f])
+
+
+def table_view_rotation(rng: np.random.Generator) -> np.ndarray:
+    """Hand-local to camera rotation for a hand working over a table seen by cameras around it, as in DexYCB.
+
+    World z is up. The hand's fingers point roughly horizontally (elevation -25..50 deg, any heading), its palm
+    turned from facing the table to facing sideways either way (roll -100..100 deg) and sometimes up; the camera
+    looks at it from any azimuth at 15..75 deg elevation, with a small roll.
+    """
+    deg = math.radians
+    heading, elev = rng.uniform(0, 2 * math.pi), deg(rng.uniform(-25, 50))
+    d = np.array([math.cos(heading) * math.cos(elev), math.sin(heading) * math.cos(elev), math.sin(elev)])
+    # palm normal: "down" made orthogonal to the finger direction, then rolled about the finger axis
+    down = np.array([0.0, 0.0, -1.0]) - d * (-d[2])
+    down /= np.linalg.norm(down)
+    roll = deg(rng.uniform(-100, 100)) if rng.random() < 0.85 else deg(rng.uniform(100, 260))
+    side = np.cross(d, down)
+    n = math.cos(roll) * down + math.sin(roll) * side
+    z_local = -n  # the palm faces local -z
+    x_local = np.cross(d, z_local)
+    hand_to_world = np.stack([x_local, d, z_local], axis=1)
+    az, el = rng.uniform(0, 2 * math.pi), deg(rng.uniform(15, 75))
+    cam_dir = np.array([math.cos(az) * math.cos(el), math.sin(az) * math.cos(el), math.sin(el)])
+    world_to_cam = _rz(deg(rng.normal(0, 8))) @ _look(-cam_dir, np.array([0.0, 0.0, 1.0]))
+    return world_to_cam @ hand_to_world
 
 
 def place_sphere(J: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
@@ -171,10 +246,12 @@ def render(K: np.ndarray, J: np.ndarray | None, centre: np.ndarray, radius: floa
         items.append((J[palm_idx].mean(0)[2] + 0.01, "palm", [tuple(uv[i]) for i in [0, 1, 5, 9, 13, 17]],
                       _shade(PALM_COLOUR, J[palm_idx].mean(0)[2], z_ref)))
         for a, b in BONES:
-            finger = next(n for n, k in FINGER_FIRST_JOINT.items() if k <= max(a, b) < k + 4)
+            finger, k = next((n, k) for n, k in FINGER_FIRST_JOINT.items() if k <= max(a, b) < k + 4)
             z = (J[a, 2] + J[b, 2]) / 2
             width = max(2, int(round(2 * fx * 0.0085 / z)))
-            items.append((z, "bone", (tuple(uv[a]), tuple(uv[b]), width), _shade(FINGER_COLOURS[finger], z, z_ref)))
+            tone = PHALANX_TONE[max(a, b) - k]  # metacarpal darkest, distal phalanx lightest (like nails/knuckles)
+            colour = tuple(min(255.0, c * tone) for c in FINGER_COLOURS[finger])
+            items.append((z, "bone", (tuple(uv[a]), tuple(uv[b]), width), _shade(colour, z, z_ref)))
     c_uv = project(K, centre[None])[0]
     r_px = fx * radius / centre[2]
     obj_col = tuple(int(c) for c in rng.uniform(60, 240, 3))
@@ -205,7 +282,7 @@ def sample_frame(rng: np.random.Generator, K: np.ndarray, scale: float, left: bo
         centre, radius = place_sphere(J, rng)
         if left:  # a left hand is the mirror image of a right hand
             J, centre = J * [-1, 1, 1], centre * [-1, 1, 1]
-        R = random_rotation(rng)
+        R = table_view_rotation(rng)
         z = rng.uniform(0.4, 1.0)
         u, v = rng.uniform(120, IMAGE_W - 120), rng.uniform(100, IMAGE_H - 100)
         t = np.array([(u - K[0, 2]) * z / K[0, 0], (v - K[1, 2]) * z / K[1, 1], z])
@@ -217,7 +294,8 @@ def sample_frame(rng: np.random.Generator, K: np.ndarray, scale: float, left: bo
 
 
 def make_synthetic(root: str | Path, *, sequences_per_subject: int = 5, frames_per_sequence: int = 8, seed: int = 0,
-                   left_fraction: float = 0.3, overwrite: bool = False, log=print) -> Path:
+                   left_fraction: float = 0.3, overwrite: bool = False, keep_complete: bool = False,
+                   log=print) -> Path:
     """Write the dataset (10 subjects x ``sequences_per_subject`` x 8 cameras x ``frames_per_sequence``).
 
     Built in a temporary folder beside ``root`` and renamed into place, so an interrupted run never leaves a
@@ -269,6 +347,9 @@ def make_synthetic(root: str | Path, *, sequences_per_subject: int = 5, frames_p
                                      sphere_radius=np.array([radius], np.float32))
                     n += 1
         log(f"  subject {si + 1}/10 written ({n} frames)")
+    if keep_complete and (root / "calibration").is_dir():  # another process finished the same dataset first
+        shutil.rmtree(tmp)
+        return root
     if root.exists():
         shutil.rmtree(root)
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -284,12 +365,12 @@ def default_cache_dir() -> Path:
 
 def ensure_synthetic(sequences_per_subject: int, frames_per_sequence: int, seed: int, log=print) -> Path:
     """The default dataset in the cache, generated on first use."""
-    root = default_cache_dir() / f"synthetic_dexycb_q{sequences_per_subject}_f{frames_per_sequence}_s{seed}"
+    root = default_cache_dir() / f"synthetic_dexycb_v{GENERATOR_VERSION}_q{sequences_per_subject}_f{frames_per_sequence}_s{seed}"
     if not (root / "calibration").is_dir():
         log(f"generating the synthetic DexYCB-layout dataset into {root} (first use)")
         try:
             make_synthetic(root, sequences_per_subject=sequences_per_subject, frames_per_sequence=frames_per_sequence,
-                           seed=seed, overwrite=True, log=log)
+                           seed=seed, overwrite=True, keep_complete=True, log=log)
         except OSError:
             if not (root / "calibration").is_dir():  # a concurrent first run may have won the rename
                 raise
