@@ -35,6 +35,9 @@ class ModelConfig:
     num_layers: int = 4
     nhead: int = 4
     dropout: float = 0.0
+    # Feed each step's backward/forward increments, normalised per sequence, beside the positions
+    # (model.scaled_increments). Off in the guide's recipes; on in configs/fidelity.yaml.
+    increment_features: bool = False
 
 
 @dataclass
@@ -49,6 +52,7 @@ class DiffusionConfig:
     clip_reconstruction: bool = False    # clipping breaks the invert/decode symmetry; off by default
     force_schedule: bool = False         # allow linear with T < 1000
     plot_t_fraction: float = 0.5         # the fixed t* of the "noised" panel, as a fraction of T
+    timestep_power: float = 1.0          # training t = floor(T * u**p): 1 = uniform (DDPM); > 1 favours low noise
 
 
 @dataclass
@@ -142,6 +146,8 @@ def validate(cfg: Config) -> None:
     if not 1 <= d.num_inference_steps <= d.num_train_timesteps:
         raise UserError(f"num_inference_steps={d.num_inference_steps}", "--num_inference_steps",
                         f"between 1 and num_train_timesteps={d.num_train_timesteps}")
+    if not d.timestep_power > 0:
+        raise UserError(f"timestep_power={d.timestep_power}", "diffusion.timestep_power", "a number > 0 (1 = uniform)")
     if d.eta < 0:
         raise UserError(f"eta={d.eta}", "--eta", "eta >= 0 (0 = deterministic DDIM, 1 = DDPM)")
     if not 0.0 < d.plot_t_fraction <= 1.0:
