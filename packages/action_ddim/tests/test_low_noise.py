@@ -88,3 +88,21 @@ def test_new_keys_are_validated_and_round_trip_through_a_checkpoint(tmp_path):
     assert loaded.increment_features and diffusion.timestep_power == 2.0
     x, t = torch.randn(2, 64, 3), torch.tensor([3, 500])
     assert torch.equal(loaded(x, t), model.eval()(x, t))
+
+
+def test_cosine_offset_sets_the_lowest_noise_level():
+    """The default s = 0.008 puts the lowest noise level at twice the generator's sensor jitter (0.0015
+    data units = 0.003 model units); s = 0.0002 puts it below, and leaves the top of the schedule alone."""
+    from action_ddim.augmentation import GeneratorSettings
+
+    jitter_model_units = 2 * GeneratorSettings().jitter_std
+    sigma0 = lambda s: math.sqrt(1 - float(Diffusion("cosine", 1000, cosine_offset=s).alphas_cumprod[0]))  # noqa: E731
+    assert sigma0(0.008) > 2 * jitter_model_units
+    assert sigma0(0.0002) < jitter_model_units
+    assert Diffusion(cosine_offset=0.0002).alphas_cumprod[-1] < 1e-3
+    assert torch.equal(Diffusion().alphas_cumprod, Diffusion(cosine_offset=0.008).alphas_cumprod)
+    from trainkit.config import load_config
+
+    from action_ddim.config import Config
+    with pytest.raises(UserError, match="diffusion.cosine_offset"):
+        load_config(Config, None, ["diffusion.cosine_offset=0"])

@@ -52,6 +52,7 @@ class DiffusionConfig:
     clip_reconstruction: bool = False    # clipping breaks the invert/decode symmetry; off by default
     force_schedule: bool = False         # allow linear with T < 1000
     plot_t_fraction: float = 0.5         # the fixed t* of the "noised" panel, as a fraction of T
+    cosine_offset: float = 0.008         # the cosine schedule's s; sets the lowest noise level (see diffusion.py)
     timestep_power: float = 1.0          # training t = floor(T * u**p): 1 = uniform (DDPM); > 1 favours low noise
 
 
@@ -148,6 +149,8 @@ def validate(cfg: Config) -> None:
                         f"between 1 and num_train_timesteps={d.num_train_timesteps}")
     if not d.timestep_power > 0:
         raise UserError(f"timestep_power={d.timestep_power}", "diffusion.timestep_power", "a number > 0 (1 = uniform)")
+    if not 0.0 < d.cosine_offset <= 0.5:
+        raise UserError(f"cosine_offset={d.cosine_offset}", "diffusion.cosine_offset", "a number in (0, 0.5] (0.008 = Nichol & Dhariwal)")
     if d.eta < 0:
         raise UserError(f"eta={d.eta}", "--eta", "eta >= 0 (0 = deterministic DDIM, 1 = DDPM)")
     if not 0.0 < d.plot_t_fraction <= 1.0:

@@ -42,7 +42,7 @@ def build_model(cfg: Config, seq_len: int) -> ActionDenoiser:
 def build_diffusion(cfg: Config) -> Diffusion:
     d = cfg.diffusion
     return Diffusion(d.schedule, d.num_train_timesteps, d.prediction_type, force_schedule=d.force_schedule,
-                     timestep_power=d.timestep_power)
+                     timestep_power=d.timestep_power, cosine_offset=d.cosine_offset)
 
 
 # A warmup longer than the run would keep the LR rising for the whole run and never reach --lr (the
@@ -82,7 +82,8 @@ def resolve_data(cfg: Config, log) -> tuple[Path, Path]:
 # Keys that define what a run is. On --resume the checkpoint's config is the run's config: flags not
 # given come from it, and a flag changing one of these keys is refused unless --allow_config_change.
 RUN_DEFINING = ("data", "model", "diffusion.schedule", "diffusion.num_train_timesteps", "diffusion.prediction_type",
-                "diffusion.force_schedule", "diffusion.timestep_power", "train.batch_size", "train.num_epochs", "train.lr", "train.weight_decay",
+                "diffusion.force_schedule", "diffusion.timestep_power", "diffusion.cosine_offset",
+                "train.batch_size", "train.num_epochs", "train.lr", "train.weight_decay",
                 "train.betas", "train.warmup_steps", "train.min_lr_ratio", "train.grad_clip", "train.ema_decay",
                 "train.ema_warmup", "train.seed")
 MAY_CHANGE = ("data.num_workers",)
