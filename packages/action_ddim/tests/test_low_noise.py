@@ -106,3 +106,31 @@ def test_cosine_offset_sets_the_lowest_noise_level():
     from action_ddim.config import Config
     with pytest.raises(UserError, match="diffusion.cosine_offset"):
         load_config(Config, None, ["diffusion.cosine_offset=0"])
+
+
+def test_increment_representation_round_trips_and_keeps_old_checkpoints_as_positions():
+    from action_ddim.augmentation import generate_sequences
+    from action_ddim.data import Normalizer
+
+    x = torch.from_numpy(generate_sequences(32, seed=0)).double()
+    n = Normalizer(increment_scale=10.0)
+    z = n.encode(x)
+    assert torch.allclose(n.decode(z), x, atol=1e-12)
+    assert torch.allclose(z[:, 0, :2], 2 * x[:, 0, :2] - 1)  # row 0: the start position
+    assert torch.allclose(z[:, 1:, :2], 10 * (x[:, 1:, :2] - x[:, :-1, :2]))
+    assert torch.equal(z[..., 2], 2 * x[..., 2] - 1)  # press unchanged
+    # A resting pointer with the generator's jitter (0.0015): in positions the jitter (0.003 model units) is
+    # under the default lowest noise level (0.0064); as velocities it is 0.021, over 3x that level.
+    still = torch.zeros(4, 64, 3, dtype=torch.float64) + 0.5
+    still[..., :2] += 0.0015 * torch.randn(4, 64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sigma0 = math.sqrt(1 - float(Diffusion().alphas_cumprod[0]))
+    assert Normalizer().encode(still)[..., :2].std() < sigma0 < n.encode(still)[:, 1:, :2].std() / 3
+    pos = Normalizer().encode(x)
+    # A sample whose summed velocity leaves the screen stops at the edge.
+    far = z.clone()
+    far[:, 1:, 0] = 1.0
+    assert n.decode(far)[..., 0].max() == 1.0
+    # Checkpoints written before the option existed hold no increment_scale: positions.
+    old = Normalizer.from_dict({"low": [0, 0, 0], "high": [1, 1, 1], "binary_channels": [2]})
+    assert old.increment_scale == 0.0 and torch.equal(old.encode(x), pos)
+    assert Normalizer.from_dict(n.to_dict()) == n

@@ -163,7 +163,7 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) ->
 
     # ---- data ----
     train_dir, val_dir = resolve_data(cfg, say)
-    normalizer = Normalizer()
+    normalizer = Normalizer(increment_scale=cfg.data.increment_scale)
     train_set = ActionDataset(train_dir, cfg.data.seq_len, flag="--data_dir", normalizer=normalizer)
     val_set = ActionDataset(val_dir, cfg.data.seq_len, flag="--val_data_dir", normalizer=normalizer)
     if val_set.seq_len != train_set.seq_len:
