@@ -185,8 +185,10 @@ class Normalizer:
         return out
 
     def to_dict(self) -> dict:
-        return {"low": list(self.low), "high": list(self.high), "binary_channels": list(self.binary_channels),
-                "increment_scale": float(self.increment_scale), "position_channels": list(self.position_channels)}
+        d = {"low": list(self.low), "high": list(self.high), "binary_channels": list(self.binary_channels)}
+        if self.increment_scale:  # positions keep the format of checkpoints written before the option
+            d.update(increment_scale=float(self.increment_scale), position_channels=list(self.position_channels))
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Normalizer":
