@@ -153,6 +153,9 @@ def test_fidelity_config_loads_and_differs_from_the_guide_only_where_documented(
     assert (cfg.model.d_model, cfg.model.num_layers, cfg.model.nhead) == (64, 3, 4)
     assert (cfg.train.lr, cfg.train.warmup_steps, cfg.train.ema_decay, cfg.diffusion.eta) == (1e-3, 200, 0.999, 1.0)
     assert cfg.data.num_train == 20000 and cfg.train.num_gen_samples == 256
+    # The low-noise choices (README "Fidelity"): velocities, no x0 clipping, a lower sigma_0.
+    assert (cfg.data.increment_scale, cfg.diffusion.clip_sample, cfg.diffusion.cosine_offset) == (10.0, False, 2e-4)
+    assert not cfg.model.increment_features and cfg.diffusion.timestep_power == 1.0
 
 
 def test_training_logs_floors_and_the_samples_vs_real_figure(tmp_path):

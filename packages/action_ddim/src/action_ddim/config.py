@@ -27,6 +27,10 @@ class DataConfig:
     num_val: int = 256
     data_seed: int = 0
     num_workers: int = 0
+    # 0: the model sees positions. > 0: it sees the start position and then per-step increments times
+    # this scale (data.Normalizer); 10 puts the generator's steps at std ~0.3 and its jitter above the
+    # lowest noise level. Turn diffusion.clip_sample off with it: fast flicks exceed 1 in these units.
+    increment_scale: float = 0.0
 
 
 @dataclass
@@ -35,6 +39,9 @@ class ModelConfig:
     num_layers: int = 4
     nhead: int = 4
     dropout: float = 0.0
+    # Feed each step's backward/forward increments, normalised per sequence, beside the positions
+    # (model.scaled_increments). Off in the guide's recipes; on in configs/fidelity.yaml.
+    increment_features: bool = False
 
 
 @dataclass
@@ -49,6 +56,8 @@ class DiffusionConfig:
     clip_reconstruction: bool = False    # clipping breaks the invert/decode symmetry; off by default
     force_schedule: bool = False         # allow linear with T < 1000
     plot_t_fraction: float = 0.5         # the fixed t* of the "noised" panel, as a fraction of T
+    cosine_offset: float = 0.008         # the cosine schedule's s; sets the lowest noise level (see diffusion.py)
+    timestep_power: float = 1.0          # training t = floor(T * u**p): 1 = uniform (DDPM); > 1 favours low noise
 
 
 @dataclass
@@ -142,6 +151,10 @@ def validate(cfg: Config) -> None:
     if not 1 <= d.num_inference_steps <= d.num_train_timesteps:
         raise UserError(f"num_inference_steps={d.num_inference_steps}", "--num_inference_steps",
                         f"between 1 and num_train_timesteps={d.num_train_timesteps}")
+    if not d.timestep_power > 0:
+        raise UserError(f"timestep_power={d.timestep_power}", "diffusion.timestep_power", "a number > 0 (1 = uniform)")
+    if not 0.0 < d.cosine_offset <= 0.5:
+        raise UserError(f"cosine_offset={d.cosine_offset}", "diffusion.cosine_offset", "a number in (0, 0.5] (0.008 = Nichol & Dhariwal)")
     if d.eta < 0:
         raise UserError(f"eta={d.eta}", "--eta", "eta >= 0 (0 = deterministic DDIM, 1 = DDPM)")
     if not 0.0 < d.plot_t_fraction <= 1.0:
@@ -155,6 +168,9 @@ def validate(cfg: Config) -> None:
                         ("data.data_seed", cfg.data.data_seed)):  # the default dataset's SeedSequence: >= 0
         if value < 0:
             raise UserError(f"{name.split('.')[-1]}={value}", name, "a value >= 0")
+    if cfg.data.increment_scale < 0:
+        raise UserError(f"increment_scale={cfg.data.increment_scale}", "data.increment_scale",
+                        "0 (positions) or a positive scale, e.g. 10")
     if not 0.0 <= t.min_lr_ratio <= 1.0:
         raise UserError(f"min_lr_ratio={t.min_lr_ratio}", "train.min_lr_ratio", "a value in [0, 1]")
     if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):

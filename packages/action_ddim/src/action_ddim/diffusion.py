@@ -27,14 +27,22 @@ SPACINGS = ("leading", "trailing")
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def make_alphas_cumprod(schedule: str, num_train_timesteps: int, *, force: bool = False) -> torch.Tensor:
-    """abar_t for t = 0..T-1 as float64."""
+def make_alphas_cumprod(schedule: str, num_train_timesteps: int, *, force: bool = False,
+                        cosine_offset: float = 0.008) -> torch.Tensor:
+    """abar_t for t = 0..T-1 as float64.
+
+    ``cosine_offset`` is the cosine schedule's s. Its lowest noise level is sigma_0 = sqrt(1 - abar_0):
+    0.0064 (model units) for Nichol & Dhariwal's s = 0.008, chosen for 8-bit images (a pixel bin is
+    0.0078). Pointer data has finer detail (the generator's sensor jitter is 0.003 in model units), and
+    the sampler's last step returns a posterior mean at sigma_0, which smooths away detail below it:
+    s = 0.0002 gives sigma_0 = 0.0019.
+    """
     T = num_train_timesteps
     if T < 2:
         raise UserError(f"num_train_timesteps={T}", "--num_train_timesteps", "at least 2")
     if schedule == "cosine":
         # Nichol & Dhariwal (2021); betas capped at 0.999 so the last step stays finite.
-        s = 0.008
+        s = cosine_offset
         f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
         betas = torch.tensor([min(1 - f(i + 1) / f(i), 0.999) for i in range(T)], dtype=torch.float64)
     elif schedule == "linear":
@@ -82,15 +90,20 @@ class Diffusion:
     """Schedule + parameterisation; stateless apart from the abar table."""
 
     def __init__(self, schedule: str = "cosine", num_train_timesteps: int = 1000,
-                 prediction_type: str = "epsilon", *, force_schedule: bool = False):
+                 prediction_type: str = "epsilon", *, force_schedule: bool = False, timestep_power: float = 1.0,
+                 cosine_offset: float = 0.008):
         if prediction_type not in PREDICTION_TYPES:
             raise UserError(f"unknown prediction type {prediction_type!r}", "--prediction_type",
                             f"one of {', '.join(PREDICTION_TYPES)}")
         self.schedule = schedule
         self.T = num_train_timesteps
         self.prediction_type = prediction_type
+        if not timestep_power > 0:
+            raise UserError(f"timestep_power={timestep_power}", "diffusion.timestep_power", "a number > 0 (1 = uniform)")
+        self.timestep_power = float(timestep_power)
         # float64 on the CPU: the master table, read as Python floats by the sampler.
-        self.alphas_cumprod = make_alphas_cumprod(schedule, num_train_timesteps, force=force_schedule)
+        self.alphas_cumprod = make_alphas_cumprod(schedule, num_train_timesteps, force=force_schedule,
+                                                  cosine_offset=cosine_offset)
         # Per (device, dtype) copies made once: MPS has no float64, and a host-to-device copy per
         # training step or sampling step is waste on any accelerator.
         self._tables: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
@@ -119,10 +132,19 @@ class Diffusion:
         a = self.abar(t, x0)
         return a.sqrt() * noise - (1 - a).sqrt() * x0
 
+    def sample_timesteps(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training timesteps: uniform on [0, T) for ``timestep_power`` 1 (the DDPM loss); for p > 1,
+        t = floor(T * u**p), which puts more of training on the low-noise levels (P(t < k) = (k/T)**(1/p)).
+        """
+        if self.timestep_power == 1.0:
+            return torch.randint(0, self.T, (n,), device=device, generator=generator)
+        u = torch.rand((n,), device=device, generator=generator)
+        return (u.pow(self.timestep_power) * self.T).long().clamp_(0, self.T - 1)
+
     def loss(self, model: Denoiser, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The DDPM simple loss: MSE between the model output and its target at a uniform random t."""
         check_generator(generator, x0.device)
-        t = torch.randint(0, self.T, (x0.shape[0],), device=x0.device, generator=generator)
+        t = self.sample_timesteps(x0.shape[0], x0.device, generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         out = model(self.q_sample(x0, t, noise), t)
         return F.mse_loss(out.float(), self.target(x0, t, noise).float())

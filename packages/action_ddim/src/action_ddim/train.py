@@ -35,12 +35,14 @@ from .plots import plot_reconstructions, plot_samples, plot_samples_vs_real
 
 def build_model(cfg: Config, seq_len: int) -> ActionDenoiser:
     m = cfg.model
-    return ActionDenoiser(seq_len=seq_len, d_model=m.d_model, num_layers=m.num_layers, nhead=m.nhead, dropout=m.dropout)
+    return ActionDenoiser(seq_len=seq_len, d_model=m.d_model, num_layers=m.num_layers, nhead=m.nhead, dropout=m.dropout,
+                         increment_features=m.increment_features)
 
 
 def build_diffusion(cfg: Config) -> Diffusion:
     d = cfg.diffusion
-    return Diffusion(d.schedule, d.num_train_timesteps, d.prediction_type, force_schedule=d.force_schedule)
+    return Diffusion(d.schedule, d.num_train_timesteps, d.prediction_type, force_schedule=d.force_schedule,
+                     timestep_power=d.timestep_power, cosine_offset=d.cosine_offset)
 
 
 # A warmup longer than the run would keep the LR rising for the whole run and never reach --lr (the
@@ -80,7 +82,8 @@ def resolve_data(cfg: Config, log) -> tuple[Path, Path]:
 # Keys that define what a run is. On --resume the checkpoint's config is the run's config: flags not
 # given come from it, and a flag changing one of these keys is refused unless --allow_config_change.
 RUN_DEFINING = ("data", "model", "diffusion.schedule", "diffusion.num_train_timesteps", "diffusion.prediction_type",
-                "diffusion.force_schedule", "train.batch_size", "train.num_epochs", "train.lr", "train.weight_decay",
+                "diffusion.force_schedule", "diffusion.timestep_power", "diffusion.cosine_offset",
+                "train.batch_size", "train.num_epochs", "train.lr", "train.weight_decay",
                 "train.betas", "train.warmup_steps", "train.min_lr_ratio", "train.grad_clip", "train.ema_decay",
                 "train.ema_warmup", "train.seed")
 MAY_CHANGE = ("data.num_workers",)
@@ -160,7 +163,7 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) ->
 
     # ---- data ----
     train_dir, val_dir = resolve_data(cfg, say)
-    normalizer = Normalizer()
+    normalizer = Normalizer(increment_scale=cfg.data.increment_scale)
     train_set = ActionDataset(train_dir, cfg.data.seq_len, flag="--data_dir", normalizer=normalizer)
     val_set = ActionDataset(val_dir, cfg.data.seq_len, flag="--val_data_dir", normalizer=normalizer)
     if val_set.seq_len != train_set.seq_len:
