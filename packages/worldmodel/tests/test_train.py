@@ -200,3 +200,17 @@ def test_ddp_two_processes_same_params_own_randomness_rank0_writes(tiny_data, tm
     assert steps == sorted(set(steps)) and len(steps) == 3          # one writer: no duplicated rows
     assert (run / "checkpoints" / "latest.pt").is_file()
     assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 3
+
+
+def test_bare_train_is_the_cpu_quick_start_and_nothing_else_is():
+    # `uv run worldmodel train` is the README's quick start: with neither --config nor --data-root it must be the
+    # CPU recipe (the guide's 70M model at 256x144 takes minutes per step on a CPU). A given config, data root
+    # or resume keeps what the user asked for.
+    from worldmodel.cli import quick_start_config
+
+    assert quick_start_config(None, {}) == "synthetic_cpu"
+    assert quick_start_config(None, {"training.batch_size": 4}) == "synthetic_cpu"
+    assert quick_start_config("configs/training/base.yaml", {}) == "configs/training/base.yaml"
+    assert quick_start_config(None, {"data.data_root": "data/processed/nuscenes"}) is None
+    assert quick_start_config(None, {"training.resume": "auto"}) is None
+    assert quick_start_config(None, {}, ["data.data_root=somewhere"]) is None
