@@ -147,3 +147,24 @@ def test_resume_config_paths_compare_by_location(tmp_path, monkeypatch):
     assert cfg.name == "./data"
     with pytest.raises(UserError, match="'name'"):
         resolve_resume_config(Cfg, saved, cli_values={"name": "./other"}, run_defining=("name",))
+
+
+def test_key_aliases_map_a_guides_spelling_onto_the_config_key(tmp_path):
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Train:
+        T_0: float = 10.0
+
+    @dataclass
+    class Cfg:
+        KEY_ALIASES = {"T_0": "train.T_0"}
+        train: Train = field(default_factory=Train)
+
+    path = tmp_path / "c.yaml"
+    path.write_text("T_0: 5\n")
+    assert load_config(Cfg, path).train.T_0 == 5
+    assert load_config(Cfg, None, ["T_0=7"]).train.T_0 == 7
+    path.write_text("T_0: 5\ntrain:\n  T_0: 6\n")
+    with pytest.raises(UserError, match="both 'T_0' and 'train.T_0'"):
+        load_config(Cfg, path)

@@ -235,3 +235,17 @@ def test_torch_compile_trains_and_matches_eager(synthetic_root, tmp_path):
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert worst < 1e-3, worst  # same training up to kernel-fusion round-off
     assert comp["metrics"]["val/mpjpe"] == pytest.approx(eager["metrics"]["val/mpjpe"], rel=0.05)
+
+
+def test_the_guides_top_level_scheduler_keys_and_physics_weight_are_honoured(tmp_path):
+    # Guide, "Learning Rate Scheduling": `scheduler` / `T_0` / `T_mult` at the YAML top level; stage 2 calls the
+    # penetration weight `physics`. Both spellings must set the real keys, not fail as unknown keys.
+    from trainkit.config import load_config as load
+    from amt.config import Config
+
+    path = tmp_path / "guide.yaml"
+    path.write_text('scheduler: "cosine"\nT_0: 4\nT_mult: 3\nloss_weights:\n  physics: 0.25\n')
+    cfg = load(Config, path)
+    assert (cfg.training.scheduler, cfg.training.T_0, cfg.training.T_mult) == ("cosine", 4, 3)
+    assert cfg.loss_weights.physics_penetration == 0.25
+    assert load(Config, None, ["loss_weights.physics=0.0"]).loss_weights.physics_penetration == 0.0

@@ -136,6 +136,35 @@ def _merge(base: dict, update: Mapping) -> dict:
     return out
 
 
+def _apply_aliases(cls, loaded: dict, where: str) -> dict:
+    """Move keys a guide writes elsewhere to where the config keeps them.
+
+    A config dataclass may declare ``KEY_ALIASES = {"T_0": "training.T_0", ...}`` (dotted old -> new); a YAML
+    file or ``--set`` using the old spelling then means the new key. Both spellings at once is an error.
+    """
+    aliases = getattr(cls, "KEY_ALIASES", {})
+    if not aliases:
+        return loaded
+    out = copy.deepcopy(loaded)
+    for old, new in aliases.items():
+        parts, node = old.split("."), out
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or parts[-1] not in node:
+            continue
+        value = node.pop(parts[-1])
+        target, present = out, True
+        for part in new.split("."):
+            if not isinstance(target, dict) or part not in target:
+                present = False
+                break
+            target = target[part]
+        if present:
+            raise UserError(f"both '{old}' and '{new}' are set", where, f"one of them ('{old}' means '{new}')")
+        _set_dotted(out, new, value)
+    return out
+
+
 def _set_dotted(target: dict, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = target
@@ -192,6 +221,7 @@ def load_config(cls, path: str | Path | None = None, overrides: Iterable[str] = 
             raise UserError("config file is not valid YAML", str(path), str(err).splitlines()[0])
         if not isinstance(loaded, dict):
             raise UserError("config file must hold a mapping", str(path), "expected key: value pairs")
+        loaded = _apply_aliases(cls, loaded, str(path))
         _build(cls, loaded, str(path))  # validate the file alone first so its errors name the file
         data = _merge(data, loaded)
     where = str(path) if path is not None else ("base config" if base else "defaults")
@@ -199,8 +229,10 @@ def load_config(cls, path: str | Path | None = None, overrides: Iterable[str] = 
     for key, value in (cli_values or {}).items():
         _check_key_path(cls, key, "command line")
         _set_dotted(data, key, value)
+    aliases = getattr(cls, "KEY_ALIASES", {})
     for text in overrides:
         key, value = parse_override(text)
+        key = aliases.get(key, key)
         _check_key_path(cls, key, f"--set {text}")
         _set_dotted(data, key, value)
         _build(cls, data, f"--set {text}")

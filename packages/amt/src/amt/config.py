@@ -133,6 +133,11 @@ class StageConfig:
 
 @dataclass
 class Config:
+    # The guide writes the scheduler keys at the YAML top level ("Learning Rate Scheduling") and calls the
+    # penetration weight `physics` in stage 2; both spellings mean the keys below (trainkit.config aliases).
+    KEY_ALIASES = {"scheduler": "training.scheduler", "T_0": "training.T_0", "T_mult": "training.T_mult",
+                   "loss_weights.physics": "loss_weights.physics_penetration"}
+
     experiment_name: str = "amt"
     output_dir: str | None = None     # run directory; None: runs/<experiment_name>
     data: DataConfig = field(default_factory=DataConfig)
