@@ -1,24 +1,18 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-from trainkit.checkpoint import load_checkpoint
 from trainkit.distributed import GracefulStop, all_reduce_mean, make_sampler
+from trainkit.testing import run_torchrun
 
 HERE = Path(__file__).parent
 
 
 def torchrun(run_dir, *args):
-    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(HERE / "toy_loop.py"), "--run_dir", str(run_dir), *args]
-    return subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=240)
+    return run_torchrun(HERE / "toy_loop.py", "--run_dir", run_dir, *args, timeout=240)
 
 
 def test_torchrun_two_ranks_sync_seeding_guard_and_sigterm_resume(tmp_path):

@@ -4,15 +4,13 @@ The launch runs ``ddp_driver.py``: an uninterrupted 4-epoch run, the same run st
 rank 0 in the middle of epoch 2, and its resume with only ``--resume auto --save_dir``.
 """
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 import yaml
 
 from trainkit.checkpoint import load_checkpoint
+from trainkit.testing import run_torchrun
 
 HERE = Path(__file__).parent
 
@@ -23,10 +21,7 @@ def _rows(run):
 
 
 def test_torchrun_two_ranks_draw_differently_and_resume_mid_epoch_exactly(tiny_data, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(HERE / "ddp_driver.py"), str(tiny_data), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=400)
+    proc = run_torchrun(HERE / "ddp_driver.py", tiny_data, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:]
     # 10 sequences / 2 ranks / batch 2 = 3 steps per epoch; SIGTERM during step 5, the 2nd of epoch 2.
     assert "stopping on SIGTERM after step 5 (4 of 5 sequences of epoch 2)" in proc.stdout, proc.stdout[-3000:]

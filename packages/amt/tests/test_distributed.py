@@ -1,21 +1,17 @@
 """torchrun with 2 gloo processes on CPU (one launch): the guide's stage freeze and a zero-weighted loss term
 under DDP, identical weights on both ranks after training, per-rank randomness and data shards, rank 0 writes."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+
+from trainkit.testing import run_torchrun
 
 HERE = Path(__file__).parent
 
 
 def test_torchrun_two_ranks_with_stages(synthetic_root, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(HERE / "ddp_driver.py"), str(synthetic_root), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    proc = run_torchrun(HERE / "ddp_driver.py", synthetic_root, tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     # 32 crops / 2 ranks / batch 4 = 4 micro-batches per epoch each, accumulation 2: 2 steps/epoch, 2 epochs

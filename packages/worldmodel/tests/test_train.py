@@ -10,6 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from trainkit.checkpoint import load_checkpoint
+from trainkit.testing import run_torchrun
 
 from worldmodel.cli import main
 from worldmodel.train import resolve_run_config, train
@@ -181,14 +182,11 @@ def test_ddp_two_processes_same_params_own_randomness_rank0_writes(tiny_data, tm
     their own random streams and train on different windows; only rank 0 writes the run directory."""
     report, run = tmp_path / "report", tmp_path / "ddp"
     report.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
-           "WORLDMODEL_CACHE": str(tmp_path / "cache")}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(PKG / "tests" / "_ddp_worker.py"), str(report), *TINY, f"data.data_root={tiny_data}",
-                        f"training.save_dir={run}", "training.backend=gloo", "training.distributed=true",
-                        "training.max_steps=3", "model.dynamics.dropout=0.2", "logging.eval_interval=3",
-                        "logging.save_interval=3"], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_torchrun(PKG / "tests" / "_ddp_worker.py", report, *TINY, f"data.data_root={tiny_data}",
+                     f"training.save_dir={run}", "training.backend=gloo", "training.distributed=true",
+                     "training.max_steps=3", "model.dynamics.dropout=0.2", "logging.eval_interval=3",
+                     "logging.save_interval=3", env={"WORLDMODEL_CACHE": str(tmp_path / "cache")}, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:]
     ranks = [json.loads((report / f"rank{i}.json").read_text()) for i in (0, 1)]
     assert [x["world_size"] for x in ranks] == [2, 2]
     assert ranks[0]["digest"] == ranks[1]["digest"]                 # DDP kept the replicas identical

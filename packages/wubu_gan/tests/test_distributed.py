@@ -1,19 +1,15 @@
 """torchrun with 2 gloo processes on CPU (one launch, ~15-30 s): both ranks step in lockstep, DDP keeps their
 weights equal, each rank draws its own randomness and data shard, and only rank 0 writes the run folder."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from trainkit.testing import run_torchrun
 
 HERE = Path(__file__).parent
 
 
 def test_torchrun_two_ranks_step_together_with_their_own_randomness(tiny_video, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(HERE / "ddp_driver.py"), str(tiny_video), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=400)
+    proc = run_torchrun(HERE / "ddp_driver.py", tiny_video, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["steps"] == r1["steps"] > 0

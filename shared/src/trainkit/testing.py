@@ -117,3 +117,22 @@ def strict_rng_devices() -> Iterator[None]:
     finally:
         for owner, name, fn in reversed(saved):
             setattr(owner, name, fn)
+
+
+def run_torchrun(script, *args, nproc: int = 2, env: dict | None = None, timeout: float = 400):
+    """Launch ``script`` under ``torchrun --standalone --nproc_per_node nproc`` on CPU (gloo) for a DDP test.
+
+    One thread per process and the loopback interface (so it runs on a sandboxed CI machine), W&B off, unbuffered
+    output; ``env`` adds or overrides variables. Returns the ``CompletedProcess`` with stdout and stderr merged
+    in ``.stdout``, so a failing assert can show the ranks' last lines.
+    """
+    import os
+    import subprocess
+    import sys
+
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", WANDB_MODE="disabled",
+                    PYTHONUNBUFFERED="1", **(env or {}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(script), *map(str, args)]
+    return subprocess.run(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout)
