@@ -94,7 +94,8 @@ def test_gradient_checkpointing_picks_the_ratio_of_blocks():
     assert not m._ckpt_backbone and not m._ckpt_decoder
 
 
-@pytest.mark.slow  # torch.utils.checkpoint imports torch._dynamo on first use (~10-40 s)
+# torch.utils.checkpoint imports torch._dynamo on first use (~10-40 s alone; less in the suite, where other
+# packages' checkpointing tests import it first). Not marked slow: CI must cover checkpointing.
 def test_gradient_checkpointing_gives_the_same_gradients():
     b = _batch()
     grads = []
