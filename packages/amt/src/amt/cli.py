@@ -87,6 +87,15 @@ def train(ctx, split, allow_config_change, config_path, overrides, precision, **
                            **{k: round(v, 4) for k, v in out["metrics"].items() if isinstance(v, float)}}))
 
 
+def _eval_split(split: str | None) -> str | None:
+    """``--split`` of evaluate/visualize: a setup name (s0..s3) means its test split."""
+    if split in ("s0", "s1", "s2", "s3"):
+        split = f"{split}_test"
+    if split is not None and split not in SPLITS:
+        raise UserError(f"unknown split {split!r}", "--split", f"s0..s3 or one of {', '.join(SPLITS)}")
+    return split
+
+
 @main.command()
 @click.option("--checkpoint", required=True, help="best.pth / latest.pth from `amt train`.")
 @click.option("--split", default=None, help="Split to evaluate, e.g. s0_test [the config's data.test_split].")
@@ -101,10 +110,7 @@ def train(ctx, split, allow_config_change, config_path, overrides, precision, **
 @handle_user_errors
 def evaluate(ctx, checkpoint, split, data_root, results, as_json, batch_size, config_path, overrides, device):
     """Model vs mean-pose baseline: MPJPE (root-relative, absolute), PA-MPJPE, AUC, 3-D PCK, PCK@5px."""
-    if split in ("s0", "s1", "s2", "s3"):  # a setup: its test split
-        split = f"{split}_test"
-    if split is not None and split not in SPLITS:
-        raise UserError(f"unknown split {split!r}", "--split", f"s0..s3 or one of {', '.join(SPLITS)}")
+    split = _eval_split(split)
     if batch_size is not None and batch_size <= 0:
         raise UserError(f"batch_size={batch_size}", "--batch_size", "a positive integer")
     if results is not None and (os.path.isdir(results) or not os.path.isdir(os.path.dirname(os.path.abspath(results)))):
@@ -153,10 +159,7 @@ def visualize(ctx, out, checkpoint, data_root, split, num, augment, config_path,
     from .evaluate import load_for_inference, make_dataset, make_loader, predict, resolve_root
     from .plots import overlay_figure
 
-    if split in ("s0", "s1", "s2", "s3"):  # a setup: its test split
-        split = f"{split}_test"
-    if split is not None and split not in SPLITS:
-        raise UserError(f"unknown split {split!r}", "--split", f"s0..s3 or one of {', '.join(SPLITS)}")
+    split = _eval_split(split)
     cli_values = {"data.root": data_root} if data_root is not None else None
     dev = resolve_device(device)
     if checkpoint:
