@@ -92,6 +92,12 @@ def test_gradient_checkpointing_picks_the_ratio_of_blocks():
     assert m._ckpt_backbone == {0, 2} and len(m._ckpt_decoder) == 2
     m.set_gradient_checkpointing(False, 0.5)
     assert not m._ckpt_backbone and not m._ckpt_decoder
+    # With frozen leading blocks (freeze_layers of a pretrained backbone) the ratio is of the trainable blocks.
+    m.backbone.freeze_layers = 2
+    m.backbone.apply_freeze()
+    m.set_gradient_checkpointing(True, 1.0)
+    assert m._ckpt_backbone == {2}
+    assert all(p.requires_grad for i in m._ckpt_backbone for p in m.backbone.vit.blocks[i].parameters())
 
 
 # torch.utils.checkpoint imports torch._dynamo on first use (~10-40 s alone; less in the suite, where other

@@ -338,12 +338,15 @@ class AMTModel(nn.Module):
         return {"queries": "hand_decoder", "object_query": "object_encoder"}.get(head, head)
 
     def set_gradient_checkpointing(self, enabled: bool, ratio: float = 0.5) -> None:
-        """Checkpoint ``ratio`` of the transformer blocks (backbone blocks and decoder layers), evenly spaced."""
-        def pick(n):
-            k = round(ratio * n) if enabled else 0
-            return {int(i) for i in torch.linspace(0, n - 1, k).round().tolist()} if k > 0 else set()
-        self._ckpt_backbone = pick(self.backbone.num_blocks)
-        self._ckpt_decoder = pick(len(self.hand_decoder["layers"]))
+        """Checkpoint ``ratio`` of the trainable transformer blocks (backbone blocks and decoder layers), evenly
+        spaced. Backbone blocks that ``freeze_layers`` keeps frozen save no activations for backward anyway, so
+        checkpointing them would buy nothing: ratio 0.5 with 12 of 24 blocks frozen checkpoints 6 of the 12
+        trainable ones, not 6 of all 24."""
+        def pick(first, n):
+            k = round(ratio * (n - first)) if enabled else 0
+            return {first + int(i) for i in torch.linspace(0, n - first - 1, k).round().tolist()} if k > 0 else set()
+        self._ckpt_backbone = pick(getattr(self.backbone, "freeze_layers", 0), self.backbone.num_blocks)
+        self._ckpt_decoder = pick(0, len(self.hand_decoder["layers"]))
 
     def sigma_layers(self):
         return [m for m in self.modules() if isinstance(m, SigmaReparamLinear)]
