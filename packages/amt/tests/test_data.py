@@ -120,3 +120,25 @@ def test_unreadable_color_image_is_a_one_line_error(tmp_path, make_tree):
         with pytest.raises(UserError, match="unreadable color image") as e:
             ds[0]
         assert img in str(e.value)
+
+
+def test_partial_release_is_reported(tmp_path, make_tree):
+    """A tree that is not the full release (a subject folder missing, sequences not 100 per subject) says so:
+    split membership and the result file's indices would silently differ from the toolkit's."""
+    root = make_tree(tmp_path, subjects=(0, 2), sequences=5, frames=2)
+    test = DexYCBIndex(root, "s0_test")  # subjects 2-9: 3-9 missing, subject 2 has 5 sequences
+    note = test.incompleteness()
+    assert note is not None and SUBJECTS[3] in note and f"{SUBJECTS[2]}: 5" in note and "evaluate_hpe" in note
+    assert SUBJECTS[2] not in test.missing_subjects and test.sequence_counts == {SUBJECTS[2]: 5}
+
+    import amt.data as data
+    full = DexYCBIndex(root, "s0_val")  # subjects 0-1: 1 is missing
+    assert SUBJECTS[1] in full.incompleteness()
+    old = data.SEQUENCES_PER_SUBJECT
+    try:  # the same tree read as if 5 sequences were the release's count: only the missing folder remains
+        data.SEQUENCES_PER_SUBJECT = 5
+        assert "sequences per subject" not in full.incompleteness()
+        whole = make_tree(tmp_path / "whole", subjects=(0, 1), sequences=5, frames=2)
+        assert DexYCBIndex(whole, "s0_val").incompleteness() is None  # every subject there, each "complete"
+    finally:
+        data.SEQUENCES_PER_SUBJECT = old

@@ -208,6 +208,8 @@ def info(ctx, no_data, config_path, overrides, precision, **_):
             idx = DexYCBIndex(root, split)
             click.echo(f"  {split}: {len(idx)} labelled frames ({idx.num_empty} without a hand dropped) "
                        f"from {len(idx.intrinsics)} cameras at {root}")
+            if cfg.data.root is not None and idx.incompleteness():
+                click.echo(f"  WARNING: {idx.incompleteness()}")
 
 
 if __name__ == "__main__":

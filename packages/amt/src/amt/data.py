@@ -45,6 +45,7 @@ JOINT_NAMES = ["wrist", "thumb_mcp", "thumb_pip", "thumb_dip", "thumb_tip", "ind
                "ring_dip", "ring_tip", "little_mcp", "little_pip", "little_dip", "little_tip"]
 BONES = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11), (11, 12),
          (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20)]
+SEQUENCES_PER_SUBJECT = 100  # the toolkit's assertion in dex_ycb.py
 IMAGE_W, IMAGE_H = 640, 480
 SPLITS = [f"s{s}_{p}" for s in range(4) for p in ("train", "val", "test")]
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -151,12 +152,18 @@ class DexYCBIndex:
         self.num_empty = 0
         tk_index = 0
         found_subject = False
+        # What differs from the full release, where the toolkit asserts 100 sequences per subject: split
+        # membership (every 5th sequence *position*) and the result file's indices assume that layout.
+        self.missing_subjects: list[str] = []
+        self.sequence_counts: dict[str, int] = {}
         for s in subj_ind:
             subject_dir = self.root / SUBJECTS[s]
             if not subject_dir.is_dir():
+                self.missing_subjects.append(SUBJECTS[s])
                 continue
             found_subject = True
             sequences = sorted(p.name for p in subject_dir.iterdir() if p.is_dir())
+            self.sequence_counts[SUBJECTS[s]] = len(sequences)
             for i, seq in enumerate(sequences):
                 if not seq_pred(i):
                     continue
@@ -196,6 +203,20 @@ class DexYCBIndex:
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    def incompleteness(self) -> str | None:
+        """None for the full release's layout; otherwise one line saying what differs and what it changes."""
+        short = {k: v for k, v in self.sequence_counts.items() if v != SEQUENCES_PER_SUBJECT}
+        if not self.missing_subjects and not short:
+            return None
+        parts = []
+        if self.missing_subjects:
+            parts.append(f"missing subject folders {', '.join(self.missing_subjects)}")
+        if short:
+            parts.append("sequences per subject " + ", ".join(f"{k}: {v}" for k, v in short.items()))
+        return (f"{self.split} under {self.root} is not the full DexYCB layout ({'; '.join(parts)}; the toolkit "
+                f"expects {SEQUENCES_PER_SUBJECT} per subject): split membership follows sequence positions on disk "
+                f"and result-file indices will not match the toolkit's evaluate_hpe.py")
 
 
 def _is_empty(label_path: Path) -> bool:

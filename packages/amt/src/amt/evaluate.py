@@ -28,10 +28,13 @@ def resolve_root(cfg: Config, log=print) -> Path:
     return Path(d.root)
 
 
-def make_dataset(cfg: Config, root: Path, split: str, *, augment: bool = False, limit: int | None = None):
+def make_dataset(cfg: Config, root: Path, split: str, *, augment: bool = False, limit: int | None = None, log=None):
     d = cfg.data
     aug = AugmentConfigLike(d.aug_rotation_deg, d.aug_scale, d.aug_translation, d.aug_color_jitter)
     index = DexYCBIndex(root, split)
+    note = index.incompleteness() if d.root is not None else None  # the synthetic default is small on purpose
+    if note and log is not None:
+        log(f"WARNING: {note}")
     if len(index) == 0:
         raise UserError(f"split {split} has no labelled frames", str(root), "frames with hand labels (not all -1)")
     ds = HandCropDataset(index, d.image_size, augment=augment, crop_scale=d.crop_scale, aug=aug,
@@ -170,7 +173,7 @@ def evaluate_checkpoint(checkpoint: str, *, split: str | None = None, config_pat
     model, cfg, extra = load_for_inference(checkpoint, dev, config_path, overrides, cli_values, log=log)
     split = split or cfg.data.test_split
     root = resolve_root(cfg, log)
-    ds = make_dataset(cfg, root, split)
+    ds = make_dataset(cfg, root, split, log=log)
     loader = make_loader(ds, batch_size or cfg.training.batch_size, cfg.data.num_workers)
     p = predict(model, loader, dev, cfg.precision)
     baseline = {"mean_rel": extra["amt"]["mean_rel"], "mean_root": extra["amt"]["mean_root"]}

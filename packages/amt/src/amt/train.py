@@ -229,8 +229,8 @@ def train(cfg: Config, log=print) -> dict:
     if not info.is_main:
         root = resolve_root(cfg, say)
     d = cfg.data
-    train_set = make_dataset(cfg, root, d.train_split, augment=d.augment, limit=d.max_train_samples)
-    val_set = make_dataset(cfg, root, d.val_split, limit=d.max_val_samples)
+    train_set = make_dataset(cfg, root, d.train_split, augment=d.augment, limit=d.max_train_samples, log=say)
+    val_set = make_dataset(cfg, root, d.val_split, limit=d.max_val_samples, log=say)
     base_train = train_set.dataset if hasattr(train_set, "dataset") else train_set
     if info.is_main:
         prepare_run_dir(run_dir, resume=t.resume)
