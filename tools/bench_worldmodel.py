@@ -8,19 +8,20 @@
 - trainkit overhead: a step through trainkit's OptimizerStep (accumulation bookkeeping, clipping, non-finite
   guard) vs a bare backward/clip/step/zero_grad loop.
 
-    uv run python tools/bench_worldmodel.py [--config synthetic_cpu] [--steps 6] [--device cpu] [--json]
+    uv run python tools/bench_worldmodel.py [--config synthetic_cpu] [--steps 3] [--repeats 3] [--device cpu] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
 
 from trainkit.config import load_config
-from trainkit.device import autocast, resolve_device
+from trainkit.device import autocast, make_grad_scaler, resolve_device
 from trainkit.step import OptimizerStep
 
 from worldmodel.config import Config, resolve_config_path
@@ -48,49 +49,76 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench_train(cfg, data, device, steps, precision, checkpointing, use_trainkit=True):
-    torch.manual_seed(0)
-    model = build_model(cfg, data.image_size, cfg.data.sequence_length).to(device)
-    if checkpointing:
-        model.enable_gradient_checkpointing()
-    opt = build_optimizer(model, cfg)
-    stepper = OptimizerStep(model, opt, grad_clip=cfg.training.max_grad_norm or None)
-    windows = WindowDataset(data, "train", cfg.data.sequence_length, cfg.data.frame_skip, 1)
-    bs = cfg.training.batch_size
-    batch = collate([windows[i] for i in range(bs)])
-    frames, actions = batch["frames"].to(device), batch["actions"].to(device)
-    perceptual = SsimGradLoss()
+class TrainBench:
+    """One training configuration, built once; ``time(steps)`` times ``steps`` more optimizer steps.
 
-    def loss_fn():
-        with autocast(device, precision):
-            return compute_losses(model(frames, actions), frames, cfg.loss, perceptual)["loss"]
+    Configurations are timed interleaved (A B C D, then B C D A, ...) over several rounds, so a cold first
+    run or a neighbour's burst on a shared machine does not bias one configuration; the report gives the
+    median and the spread over rounds.
+    """
 
-    def step():
-        if use_trainkit:
-            with stepper.micro_batch():
-                stepper.backward(loss_fn())
+    def __init__(self, cfg, data, device, precision, checkpointing, use_trainkit=True):
+        torch.manual_seed(0)
+        self.device, self.use_trainkit = device, use_trainkit
+        self.model = model = build_model(cfg, data.image_size, cfg.data.sequence_length).to(device)
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        self.opt = build_optimizer(model, cfg)
+        # fp16 on CUDA steps through a real GradScaler, as training does (an unscaled fp16 step can underflow,
+        # be skipped by the non-finite guard and time faster than a real one)
+        self.scaler = make_grad_scaler(device, precision)
+        self.stepper = OptimizerStep(model, self.opt, scaler=self.scaler, grad_clip=cfg.training.max_grad_norm or None)
+        self.max_grad_norm = cfg.training.max_grad_norm
+        windows = WindowDataset(data, "train", cfg.data.sequence_length, cfg.data.frame_skip, 1)
+        bs = cfg.training.batch_size
+        batch = collate([windows[i] for i in range(bs)])
+        self.frames, self.actions = batch["frames"].to(device), batch["actions"].to(device)
+        self.frames_per_step = bs * cfg.data.sequence_length
+        self.cfg, self.precision, self.perceptual = cfg, precision, SsimGradLoss()
+        self.step()  # warm-up
+        self.saved_activation_MB = saved_activation_bytes(self.loss) / 2**20
+        self.rounds: list[tuple[float, float]] = []  # (wall s/step, CPU s/step)
+        self.peak_MB = None
+
+    def loss(self):
+        with autocast(self.device, self.precision):
+            return compute_losses(self.model(self.frames, self.actions), self.frames, self.cfg.loss,
+                                  self.perceptual)["loss"]
+
+    def step(self):
+        if self.use_trainkit:
+            with self.stepper.micro_batch():
+                self.stepper.backward(self.loss())
         else:
-            loss_fn().backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.max_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            self.scaler.scale(self.loss()).backward()
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.opt.zero_grad(set_to_none=True)
 
-    step()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    sync(device)
-    t0, c0 = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        step()
-    sync(device)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    saved = saved_activation_bytes(loss_fn)
-    frames_per_step = bs * cfg.data.sequence_length
-    out = {"frames_per_s": frames_per_step * steps / wall, "s_per_step": wall / steps, "cpu_s_per_step": cpu / steps,
-           "saved_activation_MB": saved / 2**20}
-    if device.type == "cuda":
-        out["peak_MB"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return out
+    def time(self, steps: int) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        sync(self.device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(steps):
+            self.step()
+        sync(self.device)
+        self.rounds.append(((time.perf_counter() - t0) / steps, (time.process_time() - c0) / steps))
+        if self.device.type == "cuda":
+            self.peak_MB = max(self.peak_MB or 0.0, torch.cuda.max_memory_allocated(self.device) / 2**20)
+
+    def summary(self) -> dict:
+        wall = statistics.median(r[0] for r in self.rounds)
+        cpu = [r[1] for r in self.rounds]
+        out = {"frames_per_s": self.frames_per_step / wall, "s_per_step": wall,
+               "cpu_s_per_step": statistics.median(cpu), "cpu_s_per_step_min": min(cpu),
+               "cpu_s_per_step_max": max(cpu), "rounds": len(self.rounds),
+               "saved_activation_MB": self.saved_activation_MB}
+        if self.peak_MB is not None:
+            out["peak_MB"] = self.peak_MB
+        return out
 
 
 def bench_loader(cfg, data, batches):
@@ -112,7 +140,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="synthetic_cpu")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=3, help="timed optimizer steps per configuration per round")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds; configurations are interleaved, order rotated")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", action="store_true")
@@ -127,10 +156,16 @@ def main():
     half = "fp16" if device.type == "cuda" else "bf16"
     res = {"config": args.config, "device": str(device), "threads": args.threads,
            "batch": f"{cfg.training.batch_size} x {d.sequence_length} frames at {data.image_size[0]}x{data.image_size[1]}"}
-    res["fp32"] = bench_train(cfg, data, device, args.steps, "fp32", False)
-    res[f"amp_{half}"] = bench_train(cfg, data, device, args.steps, half, False)
-    res["fp32_checkpointing"] = bench_train(cfg, data, device, args.steps, "fp32", True)
-    res["fp32_bare_loop"] = bench_train(cfg, data, device, args.steps, "fp32", False, use_trainkit=False)
+    benches = {"fp32": TrainBench(cfg, data, device, "fp32", False),
+               f"amp_{half}": TrainBench(cfg, data, device, half, False),
+               "fp32_checkpointing": TrainBench(cfg, data, device, "fp32", True),
+               "fp32_bare_loop": TrainBench(cfg, data, device, "fp32", False, use_trainkit=False)}
+    names = list(benches)
+    for r in range(args.repeats):  # rotated order each round: no configuration is always first
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            benches[name].time(args.steps)
+    for name, b in benches.items():
+        res[name] = b.summary()
     res["loader"] = bench_loader(cfg, data, 20)
     base = res["fp32"]
     # Ratios from CPU time per step (process_time): on a shared machine wall time mostly measures the
@@ -138,6 +173,14 @@ def main():
     cpu = {k: res[k]["cpu_s_per_step"] for k in ("fp32", f"amp_{half}", "fp32_checkpointing", "fp32_bare_loop")}
     wall = {k: res[k]["s_per_step"] for k in cpu}
     frames_per_step = cfg.training.batch_size * d.sequence_length
+    def spread(num: str, den: str) -> list[float]:
+        """min and max over rounds of the per-round CPU-time ratio num/den."""
+        per_round = [benches[num].rounds[i][1] / benches[den].rounds[i][1] for i in range(args.repeats)]
+        return [min(per_round), max(per_round)]
+
+    res["ratio_spread_cpu_time"] = {"amp_speedup": spread("fp32", f"amp_{half}"),
+                                    "checkpointing_speed": spread("fp32", "fp32_checkpointing"),
+                                    "trainkit_overhead": spread("fp32", "fp32_bare_loop")}
     res["ratios"] = {
         "amp_speedup_cpu_time": cpu["fp32"] / cpu[f"amp_{half}"],
         "amp_speedup_wall": wall["fp32"] / wall[f"amp_{half}"],
@@ -154,7 +197,8 @@ def main():
     if args.json:
         print(json.dumps(res, indent=1))
         return
-    print(f"worldmodel bench: {res['config']} on {res['device']} ({args.threads} thread(s)), batch {res['batch']}")
+    print(f"worldmodel bench: {res['config']} on {res['device']} ({args.threads} thread(s)), batch {res['batch']}, "
+          f"{args.repeats} interleaved rounds of {args.steps} steps (medians)")
     for k in ("fp32", f"amp_{half}", "fp32_checkpointing", "fp32_bare_loop"):
         r = res[k]
         print(f"  {k:<20} {r['frames_per_s']:>8.1f} frames/s  {r['s_per_step']:.3f} s/step "
@@ -163,6 +207,8 @@ def main():
     print(f"  loader               {res['loader']['frames_per_s']:>8.1f} frames/s")
     for k, v in res["ratios"].items():
         print(f"  ratio {k:<38} {v:.2f}x")
+    for k, (lo, hi) in res["ratio_spread_cpu_time"].items():
+        print(f"  spread over {args.repeats} rounds, {k:<22} {lo:.2f}x .. {hi:.2f}x (CPU time)")
 
 
 if __name__ == "__main__":
