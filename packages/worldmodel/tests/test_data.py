@@ -186,16 +186,32 @@ def test_nuscenes_reader_chain_split_and_hand_computed_actions(tmp_path):
     assert a.meta["action_source"] == "ego_pose" and extra["nuscenes"]["split_rule"].startswith("official")
 
 
-def test_nuscenes_can_bus_takes_the_last_message_at_or_before_each_frame(tmp_path):
+def test_nuscenes_can_bus_actions_average_each_frame_interval(tmp_path):
     root = make_nuscenes(tmp_path / "nuscenes", can_bus=True)
     scenes, _ = read_nuscenes(str(root), "v1.0-mini", (32, 18), 1, True, 0.2, log=lambda *a: None)
     a = scenes[0]
     assert a.meta["action_source"] == "can_bus" and scenes[1].meta["action_source"] == "ego_pose"
-    # messages at T0-10ms + 20ms*k: frame offsets 0, 83, 170, 250 ms -> k = 0, 4, 9, 13
-    ks = [0, 4, 9, 13]
+    # messages at T0-10ms + 20ms*k; frame offsets 0, 83, 170, 250 ms: the intervals [0, 83), [83, 170),
+    # [170, 250) hold k = 1-4, 5-8, 9-12 (row t = the motion from frame t to t+1, as from ego_pose); the last
+    # frame repeats the last interval
+    ks = [2.5, 6.5, 10.5, 10.5]
     assert np.allclose(a.actions[:, 0], [5.0 + k for k in ks])
     assert np.allclose(a.actions[:, 1], [0.01 * k for k in ks])
     assert np.allclose(a.actions[:, 2], 0.5)
+
+
+def test_can_bus_interval_without_a_message_interpolates_its_midpoint(tmp_path):
+    from worldmodel.sources import can_bus_actions
+
+    msgs = [{"utime": u, "vel": [v, 0, 0], "rotation_rate": [0, 0, 0.0], "accel": [0.0, 0, 0]}
+            for u, v in ((0, 1.0), (1000, 3.0))]
+    (tmp_path / "scene-1_pose.json").write_text(json.dumps(msgs))
+    # frames at 200 and 600 us: no message inside [200, 600) -> value at 400 us = 1.8; a lone frame at 2000 us
+    # (past the log) takes the last message
+    out = can_bus_actions(tmp_path, "scene-1", np.array([200, 600]), smoothing=1)
+    assert np.allclose(out[:, 0], [1.8, 1.8])
+    assert np.allclose(can_bus_actions(tmp_path, "scene-1", np.array([2000]), smoothing=1)[:, 0], [3.0])
+    assert can_bus_actions(tmp_path, "scene-2", np.array([0, 1]), smoothing=1) is None
 
 
 def test_nuscenes_missing_channel_table_and_image_errors(tmp_path):

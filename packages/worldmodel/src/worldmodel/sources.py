@@ -142,8 +142,16 @@ def _finish_actions(sva: np.ndarray, smoothing: int) -> np.ndarray:
 
 def can_bus_actions(can_dir: Path, scene_name: str, timestamps_us: np.ndarray, smoothing: int) -> np.ndarray | None:
     """[speed, yaw_rate, accel, curvature] from CAN ``pose`` messages (ego frame: vel[0] m/s,
-    rotation_rate[2] rad/s, accel[0] m/s^2), each frame taking the last message at or before its timestamp
-    (the first message when none precedes it). None when the scene has no pose file."""
+    rotation_rate[2] rad/s, accel[0] m/s^2), with the same meaning of row t as ``ego_actions_from_poses``:
+    the motion from frame t to t+1. Row t is the mean of the messages in [t_t, t_{t+1}) (CAN pose runs at
+    ~50 Hz, so a 12 Hz camera interval holds ~4); an interval with no message takes the values linearly
+    interpolated at its midpoint (the first / last message beyond the log's ends). The last frame repeats the
+    last interval; a one-frame scene takes the values at its timestamp. None when the scene has no pose file.
+
+    Why not "the last message at or before frame t": that is the state half a frame earlier than the
+    ego_pose definition, and a dataset whose scenes mix both sources (some nuScenes scenes have no CAN data)
+    would then mix two definitions under one normalisation.
+    """
     path = can_dir / f"{scene_name}_pose.json"
     if not path.is_file():
         return None
@@ -155,10 +163,22 @@ def can_bus_actions(can_dir: Path, scene_name: str, timestamps_us: np.ndarray, s
         raise UserError("malformed CAN bus pose file", str(path), f"messages with utime, vel, rotation_rate, accel ({err})")
     if len(utime) == 0:
         return None
-    order = np.argsort(utime)
+    order = np.argsort(utime, kind="stable")
     utime, vals = utime[order], vals[order]
-    idx = np.clip(np.searchsorted(utime, timestamps_us, side="right") - 1, 0, len(utime) - 1)
-    return _finish_actions(vals[idx], smoothing)
+    t = np.asarray(timestamps_us, np.int64)
+
+    def interpolated(at: np.ndarray) -> np.ndarray:
+        return np.stack([np.interp(at, utime, vals[:, k]) for k in range(vals.shape[1])], 1)
+
+    if len(t) < 2:
+        return _finish_actions(interpolated(t.astype(np.float64)), smoothing)
+    lo, hi = t[:-1], t[1:]
+    first, last = np.searchsorted(utime, lo, side="left"), np.searchsorted(utime, hi, side="left")
+    cumulative = np.vstack([np.zeros((1, vals.shape[1])), np.cumsum(vals, axis=0)])
+    count = (last - first)[:, None]
+    mean = (cumulative[last] - cumulative[first]) / np.maximum(count, 1)
+    per_interval = np.where(count > 0, mean, interpolated((lo + hi) / 2.0))
+    return _finish_actions(np.vstack([per_interval, per_interval[-1:]]), smoothing)
 
 
 # ------------------------------------------------------------------ nuScenes
