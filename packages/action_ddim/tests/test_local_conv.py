@@ -121,3 +121,35 @@ def test_new_keys_are_validated_run_defining_and_round_trip_through_a_checkpoint
     assert loaded.convs is not None and diffusion.min_snr_gamma == 5.0
     x, t = torch.randn(2, 64, 3), torch.tensor([3, 500])
     assert torch.equal(loaded(x, t), model.eval()(x, t))
+
+
+def test_position_features_are_the_decoded_pointer_position_and_need_velocity_data():
+    from trainkit.config import load_config
+
+    from action_ddim.augmentation import generate_sequences
+    from action_ddim.config import Config
+    from action_ddim.data import Normalizer
+    from action_ddim.model import running_positions
+    from action_ddim.train import build_model
+
+    x = torch.from_numpy(generate_sequences(8, seed=0)).double()
+    norm = Normalizer(increment_scale=20.0)
+    z = norm.encode(x)
+    # The model's extra input is exactly the position decoding would give, in model units ([-1, 1]).
+    decoded = norm.decode_continuous(z)[..., :2]
+    assert torch.allclose(running_positions(z, 20.0), 2 * decoded - 1, atol=1e-12)
+    with pytest.raises(UserError, match="model.position_features"):
+        build_model(load_config(Config, None, ["model.position_features=true"]), 64)
+    cfg = load_config(Config, None, ["model.position_features=true", "data.increment_scale=20", "model.d_model=16",
+                                     "model.nhead=2", "model.num_layers=1"])
+    model = build_model(cfg, 64)
+    assert model.position_features_scale == 20.0 and model.input_proj.in_features == 5
+    # The feature reaches the output: moving the start position (row 0) changes every step's input.
+    with torch.no_grad():
+        torch.nn.init.normal_(model.head.weight)
+        z2 = z.clone()
+        z2[:, 0, :2] += 0.5
+        t = torch.zeros(8, dtype=torch.long)
+        changed = (model(z2.float(), t) - model(z.float(), t)).abs().amax(dim=(0, 2)) > 1e-6
+    assert changed.all()
+    assert build_model(load_config(Config, None, ["data.increment_scale=20"]), 64).input_proj.in_features == 3

@@ -45,6 +45,9 @@ class ModelConfig:
     # > 0 (odd): a depthwise 1-D convolution of this width before every encoder layer (model.LocalConv),
     # for the local structure of pointer data (jitter, speed bells). 0: the guide's plain transformer.
     conv_kernel: int = 0
+    # With data.increment_scale > 0: feed the running pointer position (start + summed increments) beside
+    # the velocities (model.running_positions), so the model sees where the screen edges are.
+    position_features: bool = False
 
 
 @dataclass

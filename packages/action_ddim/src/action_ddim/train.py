@@ -35,8 +35,14 @@ from .plots import plot_reconstructions, plot_samples, plot_samples_vs_real
 
 def build_model(cfg: Config, seq_len: int) -> ActionDenoiser:
     m = cfg.model
+    # Checked here, not in config.validate: each --set is validated on its own, so a cross-key rule
+    # there would depend on the order of the flags.
+    if m.position_features and not cfg.data.increment_scale:
+        raise UserError("model.position_features=true with data.increment_scale=0", "model.position_features",
+                        "velocity data (data.increment_scale > 0, e.g. 20); positions are the input already")
     return ActionDenoiser(seq_len=seq_len, d_model=m.d_model, num_layers=m.num_layers, nhead=m.nhead, dropout=m.dropout,
-                         increment_features=m.increment_features, conv_kernel=m.conv_kernel)
+                         increment_features=m.increment_features, conv_kernel=m.conv_kernel,
+                         position_features_scale=cfg.data.increment_scale if m.position_features else 0.0)
 
 
 def build_diffusion(cfg: Config) -> Diffusion:
