@@ -154,8 +154,11 @@ def test_fidelity_config_loads_and_differs_from_the_guide_only_where_documented(
     assert (cfg.train.lr, cfg.train.warmup_steps, cfg.train.ema_decay, cfg.diffusion.eta) == (1e-3, 200, 0.999, 1.0)
     assert cfg.data.num_train == 20000 and cfg.train.num_gen_samples == 256
     # The low-noise choices (README "Fidelity"): velocities, no x0 clipping, a lower sigma_0.
-    assert (cfg.data.increment_scale, cfg.diffusion.clip_sample, cfg.diffusion.cosine_offset) == (10.0, False, 2e-4)
-    assert not cfg.model.increment_features and cfg.diffusion.timestep_power == 1.0
+    assert (cfg.data.increment_scale, cfg.diffusion.clip_sample, cfg.diffusion.cosine_offset) == (20.0, False, 2e-4)
+    # Local convolutions, the running position beside the velocities, 30 epochs decaying to 5%, 200 sampling steps.
+    assert (cfg.model.conv_kernel, cfg.model.position_features) == (5, True)
+    assert (cfg.train.num_epochs, cfg.train.min_lr_ratio, cfg.diffusion.num_inference_steps) == (30, 0.05, 200)
+    assert not cfg.model.increment_features and cfg.diffusion.timestep_power == 1.0 and cfg.diffusion.min_snr_gamma == 0
 
 
 def test_training_logs_floors_and_the_samples_vs_real_figure(tmp_path):

@@ -42,6 +42,12 @@ class ModelConfig:
     # Feed each step's backward/forward increments, normalised per sequence, beside the positions
     # (model.scaled_increments). Off in the guide's recipes; on in configs/fidelity.yaml.
     increment_features: bool = False
+    # > 0 (odd): a depthwise 1-D convolution of this width before every encoder layer (model.LocalConv),
+    # for the local structure of pointer data (jitter, speed bells). 0: the guide's plain transformer.
+    conv_kernel: int = 0
+    # With data.increment_scale > 0: feed the running pointer position (start + summed increments) beside
+    # the velocities (model.running_positions), so the model sees where the screen edges are.
+    position_features: bool = False
 
 
 @dataclass
@@ -58,6 +64,7 @@ class DiffusionConfig:
     plot_t_fraction: float = 0.5         # the fixed t* of the "noised" panel, as a fraction of T
     cosine_offset: float = 0.008         # the cosine schedule's s; sets the lowest noise level (see diffusion.py)
     timestep_power: float = 1.0          # training t = floor(T * u**p): 1 = uniform (DDPM); > 1 favours low noise
+    min_snr_gamma: float = 0.0           # > 0: min-SNR-gamma loss weighting (Diffusion.loss_weight); 0 = the plain loss
 
 
 @dataclass
@@ -153,6 +160,10 @@ def validate(cfg: Config) -> None:
                         f"between 1 and num_train_timesteps={d.num_train_timesteps}")
     if not d.timestep_power > 0:
         raise UserError(f"timestep_power={d.timestep_power}", "diffusion.timestep_power", "a number > 0 (1 = uniform)")
+    if d.min_snr_gamma < 0:
+        raise UserError(f"min_snr_gamma={d.min_snr_gamma}", "diffusion.min_snr_gamma", "0 (off) or a number > 0, e.g. 5")
+    if m.conv_kernel < 0 or (m.conv_kernel and m.conv_kernel % 2 == 0):
+        raise UserError(f"conv_kernel={m.conv_kernel}", "model.conv_kernel", "0 (off) or an odd number >= 1, e.g. 5")
     if not 0.0 < d.cosine_offset <= 0.5:
         raise UserError(f"cosine_offset={d.cosine_offset}", "diffusion.cosine_offset", "a number in (0, 0.5] (0.008 = Nichol & Dhariwal)")
     if d.eta < 0:

@@ -91,7 +91,7 @@ class Diffusion:
 
     def __init__(self, schedule: str = "cosine", num_train_timesteps: int = 1000,
                  prediction_type: str = "epsilon", *, force_schedule: bool = False, timestep_power: float = 1.0,
-                 cosine_offset: float = 0.008):
+                 cosine_offset: float = 0.008, min_snr_gamma: float = 0.0):
         if prediction_type not in PREDICTION_TYPES:
             raise UserError(f"unknown prediction type {prediction_type!r}", "--prediction_type",
                             f"one of {', '.join(PREDICTION_TYPES)}")
@@ -101,6 +101,9 @@ class Diffusion:
         if not timestep_power > 0:
             raise UserError(f"timestep_power={timestep_power}", "diffusion.timestep_power", "a number > 0 (1 = uniform)")
         self.timestep_power = float(timestep_power)
+        if min_snr_gamma < 0:
+            raise UserError(f"min_snr_gamma={min_snr_gamma}", "diffusion.min_snr_gamma", "0 (off) or a number > 0, e.g. 5")
+        self.min_snr_gamma = float(min_snr_gamma)
         # float64 on the CPU: the master table, read as Python floats by the sampler.
         self.alphas_cumprod = make_alphas_cumprod(schedule, num_train_timesteps, force=force_schedule,
                                                   cosine_offset=cosine_offset)
@@ -141,13 +144,34 @@ class Diffusion:
         u = torch.rand((n,), device=device, generator=generator)
         return (u.pow(self.timestep_power) * self.T).long().clamp_(0, self.T - 1)
 
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-gamma weights (Hang et al., 2023) per sample: the x0 error weighted by min(SNR, gamma),
+        written for this prediction type (v: min(SNR, gamma) / (SNR + 1); epsilon: / SNR; x0: as is).
+
+        Why: with the plain loss, the v-target's error at SNR >> 1 (the low-noise end, where the sensor
+        jitter is decided) is weighted like the x0 error times (SNR + 1), so a few high-SNR steps dominate
+        or are drowned depending on the type; the clamp makes every noise level count about alike.
+        """
+        a = self.table(t.device, torch.float32)[t]
+        snr = a / (1 - a).clamp_min(1e-12)
+        w = snr.clamp(max=self.min_snr_gamma)
+        if self.prediction_type == "v":
+            return w / (snr + 1)
+        if self.prediction_type == "epsilon":
+            return w / snr
+        return w
+
     def loss(self, model: Denoiser, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The DDPM simple loss: MSE between the model output and its target at a uniform random t."""
+        """The DDPM simple loss: MSE between the model output and its target at a random t (uniform unless
+        ``timestep_power`` != 1), each sample weighted by ``loss_weight`` when ``min_snr_gamma`` > 0."""
         check_generator(generator, x0.device)
         t = self.sample_timesteps(x0.shape[0], x0.device, generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         out = model(self.q_sample(x0, t, noise), t)
-        return F.mse_loss(out.float(), self.target(x0, t, noise).float())
+        if not self.min_snr_gamma:
+            return F.mse_loss(out.float(), self.target(x0, t, noise).float())
+        per_sample = (out.float() - self.target(x0, t, noise).float()).pow(2).flatten(1).mean(dim=1)
+        return (self.loss_weight(t) * per_sample).mean()
 
     # --- sampling ---------------------------------------------------------------------------
     def split_output(self, out: torch.Tensor, x: torch.Tensor, a: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,14 +35,20 @@ from .plots import plot_reconstructions, plot_samples, plot_samples_vs_real
 
 def build_model(cfg: Config, seq_len: int) -> ActionDenoiser:
     m = cfg.model
+    # Checked here, not in config.validate: each --set is validated on its own, so a cross-key rule
+    # there would depend on the order of the flags.
+    if m.position_features and not cfg.data.increment_scale:
+        raise UserError("model.position_features=true with data.increment_scale=0", "model.position_features",
+                        "velocity data (data.increment_scale > 0, e.g. 20); positions are the input already")
     return ActionDenoiser(seq_len=seq_len, d_model=m.d_model, num_layers=m.num_layers, nhead=m.nhead, dropout=m.dropout,
-                         increment_features=m.increment_features)
+                         increment_features=m.increment_features, conv_kernel=m.conv_kernel,
+                         position_features_scale=cfg.data.increment_scale if m.position_features else 0.0)
 
 
 def build_diffusion(cfg: Config) -> Diffusion:
     d = cfg.diffusion
     return Diffusion(d.schedule, d.num_train_timesteps, d.prediction_type, force_schedule=d.force_schedule,
-                     timestep_power=d.timestep_power, cosine_offset=d.cosine_offset)
+                     timestep_power=d.timestep_power, cosine_offset=d.cosine_offset, min_snr_gamma=d.min_snr_gamma)
 
 
 # A warmup longer than the run would keep the LR rising for the whole run and never reach --lr (the
@@ -83,6 +89,7 @@ def resolve_data(cfg: Config, log) -> tuple[Path, Path]:
 # given come from it, and a flag changing one of these keys is refused unless --allow_config_change.
 RUN_DEFINING = ("data", "model", "diffusion.schedule", "diffusion.num_train_timesteps", "diffusion.prediction_type",
                 "diffusion.force_schedule", "diffusion.timestep_power", "diffusion.cosine_offset",
+                "diffusion.min_snr_gamma",
                 "train.batch_size", "train.num_epochs", "train.lr", "train.weight_decay",
                 "train.betas", "train.warmup_steps", "train.min_lr_ratio", "train.grad_clip", "train.ema_decay",
                 "train.ema_warmup", "train.seed")
