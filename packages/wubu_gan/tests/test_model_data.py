@@ -4,7 +4,7 @@ import torch
 
 from wubu_gan.data import block_split, build_datasets
 from wubu_gan.metrics import psnr_per_frame, ssim_per_frame
-from wubu_gan.model import Encoder, WuBuGen, build_discriminator, disc_input
+from wubu_gan.model import Encoder, WuBuGen, build_discriminator, disc_input, warp
 
 
 def test_block_split_shares_no_frames_and_ignores_rank():
@@ -87,13 +87,40 @@ def _fit_vae(cfg, clips, steps):
     return losses[0], sum(losses[-5:]) / 5, copy
 
 
-def test_context_generator_starts_at_copy_last_and_learns_past_it(tmp_path, tiny_video, make_cfg):
-    cfg = make_cfg(tmp_path, tiny_video, wubu_dropout=0.0)
+@pytest.mark.parametrize("gen_output", ["warp", "residual"])
+def test_context_generator_starts_at_copy_last_and_learns_past_it(tmp_path, tiny_video, make_cfg, gen_output):
+    cfg = make_cfg(tmp_path, tiny_video, wubu_dropout=0.0, gen_output=gen_output)
     train, _ = build_datasets(cfg, log=lambda m: None)
     clips = torch.stack([train[i]["frames"] for i in range(0, 48, 6)])
     first, last, copy = _fit_vae(cfg, clips, 60)
     assert first < 1.5 * copy          # residual to the last input frame: starts near copy-last
     assert last < 0.7 * copy, (first, last, copy)  # and learns the motion past it
+
+
+def test_warp_moves_pixels_and_zero_flow_is_identity():
+    img = torch.rand(2, 3, 8, 10)
+    assert torch.allclose(warp(img, torch.zeros(2, 2, 8, 10)), img, atol=1e-6)
+    flow = torch.zeros(2, 2, 8, 10)
+    flow[:, 0] = 1.0  # out(x) = img(x + 1): the image moves one pixel left
+    assert torch.allclose(warp(img, flow)[..., :-1], img[..., 1:], atol=1e-5)
+    flow = torch.zeros(2, 2, 8, 10)
+    flow[:, 1] = -2.0  # out(y) = img(y - 2): moves two pixels down
+    assert torch.allclose(warp(img, flow)[..., 2:, :], img[..., :-2, :], atol=1e-5)
+
+
+def test_warp_output_starts_as_copy_last_and_trains_its_flow(tmp_path, tiny_video, make_cfg):
+    cfg = make_cfg(tmp_path, tiny_video, wubu_dropout=0.0, gen_output="warp", num_predict_frames=2)
+    torch.manual_seed(0)
+    G = WuBuGen(cfg)
+    assert G.generator.warp_output and G.generator.final.out_channels == 3 + 3
+    clips = torch.rand(2, cfg.total_frames, 3, 16, 16) * 1.8 - 0.9
+    recon, _, _ = G(clips, sample=False)
+    last = clips[:, cfg.num_input_frames - 1:cfg.num_input_frames]
+    assert (recon - last).abs().mean() < 0.01 and (recon - last).abs().max() < 0.05  # copy-last at init
+    torch.nn.functional.mse_loss(recon, clips[:, cfg.num_input_frames:]).backward()
+    grad = G.generator.final.weight.grad
+    assert grad[3:5].abs().sum() > 0 and grad[5].abs().sum() > 0  # flow and mask channels learn
+    assert not WuBuGen(make_cfg(tmp_path, tiny_video, gen_output="residual")).generator.warp_output
 
 
 def test_original_decoder_without_context_learns(tmp_path, tiny_video, make_cfg):

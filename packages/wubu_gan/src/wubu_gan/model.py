@@ -243,6 +243,17 @@ class BoxEmbedding(nn.Module):
         return self.mlp(self.feats).mean(0)
 
 
+def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Backward warp: out(p) = image(p + flow(p)), bilinear, borders repeated. image (N, C, H, W); flow (N, 2, H, W)
+    in pixels, channel 0 = x (width), 1 = y. flow = 0 returns ``image`` exactly (sampling at pixel centres)."""
+    n, _, h, w = image.shape
+    ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=image.device, dtype=flow.dtype)
+    xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=image.device, dtype=flow.dtype)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack([gx + flow[:, 0] * (2.0 / w), gy + flow[:, 1] * (2.0 / h)], -1)  # (N, H, W, 2) as (x, y)
+    return F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def generator_plan(h: int, w: int):
     short = min(h, w)
     s0 = 1 if short <= 8 else (2 if short <= 32 else 4)
@@ -274,13 +285,17 @@ class Generator(nn.Module):
             self.films.append(FiLM(cond_dim, out))
             ch = out
         ks = cfg.gen_final_conv_kernel_spatial
-        self.final = nn.Conv3d(ch, self.C, (kt, ks, ks), padding=(kt // 2, ks // 2, ks // 2))
+        self.use_context = bool(getattr(cfg, "gen_context_skip", False))
+        # --gen_output warp (ours, with the context path): besides the rgb residual the last layer gives a flow
+        # field (2 channels, pixels) and a mask logit per predicted frame; see forward().
+        self.warp_output = self.use_context and getattr(cfg, "gen_output", "residual") == "warp"
+        self.final = nn.Conv3d(ch, self.C + (3 if self.warp_output else 0), (kt, ks, ks),
+                               padding=(kt // 2, ks // 2, ks // 2))
         # Context path (--gen_context_skip, ours): the generator also sees the input frames (all of them, stacked
         # on channels, so motion so far is visible), as a feature pyramid added to every decoder block, and
         # predicts a residual to the last one (in tanh's pre-activation space).
         # The original decoded the target from z alone; at CPU budgets that never left the mean frame (~19 dB
         # against copy-last's ~24 dB). Off, this is the original's decoder.
-        self.use_context = bool(getattr(cfg, "gen_context_skip", False))
         if self.use_context:
             cc = cfg.gen_context_channels
             self.ctx_frames = cfg.num_input_frames
@@ -290,6 +305,9 @@ class Generator(nn.Module):
             with torch.no_grad():  # start close to copy-last-frame: a small residual
                 self.final.weight.mul_(0.1)
                 self.final.bias.zero_()
+                if self.warp_output:  # zero flow, mask sigmoid(2) = 0.88 on the warped frame
+                    self.final.weight[self.C:].zero_()
+                    self.final.bias[self.C + 2] = 2.0
 
     def context_pyramid(self, context: torch.Tensor) -> list[torch.Tensor]:
         """Input frames (B, T_in, C, H, W) -> features at each decoder block's resolution, coarsest first."""
@@ -319,10 +337,21 @@ class Generator(nn.Module):
         # Crop (never stretch) to the frame size: the plan rounds the start size up.
         top, left = (x.shape[-2] - self.H) // 2, (x.shape[-1] - self.W) // 2
         x = x[..., top:top + self.H, left:left + self.W]
-        if self.use_context:
-            x = x + torch.atanh(context[:, -1].to(x.dtype).clamp(-0.995, 0.995)).unsqueeze(2)
-        x = torch.tanh(x)
-        return x.permute(0, 2, 1, 3, 4).contiguous()  # (B, T, C, H, W)
+        if not self.use_context:
+            return torch.tanh(x).permute(0, 2, 1, 3, 4).contiguous()  # (B, T, C, H, W)
+        last = context[:, -1].to(x.dtype)
+        rgb = torch.tanh(x[:, :self.C] + torch.atanh(last.clamp(-0.995, 0.995)).unsqueeze(2))
+        rgb = rgb.permute(0, 2, 1, 3, 4)  # (B, T, C, H, W)
+        if not self.warp_output:
+            return rgb.contiguous()
+        # Warp output: frame = mask * warp(last, flow) + (1 - mask) * rgb. Moving content is the last frame moved
+        # (transfers to unseen textures); rgb (a residual to the last frame) fills what appears. At init flow = 0,
+        # so both terms are the last frame: the generator starts as copy-last-frame.
+        b, t = rgb.shape[:2]
+        flow = x[:, self.C:self.C + 2].permute(0, 2, 1, 3, 4).reshape(b * t, 2, self.H, self.W)
+        mask = torch.sigmoid(x[:, self.C + 2:self.C + 3]).permute(0, 2, 1, 3, 4)
+        warped = warp(last.unsqueeze(1).expand(-1, t, -1, -1, -1).reshape(b * t, self.C, self.H, self.W), flow)
+        return (mask * warped.reshape(b, t, self.C, self.H, self.W) + (1 - mask) * rgb).contiguous()
 
 
 class WuBuGen(nn.Module):
