@@ -132,6 +132,8 @@ class TrainConfig:
     gen_context_channels: int = 32        # width of that context feature pyramid
     gen_output: str = "warp"              # with gen_context_skip: warp (last frame moved by a predicted flow, blended
                                           # with an rgb residual by a mask) | residual (rgb residual only)
+    disc_output: str = "global"           # patch: one logit per last-layer cell / GAAD region (loss averaged) | global: one per clip
+    disc_frame_diff: bool = False         # D also reads each frame minus the previous one (the motion it implies)
     disc_see_context: bool = True         # D scores [input frames, predicted frames] (conditional), not the prediction alone
     keep_last_checkpoints: int = 3        # newest epE_stepN / stepN files kept (0 = all); best is always kept
     lambda_gan_warmup_steps: int = 0      # adversarial weight ramps 0 -> lambda_gan over these optimizer steps
@@ -176,7 +178,7 @@ RUN_DEFINING = ("video_data_path", "validation_video_path", "image_h", "image_w"
                 "encoder_initial_tangent_dim", "discriminator_type", "disc_use_gaad_film_condition",
                 "disc_apply_spectral_norm", "wubu_s_num_levels", "wubu_s_hyperbolic_dims", "wubu_m_num_levels",
                 "wubu_m_hyperbolic_dims", "wubu_t_num_levels", "wubu_t_hyperbolic_dims", "epochs", "gen_context_skip",
-                "gen_context_channels", "gen_output", "disc_see_context", "validation_split_fraction", "val_block_size", "seed", "batch_size", "grad_accum_steps")
+                "gen_context_channels", "gen_output", "disc_output", "disc_frame_diff", "disc_see_context", "validation_split_fraction", "val_block_size", "seed", "batch_size", "grad_accum_steps")
 
 
 def _fail(key, value, expected):
@@ -213,7 +215,8 @@ def validate(c: TrainConfig) -> None:
                "optical_flow_net_type": ("raft_small", "raft_large"),
                "discriminator_type": ("spatio_temporal_cnn", "regional_cnn"),
                "val_primary_metric": VAL_METRICS, "optimizer": ("riemannian_adam", "riemannian_sgd"),
-               "flow_fallback": ("ilk", "tvl1"), "gen_output": ("warp", "residual")}
+               "flow_fallback": ("ilk", "tvl1"), "gen_output": ("warp", "residual"),
+               "disc_output": ("patch", "global")}
     for key, allowed in choices.items():
         if getattr(c, key) not in allowed:
             _fail(key, getattr(c, key), f"one of {', '.join(allowed)}")

@@ -378,7 +378,7 @@ def _sn(module: nn.Module, on: bool) -> nn.Module:
 class SpatioTemporalDisc(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        H, W, T, C = cfg.image_h, cfg.image_w, disc_frames(cfg), cfg.num_channels
+        H, W, T, C = cfg.image_h, cfg.image_w, disc_frames(cfg), disc_channels(cfg)
         sn, self.film_on = cfg.disc_apply_spectral_norm, cfg.disc_use_gaad_film_condition
         n_blocks = max(1, int(math.log2(min(H, W) / 4)))
         kt = min(cfg.disc_temporal_kernel_size, T)
@@ -396,6 +396,15 @@ class SpatioTemporalDisc(nn.Module):
                 self.films.append(FiLM(cfg.disc_gaad_condition_dim_disc, ch))
             t = (t + 2 * (kt // 2) - kt) // st + 1
             ch_in = ch
+        # --disc_output patch (ours): a 1x1x1 conv scores every (time, row, column) cell of the last feature map
+        # (PatchGAN-style), the loss averages over cells. The original's global head pools after InstanceNorm,
+        # which has already set every channel's mean to zero: the pooled features barely depend on the input,
+        # so its logits were nearly constant across clips (std ~0.01) and D_total sat at chance (0.693).
+        self.patch_output = getattr(cfg, "disc_output", "global") == "patch"
+        if self.patch_output:
+            self.head = _sn(nn.Conv3d(ch_in, 1, 1), sn)
+            self.t_out = t
+            return
         flat = ch_in * t
         if flat <= 192:
             self.head = nn.Sequential(_sn(nn.Linear(flat, 1), sn))
@@ -405,7 +414,7 @@ class SpatioTemporalDisc(nn.Module):
         self.t_out = t
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, T_d, C, H, W) -> logits (B,); T_d = disc_frames(cfg)."""
+        """(B, T_d, C, H, W) -> logits (B,), or (B, cells) with --disc_output patch; T_d = disc_frames(cfg)."""
         x = frames.permute(0, 2, 1, 3, 4)
         cond = self.box_embed().expand(x.shape[0], -1) if self.film_on else None
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
@@ -413,6 +422,8 @@ class SpatioTemporalDisc(nn.Module):
             if self.film_on:
                 x = self.films[i](x, cond)
             x = F.leaky_relu(x, 0.2)
+        if self.patch_output:
+            return self.head(x).flatten(1)  # (B, cells)
         x = F.adaptive_avg_pool3d(x, (self.t_out, 1, 1)).flatten(1)
         return self.head(x).squeeze(-1)
 
@@ -433,13 +444,14 @@ class RegionalDisc(nn.Module):
             self.box_embed = BoxEmbedding(boxes, H, W, cfg.disc_gaad_condition_dim_disc)
         self.convs, self.films = nn.ModuleList(), nn.ModuleList()
         self.context_frames = cfg.num_input_frames if cfg.disc_see_context else 0
-        ch_in = cfg.num_channels * (1 + self.context_frames)
+        ch_in = disc_channels(cfg) * (1 + self.context_frames)
         for ch in cfg.disc_cnn_channels_2d:
             self.convs.append(_sn(nn.Conv2d(ch_in, ch, 4, 2, 1), sn))
             if self.film_on:
                 self.films.append(FiLM(cfg.disc_gaad_condition_dim_disc, ch))
             ch_in = ch
         self.head = _sn(nn.Linear(ch_in, 1), sn)
+        self.patch_output = getattr(cfg, "disc_output", "global") == "patch"  # per-region logits, not their mean
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         k = self.context_frames
@@ -456,7 +468,8 @@ class RegionalDisc(nn.Module):
                 x = self.films[i](x, cond)
             x = F.leaky_relu(x, 0.2)
         x = x.mean((2, 3))
-        return self.head(x).reshape(b, -1).mean(1)
+        logits = self.head(x).reshape(b, -1)  # one per (predicted frame, region)
+        return logits if self.patch_output else logits.mean(1)
 
 
 def disc_frames(cfg) -> int:
@@ -466,11 +479,23 @@ def disc_frames(cfg) -> int:
     return cfg.num_predict_frames + (cfg.num_input_frames if cfg.disc_see_context else 0)
 
 
+def disc_channels(cfg) -> int:
+    """Channels per frame D reads: RGB, plus the difference to the previous frame with --disc_frame_diff."""
+    return cfg.num_channels * (2 if getattr(cfg, "disc_frame_diff", False) else 1)
+
+
 def disc_input(cfg, frames: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
-    """What D scores: ``predicted`` (B, T_pred, C, H, W), after the clip's input frames with --disc_see_context."""
-    if not cfg.disc_see_context:
-        return predicted
-    return torch.cat([frames[:, :cfg.num_input_frames].to(predicted.dtype), predicted], 1)
+    """What D scores: ``predicted`` (B, T_pred, C, H, W), after the clip's input frames with --disc_see_context;
+    with --disc_frame_diff every frame also carries (frame - previous frame) on its channels (zero for the first),
+    so the motion a prediction implies is a direct input, not something D must learn to subtract."""
+    x = predicted
+    if cfg.disc_see_context:
+        x = torch.cat([frames[:, :cfg.num_input_frames].to(predicted.dtype), predicted], 1)
+    if getattr(cfg, "disc_frame_diff", False):
+        prev = frames[:, cfg.num_input_frames - 1:cfg.num_input_frames].to(x.dtype) if not cfg.disc_see_context \
+            else x[:, :1]
+        x = torch.cat([x, x - torch.cat([prev, x[:, :-1]], 1)], 2)
+    return x
 
 
 def build_discriminator(cfg) -> nn.Module:

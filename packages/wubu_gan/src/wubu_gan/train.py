@@ -204,7 +204,7 @@ def resolve_resume_config(cli_values: dict, config_path, overrides, resume: str,
     state = load_checkpoint(path)
     if "config" not in state or "gen" not in state:
         raise UserError("not a wubu-gan checkpoint", str(path), "a file written by `wubu-gan train`")
-    saved = {"gen_output": "residual", **state["config"], "resume": str(path), "load_checkpoint": None}  # older runs
+    saved = {"gen_output": "residual", "disc_output": "global", **state["config"], "resume": str(path), "load_checkpoint": None}  # older runs
     return resolve_saved_config(TrainConfig, saved, path=config_path, overrides=overrides,
                                 cli_values={**cli_values, "resume": str(path), "load_checkpoint": None},
                                 run_defining=RUN_DEFINING, where=str(path),
