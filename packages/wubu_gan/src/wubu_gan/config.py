@@ -136,6 +136,7 @@ class TrainConfig:
     disc_frame_diff: bool = False         # D also reads each frame minus the previous one (the motion it implies)
     disc_see_context: bool = True         # D scores [input frames, predicted frames] (conditional), not the prediction alone
     keep_last_checkpoints: int = 3        # newest epE_stepN / stepN files kept (0 = all); best is always kept
+    lr_decay_fraction: float = 0.0        # last fraction of this run's steps: cosine LR decay to 0.1x (0 = constant, the original)
     lambda_gan_warmup_steps: int = 0      # adversarial weight ramps 0 -> lambda_gan over these optimizer steps
     flow_fallback: str = "ilk"            # weights-free flow when RAFT weights are not cached: ilk | tvl1
     resume: str | None = None             # continue THIS run: a checkpoint path or "auto" (newest in checkpoint_dir)
@@ -208,6 +209,8 @@ def validate(c: TrainConfig) -> None:
         _fail("min_lambda_kl_q_control", c.min_lambda_kl_q_control, "0 < min_lambda_kl_q_control <= max_lambda_kl_q_control")
     if not 0.0 <= c.wubu_dropout < 1.0:
         _fail("wubu_dropout", c.wubu_dropout, "a value in [0, 1)")
+    if not 0.0 <= c.lr_decay_fraction <= 1.0:
+        _fail("lr_decay_fraction", c.lr_decay_fraction, "a fraction in [0, 1]")
     if not 0.0 < c.validation_split_fraction < 1.0:
         _fail("validation_split_fraction", c.validation_split_fraction, "a value in (0, 1)")
     choices = {"gaad_decomposition_type": ("hybrid", "spiral", "subdivide"),

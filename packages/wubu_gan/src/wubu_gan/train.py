@@ -343,6 +343,15 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
         say(f"note: lambda_gan_warmup_steps {cfg.lambda_gan_warmup_steps} is longer than half this run "
             f"({run_steps} steps): ramping over {gan_warmup}")
 
+    def lr_factor() -> float:
+        """--lr_decay_fraction: over the last fraction of this run's steps both learning rates follow a cosine from
+        1x to 0.1x (on top of the Q-controllers' scales). Counted from this run's first step, like the GAN ramp."""
+        if not cfg.lr_decay_fraction:
+            return 1.0
+        start = run_steps * (1.0 - cfg.lr_decay_fraction)
+        p = min(1.0, max(0.0, (step - warmup_start - start) / max(1.0, run_steps - start)))
+        return 0.1 + 0.45 * (1.0 + math.cos(math.pi * p))
+
     def lambda_gan_now() -> float:
         if not gan_warmup:
             return cfg.lambda_gan
@@ -434,14 +443,18 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                     if boundary and not window.get("bad") and q_gen is not None:
                         means = all_reduce_mean({k: float(v) for k, v in zip(names, window["sum"] / window["n"])})
                         common = {**means, "lambda_kl": lambda_kl}
-                        apply_scales(opt_g, cfg.learning_rate_gen, q_gen.step(
+                        apply_scales(opt_g, cfg.learning_rate_gen * lr_factor(), q_gen.step(
                             {**common, "lr": opt_g.param_groups[0]["lr"], "momentum": current_momentum(opt_g)}))
-                        apply_scales(opt_d, cfg.learning_rate_disc, q_disc.step(
+                        apply_scales(opt_d, cfg.learning_rate_disc * lr_factor(), q_disc.step(
                             {**common, "lr": opt_d.param_groups[0]["lr"], "momentum": current_momentum(opt_d)}))
                         if q_lkl is not None and val_history and (step + 1) % cfg.lambda_kl_update_interval == 0:
                             val = val_history[-1] if HIGHER_IS_BETTER[primary] else -val_history[-1]
                             scale = q_lkl.step({**common, "val": val})["lklscale"]
                             lambda_kl = min(cfg.max_lambda_kl_q_control, max(cfg.min_lambda_kl_q_control, lambda_kl * scale))
+                    elif boundary and cfg.lr_decay_fraction and q_gen is None:
+                        for opt, base in ((opt_g, cfg.learning_rate_gen), (opt_d, cfg.learning_rate_disc)):
+                            for group in opt.param_groups:
+                                group["lr"] = base * lr_factor()
                     out_g = step_g.backward(loss_g)
                     out_d = step_d.backward(loss_d)
                 batch_in_epoch += 1
