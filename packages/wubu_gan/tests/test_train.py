@@ -165,5 +165,5 @@ def test_new_phase_with_another_optimizer_starts_its_state_fresh(base_run, tmp_p
     logs = []
     cfg = make_cfg(tmp_path, tiny_video, load_checkpoint=str(best), optimizer="riemannian_sgd", epochs=1)
     summary = train(cfg, log=logs.append)
-    assert summary["step"] > base_run["summary"]["step"]
+    assert summary["step"] > torch.load(best, weights_only=True)["step"]  # the new phase trained
     assert any("optimizer changed (riemannian_adam -> riemannian_sgd)" in m for m in logs)
