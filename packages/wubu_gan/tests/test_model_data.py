@@ -224,3 +224,27 @@ def test_discriminator_with_frame_differences_tells_copy_last_from_the_real_next
         loss.backward()
         opt.step()
     assert loss.item() < 0.55, loss.item()  # without the difference channels: 0.63 after 20 steps (0.47 after 40)
+
+
+def test_augmentation_mirrors_flow_with_the_frames_and_permutes_colours():
+    from wubu_gan.train import augment_clips
+
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(16, 4, 3, 8, 8, generator=g)
+    flow = torch.rand(16, 3, 2, 8, 8, generator=g) + 0.5  # positive x and y components
+    f2, fl2 = augment_clips(frames, flow, True, False, torch.Generator().manual_seed(1))
+    lr = fl2[:, 0, 0, 0, 0] < 0  # x component negative <=> mirrored left-right
+    ud = fl2[:, 0, 1, 0, 0] < 0
+    assert 0 < lr.sum() < 16 and 0 < ud.sum() < 16
+    for i in range(16):
+        want, want_flow = frames[i], flow[i].clone()
+        if lr[i]:
+            want, want_flow = want.flip(-1), want_flow.flip(-1) * torch.tensor([-1.0, 1.0]).view(1, 2, 1, 1)
+        if ud[i]:
+            want, want_flow = want.flip(-2), want_flow.flip(-2) * torch.tensor([1.0, -1.0]).view(1, 2, 1, 1)
+        assert torch.equal(f2[i], want) and torch.equal(fl2[i], want_flow)
+    f3, fl3 = augment_clips(frames, flow, True, False, torch.Generator().manual_seed(1))
+    assert torch.equal(f3, f2) and torch.equal(fl3, fl2)  # same seed, same draw
+    c, same_flow = augment_clips(frames, flow, False, True, torch.Generator().manual_seed(2))
+    assert torch.equal(same_flow, flow) and not torch.equal(c, frames)
+    assert torch.equal(c.sort(2).values, frames.sort(2).values)  # a permutation of each pixel's channels

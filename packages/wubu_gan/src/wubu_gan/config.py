@@ -136,6 +136,8 @@ class TrainConfig:
     disc_frame_diff: bool = False         # D also reads each frame minus the previous one (the motion it implies)
     disc_see_context: bool = True         # D scores [input frames, predicted frames] (conditional), not the prediction alone
     keep_last_checkpoints: int = 3        # newest epE_stepN / stepN files kept (0 = all); best is always kept
+    augment_flip: bool = False            # training clips mirrored left-right / up-down at random (flow with them)
+    augment_color: bool = False           # training clips' RGB channels permuted at random
     lr_decay_fraction: float = 0.0        # last fraction of this run's steps: cosine LR decay to 0.1x (0 = constant, the original)
     lambda_gan_warmup_steps: int = 0      # adversarial weight ramps 0 -> lambda_gan over these optimizer steps
     flow_fallback: str = "ilk"            # weights-free flow when RAFT weights are not cached: ilk | tvl1

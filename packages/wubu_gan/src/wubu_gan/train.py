@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from trainkit.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, unwrap_model
 from trainkit.cli import prepare_run_dir
 from trainkit.config import config_to_dict, save_config
-from trainkit.device import autocast, make_grad_scaler, seed_everything
+from trainkit.device import autocast, make_generator, make_grad_scaler, seed_everything
 from trainkit.config import resolve_resume_config as resolve_saved_config
 from trainkit.data import ResumableSampler
 from trainkit.distributed import (GracefulStop, all_reduce_mean, barrier, cleanup, init_distributed, seed_rank_streams,
@@ -112,6 +112,27 @@ def current_momentum(optimizer) -> float:
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(q(z|x) || N(0, I)), summed over latent dims, averaged over the batch (logvar is clamped by the encoder)."""
     return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
+
+
+def augment_clips(frames: torch.Tensor, flow: torch.Tensor | None, flip: bool, color: bool, generator: torch.Generator):
+    """Training augmentation (ours; --augment_flip, --augment_color). frames (B, T, C, H, W), flow (B, T-1, 2, H, W)
+    with channel 0 = x. flip: each clip is mirrored left-right and, independently, up-down with probability 1/2;
+    its flow is mirrored with it and the flipped axis's component changes sign. color: each clip's RGB channels
+    are permuted at random (one of six orders), flow unchanged. A synthetic video has one set of textures and
+    colours; the held-out videos have others."""
+    b, dev = frames.shape[0], frames.device
+    if flip:
+        for dim, comp in ((-1, 0), (-2, 1)):
+            pick = (torch.rand(b, generator=generator, device=dev) < 0.5).view(b, 1, 1, 1, 1)
+            frames = torch.where(pick, frames.flip(dim), frames)
+            if flow is not None:
+                mirrored = flow.flip(dim).clone()
+                mirrored[:, :, comp] *= -1
+                flow = torch.where(pick, mirrored, flow)
+    if color:
+        order = torch.argsort(torch.rand(b, frames.shape[2], generator=generator, device=dev), dim=1)
+        frames = torch.gather(frames, 2, order.view(b, 1, -1, 1, 1).expand_as(frames))
+    return frames, flow
 
 
 def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -409,6 +430,10 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                     micro.enter_context(step_g.micro_batch())
                     micro.enter_context(step_d.micro_batch())
                     frames, flow = move(batch, device)
+                    if cfg.augment_flip or cfg.augment_color:  # a fresh generator per micro-batch and rank: exact on resume
+                        aug_seed = ((cfg.seed * 1_000_003 + epoch) * 1_000_003 + batch_in_epoch) * 1024 + info.rank
+                        frames, flow = augment_clips(frames, flow, cfg.augment_flip, cfg.augment_color,
+                                                     make_generator(device, aug_seed % 2 ** 62))
                     target = frames[:, Tin:]
                     boundary = step_g.is_boundary
                     with autocast(device, precision):
