@@ -3,8 +3,8 @@
 # its first 150 steps) then phase 2a by loading phase 1's best checkpoint; then `evaluate` against
 # copy-last-frame on the validation split and on three held-out procedural videos (seeds 1, 2, 3: never tuned
 # on), and a summary (mean +- std, worst, D-band fraction, CPU time of each training phase) in $RUNS/summary.json.
-# The generator warps the last frame (--gen_output warp, the default); cosine LR decay over the last 30 % of
-# each phase.
+# The generator warps the last frame (--gen_output warp, the default); training clips are mirrored and their
+# colours permuted at random (--augment_flip --augment_color); cosine LR decay over the last 30 % of each phase.
 # ABLATION=full|motion_off|frozen_curvature|no_gan|no_context|residual|frame_diff runs phase 1 only, with that
 # change (full: none, for rows at a shorter budget: P1_EPOCHS=8 ABLATION=full gives the recipe's row beside them;
 # no_context: the original decoder from z alone and a D that sees only the predicted frame; residual: the
@@ -14,7 +14,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 RUNS="${RUNS:-runs/wubu_quality}"
 DATA="${DATA:-data/wubu_quality}"
-P1_EPOCHS="${P1_EPOCHS:-24}"; P2_EPOCHS="${P2_EPOCHS:-6}"
+P1_EPOCHS="${P1_EPOCHS:-16}"; P2_EPOCHS="${P2_EPOCHS:-4}"
 [ -f "$DATA/procedural_shapes_v01.mp4" ] || $WUBU make-demo-video --which shapes --out "$DATA" --seed 0
 for s in 1 2 3; do
   [ -f "$DATA/heldout$s/procedural_shapes_v01.mp4" ] || $WUBU make-demo-video --which shapes --out "$DATA/heldout$s" --seed $s
@@ -22,7 +22,7 @@ done
 COMMON=(--video_data_path "$DATA/procedural_shapes_v01.mp4" --image_h 32 --image_w 32 --latent_dim 128 --batch_size 8
         --learning_rate_gen 1e-3 --learning_rate_disc 5e-4 --num_workers 0 --threads 1 --quiet
         --wandb_log_train_recon_interval 0 --wandb_log_fixed_noise_samples_interval 0
-        --gen_output warp --lr_decay_fraction 0.3)
+        --gen_output warp --augment_flip --augment_color --lr_decay_fraction 0.3)
 case "${ABLATION:-}" in
   motion_off) COMMON+=(--no-use_wubu_motion_branch); RUNS="$RUNS/ablation_motion_off" ;;
   frozen_curvature) COMMON+=(--no-wubu_learnable_curvature); RUNS="$RUNS/ablation_frozen_curvature" ;;
