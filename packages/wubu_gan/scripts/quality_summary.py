@@ -23,6 +23,9 @@ def summarise(phase_dir: Path) -> dict:
         if vals:
             out[key] = {"mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                         "worst": min(vals)}
+    cpu = phase_dir / "cpu_seconds.txt"  # "user sys" of the training command (quality_cpu.sh)
+    if cpu.is_file():
+        out["train_cpu_seconds"] = sum(float(v) for v in cpu.read_text().split()[:2])
     rows = [json.loads(x) for x in (phase_dir / "metrics.jsonl").read_text().splitlines()]
     d = [r["train/loss_d_total"] for r in rows if "train/loss_d_total" in r]
     if d:

@@ -4,7 +4,7 @@ import torch
 
 from wubu_gan.data import block_split, build_datasets
 from wubu_gan.metrics import psnr_per_frame, ssim_per_frame
-from wubu_gan.model import Encoder, WuBuGen, build_discriminator, disc_input
+from wubu_gan.model import Encoder, WuBuGen, build_discriminator, disc_input, warp
 
 
 def test_block_split_shares_no_frames_and_ignores_rank():
@@ -87,13 +87,40 @@ def _fit_vae(cfg, clips, steps):
     return losses[0], sum(losses[-5:]) / 5, copy
 
 
-def test_context_generator_starts_at_copy_last_and_learns_past_it(tmp_path, tiny_video, make_cfg):
-    cfg = make_cfg(tmp_path, tiny_video, wubu_dropout=0.0)
+@pytest.mark.parametrize("gen_output", ["warp", "residual"])
+def test_context_generator_starts_at_copy_last_and_learns_past_it(tmp_path, tiny_video, make_cfg, gen_output):
+    cfg = make_cfg(tmp_path, tiny_video, wubu_dropout=0.0, gen_output=gen_output)
     train, _ = build_datasets(cfg, log=lambda m: None)
     clips = torch.stack([train[i]["frames"] for i in range(0, 48, 6)])
     first, last, copy = _fit_vae(cfg, clips, 60)
     assert first < 1.5 * copy          # residual to the last input frame: starts near copy-last
     assert last < 0.7 * copy, (first, last, copy)  # and learns the motion past it
+
+
+def test_warp_moves_pixels_and_zero_flow_is_identity():
+    img = torch.rand(2, 3, 8, 10)
+    assert torch.allclose(warp(img, torch.zeros(2, 2, 8, 10)), img, atol=1e-6)
+    flow = torch.zeros(2, 2, 8, 10)
+    flow[:, 0] = 1.0  # out(x) = img(x + 1): the image moves one pixel left
+    assert torch.allclose(warp(img, flow)[..., :-1], img[..., 1:], atol=1e-5)
+    flow = torch.zeros(2, 2, 8, 10)
+    flow[:, 1] = -2.0  # out(y) = img(y - 2): moves two pixels down
+    assert torch.allclose(warp(img, flow)[..., 2:, :], img[..., :-2, :], atol=1e-5)
+
+
+def test_warp_output_starts_as_copy_last_and_trains_its_flow(tmp_path, tiny_video, make_cfg):
+    cfg = make_cfg(tmp_path, tiny_video, wubu_dropout=0.0, gen_output="warp", num_predict_frames=2)
+    torch.manual_seed(0)
+    G = WuBuGen(cfg)
+    assert G.generator.warp_output and G.generator.final.out_channels == 3 + 3
+    clips = torch.rand(2, cfg.total_frames, 3, 16, 16) * 1.8 - 0.9
+    recon, _, _ = G(clips, sample=False)
+    last = clips[:, cfg.num_input_frames - 1:cfg.num_input_frames]
+    assert (recon - last).abs().mean() < 0.01 and (recon - last).abs().max() < 0.05  # copy-last at init
+    torch.nn.functional.mse_loss(recon, clips[:, cfg.num_input_frames:]).backward()
+    grad = G.generator.final.weight.grad
+    assert grad[3:5].abs().sum() > 0 and grad[5].abs().sum() > 0  # flow and mask channels learn
+    assert not WuBuGen(make_cfg(tmp_path, tiny_video, gen_output="residual")).generator.warp_output
 
 
 def test_original_decoder_without_context_learns(tmp_path, tiny_video, make_cfg):
@@ -159,3 +186,65 @@ def test_demo_videos_smaller_than_the_frames_asked_for_are_reported(tmp_path):
     said.clear()
     ensure_demo_videos(folder, 16, 16, 4, log=said.append)
     assert not said
+
+
+def test_frame_difference_input_and_patch_output(tmp_path, tiny_video, make_cfg):
+    clips = torch.rand(2, 4, 3, 16, 16) * 2 - 1
+    pred = clips[:, 3:] * 0.5
+    for see_context in (True, False):
+        cfg = make_cfg(tmp_path, tiny_video, disc_frame_diff=True, disc_see_context=see_context)
+        x = disc_input(cfg, clips, pred)
+        frames = torch.cat([clips[:, :3], pred], 1) if see_context else pred
+        assert x.shape == (2, frames.shape[1], 6, 16, 16) and torch.equal(x[:, :, :3], frames)
+        assert torch.allclose(x[:, -1, 3:], pred[:, 0] - clips[:, 2])  # prediction minus the last input frame
+        if see_context:
+            assert torch.equal(x[:, 0, 3:], torch.zeros_like(x[:, 0, 3:]))
+    for kind in ("spatio_temporal_cnn", "regional_cnn"):
+        for out, ndim in (("global", 1), ("patch", 2)):
+            cfg = make_cfg(tmp_path, tiny_video, discriminator_type=kind, disc_output=out, disc_frame_diff=True)
+            logits = build_discriminator(cfg)(disc_input(cfg, clips, pred))
+            assert logits.dim() == ndim and logits.shape[0] == 2, (kind, out)
+
+
+def test_discriminator_with_frame_differences_tells_copy_last_from_the_real_next_frame(tmp_path, tiny_video, make_cfg):
+    """The failure it guards against: D_total stuck at chance (0.693) against a near-copy-last generator."""
+    cfg = make_cfg(tmp_path, tiny_video, disc_frame_diff=True, disc_apply_spectral_norm=True)
+    train, _ = build_datasets(cfg, log=lambda m: None)
+    clips = torch.stack([train[i]["frames"] for i in range(0, len(train), 3)])
+    real = disc_input(cfg, clips, clips[:, 3:])
+    fake = disc_input(cfg, clips, clips[:, 2:3])  # copy the last input frame
+    torch.manual_seed(0)
+    D = build_discriminator(cfg)
+    opt = torch.optim.Adam(D.parameters(), lr=5e-4)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    for _ in range(20):
+        lr_, lf = D(torch.cat([real, fake])).chunk(2)
+        loss = 0.5 * (bce(lr_, torch.ones_like(lr_)) + bce(lf, torch.zeros_like(lf)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.55, loss.item()  # without the difference channels: 0.63 after 20 steps (0.47 after 40)
+
+
+def test_augmentation_mirrors_flow_with_the_frames_and_permutes_colours():
+    from wubu_gan.train import augment_clips
+
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(16, 4, 3, 8, 8, generator=g)
+    flow = torch.rand(16, 3, 2, 8, 8, generator=g) + 0.5  # positive x and y components
+    f2, fl2 = augment_clips(frames, flow, True, False, torch.Generator().manual_seed(1))
+    lr = fl2[:, 0, 0, 0, 0] < 0  # x component negative <=> mirrored left-right
+    ud = fl2[:, 0, 1, 0, 0] < 0
+    assert 0 < lr.sum() < 16 and 0 < ud.sum() < 16
+    for i in range(16):
+        want, want_flow = frames[i], flow[i].clone()
+        if lr[i]:
+            want, want_flow = want.flip(-1), want_flow.flip(-1) * torch.tensor([-1.0, 1.0]).view(1, 2, 1, 1)
+        if ud[i]:
+            want, want_flow = want.flip(-2), want_flow.flip(-2) * torch.tensor([1.0, -1.0]).view(1, 2, 1, 1)
+        assert torch.equal(f2[i], want) and torch.equal(fl2[i], want_flow)
+    f3, fl3 = augment_clips(frames, flow, True, False, torch.Generator().manual_seed(1))
+    assert torch.equal(f3, f2) and torch.equal(fl3, fl2)  # same seed, same draw
+    c, same_flow = augment_clips(frames, flow, False, True, torch.Generator().manual_seed(2))
+    assert torch.equal(same_flow, flow) and not torch.equal(c, frames)
+    assert torch.equal(c.sort(2).values, frames.sort(2).values)  # a permutation of each pixel's channels

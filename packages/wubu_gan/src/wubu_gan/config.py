@@ -130,8 +130,15 @@ class TrainConfig:
     wubu_learnable_curvature: bool = True  # false freezes every level's curvature (ablation of the original)
     gen_context_skip: bool = True         # generator sees the last input frame and predicts a residual to it
     gen_context_channels: int = 32        # width of that context feature pyramid
+    gen_output: str = "warp"              # with gen_context_skip: warp (last frame moved by a predicted flow, blended
+                                          # with an rgb residual by a mask) | residual (rgb residual only)
+    disc_output: str = "global"           # patch: one logit per last-layer cell / GAAD region (loss averaged) | global: one per clip
+    disc_frame_diff: bool = False         # D also reads each frame minus the previous one (the motion it implies)
     disc_see_context: bool = True         # D scores [input frames, predicted frames] (conditional), not the prediction alone
     keep_last_checkpoints: int = 3        # newest epE_stepN / stepN files kept (0 = all); best is always kept
+    augment_flip: bool = False            # training clips mirrored left-right / up-down at random (flow with them)
+    augment_color: bool = False           # training clips' RGB channels permuted at random
+    lr_decay_fraction: float = 0.0        # last fraction of this run's steps: cosine LR decay to 0.1x (0 = constant, the original)
     lambda_gan_warmup_steps: int = 0      # adversarial weight ramps 0 -> lambda_gan over these optimizer steps
     flow_fallback: str = "ilk"            # weights-free flow when RAFT weights are not cached: ilk | tvl1
     resume: str | None = None             # continue THIS run: a checkpoint path or "auto" (newest in checkpoint_dir)
@@ -174,7 +181,7 @@ RUN_DEFINING = ("video_data_path", "validation_video_path", "image_h", "image_w"
                 "encoder_initial_tangent_dim", "discriminator_type", "disc_use_gaad_film_condition",
                 "disc_apply_spectral_norm", "wubu_s_num_levels", "wubu_s_hyperbolic_dims", "wubu_m_num_levels",
                 "wubu_m_hyperbolic_dims", "wubu_t_num_levels", "wubu_t_hyperbolic_dims", "epochs", "gen_context_skip",
-                "gen_context_channels", "disc_see_context", "validation_split_fraction", "val_block_size", "seed", "batch_size", "grad_accum_steps")
+                "gen_context_channels", "gen_output", "disc_output", "disc_frame_diff", "disc_see_context", "validation_split_fraction", "val_block_size", "seed", "batch_size", "grad_accum_steps")
 
 
 def _fail(key, value, expected):
@@ -204,6 +211,8 @@ def validate(c: TrainConfig) -> None:
         _fail("min_lambda_kl_q_control", c.min_lambda_kl_q_control, "0 < min_lambda_kl_q_control <= max_lambda_kl_q_control")
     if not 0.0 <= c.wubu_dropout < 1.0:
         _fail("wubu_dropout", c.wubu_dropout, "a value in [0, 1)")
+    if not 0.0 <= c.lr_decay_fraction <= 1.0:
+        _fail("lr_decay_fraction", c.lr_decay_fraction, "a fraction in [0, 1]")
     if not 0.0 < c.validation_split_fraction < 1.0:
         _fail("validation_split_fraction", c.validation_split_fraction, "a value in (0, 1)")
     choices = {"gaad_decomposition_type": ("hybrid", "spiral", "subdivide"),
@@ -211,7 +220,8 @@ def validate(c: TrainConfig) -> None:
                "optical_flow_net_type": ("raft_small", "raft_large"),
                "discriminator_type": ("spatio_temporal_cnn", "regional_cnn"),
                "val_primary_metric": VAL_METRICS, "optimizer": ("riemannian_adam", "riemannian_sgd"),
-               "flow_fallback": ("ilk", "tvl1")}
+               "flow_fallback": ("ilk", "tvl1"), "gen_output": ("warp", "residual"),
+               "disc_output": ("patch", "global")}
     for key, allowed in choices.items():
         if getattr(c, key) not in allowed:
             _fail(key, getattr(c, key), f"one of {', '.join(allowed)}")

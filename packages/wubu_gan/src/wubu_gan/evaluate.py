@@ -74,6 +74,8 @@ def load_generator(path, device) -> tuple[WuBuGen, TrainConfig, dict]:
     saved = dict(state["config"])
     saved.setdefault("gen_context_skip", False)  # checkpoints from before the context path decoded from z alone
     saved.setdefault("disc_see_context", False)
+    saved.setdefault("disc_output", "global")
+    saved.setdefault("gen_output", "residual")  # checkpoints from before --gen_output predicted an rgb residual
     cfg = config_from_dict(TrainConfig, saved, where=str(path))
     flow_kind = state.get("flow_kind", "none")
     if flow_kind == "raft" and decide_flow(cfg, cfg.image_h, cfg.image_w)[0] != "raft":

@@ -243,6 +243,17 @@ class BoxEmbedding(nn.Module):
         return self.mlp(self.feats).mean(0)
 
 
+def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Backward warp: out(p) = image(p + flow(p)), bilinear, borders repeated. image (N, C, H, W); flow (N, 2, H, W)
+    in pixels, channel 0 = x (width), 1 = y. flow = 0 returns ``image`` exactly (sampling at pixel centres)."""
+    n, _, h, w = image.shape
+    ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=image.device, dtype=flow.dtype)
+    xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=image.device, dtype=flow.dtype)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack([gx + flow[:, 0] * (2.0 / w), gy + flow[:, 1] * (2.0 / h)], -1)  # (N, H, W, 2) as (x, y)
+    return F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def generator_plan(h: int, w: int):
     short = min(h, w)
     s0 = 1 if short <= 8 else (2 if short <= 32 else 4)
@@ -274,13 +285,17 @@ class Generator(nn.Module):
             self.films.append(FiLM(cond_dim, out))
             ch = out
         ks = cfg.gen_final_conv_kernel_spatial
-        self.final = nn.Conv3d(ch, self.C, (kt, ks, ks), padding=(kt // 2, ks // 2, ks // 2))
+        self.use_context = bool(getattr(cfg, "gen_context_skip", False))
+        # --gen_output warp (ours, with the context path): besides the rgb residual the last layer gives a flow
+        # field (2 channels, pixels) and a mask logit per predicted frame; see forward().
+        self.warp_output = self.use_context and getattr(cfg, "gen_output", "residual") == "warp"
+        self.final = nn.Conv3d(ch, self.C + (3 if self.warp_output else 0), (kt, ks, ks),
+                               padding=(kt // 2, ks // 2, ks // 2))
         # Context path (--gen_context_skip, ours): the generator also sees the input frames (all of them, stacked
         # on channels, so motion so far is visible), as a feature pyramid added to every decoder block, and
         # predicts a residual to the last one (in tanh's pre-activation space).
         # The original decoded the target from z alone; at CPU budgets that never left the mean frame (~19 dB
         # against copy-last's ~24 dB). Off, this is the original's decoder.
-        self.use_context = bool(getattr(cfg, "gen_context_skip", False))
         if self.use_context:
             cc = cfg.gen_context_channels
             self.ctx_frames = cfg.num_input_frames
@@ -290,6 +305,9 @@ class Generator(nn.Module):
             with torch.no_grad():  # start close to copy-last-frame: a small residual
                 self.final.weight.mul_(0.1)
                 self.final.bias.zero_()
+                if self.warp_output:  # zero flow, mask sigmoid(2) = 0.88 on the warped frame
+                    self.final.weight[self.C:].zero_()
+                    self.final.bias[self.C + 2] = 2.0
 
     def context_pyramid(self, context: torch.Tensor) -> list[torch.Tensor]:
         """Input frames (B, T_in, C, H, W) -> features at each decoder block's resolution, coarsest first."""
@@ -319,10 +337,21 @@ class Generator(nn.Module):
         # Crop (never stretch) to the frame size: the plan rounds the start size up.
         top, left = (x.shape[-2] - self.H) // 2, (x.shape[-1] - self.W) // 2
         x = x[..., top:top + self.H, left:left + self.W]
-        if self.use_context:
-            x = x + torch.atanh(context[:, -1].to(x.dtype).clamp(-0.995, 0.995)).unsqueeze(2)
-        x = torch.tanh(x)
-        return x.permute(0, 2, 1, 3, 4).contiguous()  # (B, T, C, H, W)
+        if not self.use_context:
+            return torch.tanh(x).permute(0, 2, 1, 3, 4).contiguous()  # (B, T, C, H, W)
+        last = context[:, -1].to(x.dtype)
+        rgb = torch.tanh(x[:, :self.C] + torch.atanh(last.clamp(-0.995, 0.995)).unsqueeze(2))
+        rgb = rgb.permute(0, 2, 1, 3, 4)  # (B, T, C, H, W)
+        if not self.warp_output:
+            return rgb.contiguous()
+        # Warp output: frame = mask * warp(last, flow) + (1 - mask) * rgb. Moving content is the last frame moved
+        # (transfers to unseen textures); rgb (a residual to the last frame) fills what appears. At init flow = 0,
+        # so both terms are the last frame: the generator starts as copy-last-frame.
+        b, t = rgb.shape[:2]
+        flow = x[:, self.C:self.C + 2].permute(0, 2, 1, 3, 4).reshape(b * t, 2, self.H, self.W)
+        mask = torch.sigmoid(x[:, self.C + 2:self.C + 3]).permute(0, 2, 1, 3, 4)
+        warped = warp(last.unsqueeze(1).expand(-1, t, -1, -1, -1).reshape(b * t, self.C, self.H, self.W), flow)
+        return (mask * warped.reshape(b, t, self.C, self.H, self.W) + (1 - mask) * rgb).contiguous()
 
 
 class WuBuGen(nn.Module):
@@ -349,7 +378,7 @@ def _sn(module: nn.Module, on: bool) -> nn.Module:
 class SpatioTemporalDisc(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        H, W, T, C = cfg.image_h, cfg.image_w, disc_frames(cfg), cfg.num_channels
+        H, W, T, C = cfg.image_h, cfg.image_w, disc_frames(cfg), disc_channels(cfg)
         sn, self.film_on = cfg.disc_apply_spectral_norm, cfg.disc_use_gaad_film_condition
         n_blocks = max(1, int(math.log2(min(H, W) / 4)))
         kt = min(cfg.disc_temporal_kernel_size, T)
@@ -367,6 +396,15 @@ class SpatioTemporalDisc(nn.Module):
                 self.films.append(FiLM(cfg.disc_gaad_condition_dim_disc, ch))
             t = (t + 2 * (kt // 2) - kt) // st + 1
             ch_in = ch
+        # --disc_output patch (ours): a 1x1x1 conv scores every (time, row, column) cell of the last feature map
+        # (PatchGAN-style), the loss averages over cells. The original's global head pools after InstanceNorm,
+        # which has already set every channel's mean to zero: the pooled features barely depend on the input,
+        # so its logits were nearly constant across clips (std ~0.01) and D_total sat at chance (0.693).
+        self.patch_output = getattr(cfg, "disc_output", "global") == "patch"
+        if self.patch_output:
+            self.head = _sn(nn.Conv3d(ch_in, 1, 1), sn)
+            self.t_out = t
+            return
         flat = ch_in * t
         if flat <= 192:
             self.head = nn.Sequential(_sn(nn.Linear(flat, 1), sn))
@@ -376,7 +414,7 @@ class SpatioTemporalDisc(nn.Module):
         self.t_out = t
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, T_d, C, H, W) -> logits (B,); T_d = disc_frames(cfg)."""
+        """(B, T_d, C, H, W) -> logits (B,), or (B, cells) with --disc_output patch; T_d = disc_frames(cfg)."""
         x = frames.permute(0, 2, 1, 3, 4)
         cond = self.box_embed().expand(x.shape[0], -1) if self.film_on else None
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
@@ -384,6 +422,8 @@ class SpatioTemporalDisc(nn.Module):
             if self.film_on:
                 x = self.films[i](x, cond)
             x = F.leaky_relu(x, 0.2)
+        if self.patch_output:
+            return self.head(x).flatten(1)  # (B, cells)
         x = F.adaptive_avg_pool3d(x, (self.t_out, 1, 1)).flatten(1)
         return self.head(x).squeeze(-1)
 
@@ -404,13 +444,14 @@ class RegionalDisc(nn.Module):
             self.box_embed = BoxEmbedding(boxes, H, W, cfg.disc_gaad_condition_dim_disc)
         self.convs, self.films = nn.ModuleList(), nn.ModuleList()
         self.context_frames = cfg.num_input_frames if cfg.disc_see_context else 0
-        ch_in = cfg.num_channels * (1 + self.context_frames)
+        ch_in = disc_channels(cfg) * (1 + self.context_frames)
         for ch in cfg.disc_cnn_channels_2d:
             self.convs.append(_sn(nn.Conv2d(ch_in, ch, 4, 2, 1), sn))
             if self.film_on:
                 self.films.append(FiLM(cfg.disc_gaad_condition_dim_disc, ch))
             ch_in = ch
         self.head = _sn(nn.Linear(ch_in, 1), sn)
+        self.patch_output = getattr(cfg, "disc_output", "global") == "patch"  # per-region logits, not their mean
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         k = self.context_frames
@@ -427,7 +468,8 @@ class RegionalDisc(nn.Module):
                 x = self.films[i](x, cond)
             x = F.leaky_relu(x, 0.2)
         x = x.mean((2, 3))
-        return self.head(x).reshape(b, -1).mean(1)
+        logits = self.head(x).reshape(b, -1)  # one per (predicted frame, region)
+        return logits if self.patch_output else logits.mean(1)
 
 
 def disc_frames(cfg) -> int:
@@ -437,11 +479,23 @@ def disc_frames(cfg) -> int:
     return cfg.num_predict_frames + (cfg.num_input_frames if cfg.disc_see_context else 0)
 
 
+def disc_channels(cfg) -> int:
+    """Channels per frame D reads: RGB, plus the difference to the previous frame with --disc_frame_diff."""
+    return cfg.num_channels * (2 if getattr(cfg, "disc_frame_diff", False) else 1)
+
+
 def disc_input(cfg, frames: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
-    """What D scores: ``predicted`` (B, T_pred, C, H, W), after the clip's input frames with --disc_see_context."""
-    if not cfg.disc_see_context:
-        return predicted
-    return torch.cat([frames[:, :cfg.num_input_frames].to(predicted.dtype), predicted], 1)
+    """What D scores: ``predicted`` (B, T_pred, C, H, W), after the clip's input frames with --disc_see_context;
+    with --disc_frame_diff every frame also carries (frame - previous frame) on its channels (zero for the first),
+    so the motion a prediction implies is a direct input, not something D must learn to subtract."""
+    x = predicted
+    if cfg.disc_see_context:
+        x = torch.cat([frames[:, :cfg.num_input_frames].to(predicted.dtype), predicted], 1)
+    if getattr(cfg, "disc_frame_diff", False):
+        prev = frames[:, cfg.num_input_frames - 1:cfg.num_input_frames].to(x.dtype) if not cfg.disc_see_context \
+            else x[:, :1]
+        x = torch.cat([x, x - torch.cat([prev, x[:, :-1]], 1)], 2)
+    return x
 
 
 def build_discriminator(cfg) -> nn.Module:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from trainkit.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, unwrap_model
 from trainkit.cli import prepare_run_dir
 from trainkit.config import config_to_dict, save_config
-from trainkit.device import autocast, make_grad_scaler, seed_everything
+from trainkit.device import autocast, make_generator, make_grad_scaler, seed_everything
 from trainkit.config import resolve_resume_config as resolve_saved_config
 from trainkit.data import ResumableSampler
 from trainkit.distributed import (GracefulStop, all_reduce_mean, barrier, cleanup, init_distributed, seed_rank_streams,
@@ -112,6 +112,27 @@ def current_momentum(optimizer) -> float:
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(q(z|x) || N(0, I)), summed over latent dims, averaged over the batch (logvar is clamped by the encoder)."""
     return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
+
+
+def augment_clips(frames: torch.Tensor, flow: torch.Tensor | None, flip: bool, color: bool, generator: torch.Generator):
+    """Training augmentation (ours; --augment_flip, --augment_color). frames (B, T, C, H, W), flow (B, T-1, 2, H, W)
+    with channel 0 = x. flip: each clip is mirrored left-right and, independently, up-down with probability 1/2;
+    its flow is mirrored with it and the flipped axis's component changes sign. color: each clip's RGB channels
+    are permuted at random (one of six orders), flow unchanged. A synthetic video has one set of textures and
+    colours; the held-out videos have others."""
+    b, dev = frames.shape[0], frames.device
+    if flip:
+        for dim, comp in ((-1, 0), (-2, 1)):
+            pick = (torch.rand(b, generator=generator, device=dev) < 0.5).view(b, 1, 1, 1, 1)
+            frames = torch.where(pick, frames.flip(dim), frames)
+            if flow is not None:
+                mirrored = flow.flip(dim).clone()
+                mirrored[:, :, comp] *= -1
+                flow = torch.where(pick, mirrored, flow)
+    if color:
+        order = torch.argsort(torch.rand(b, frames.shape[2], generator=generator, device=dev), dim=1)
+        frames = torch.gather(frames, 2, order.view(b, 1, -1, 1, 1).expand_as(frames))
+    return frames, flow
 
 
 def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -204,7 +225,7 @@ def resolve_resume_config(cli_values: dict, config_path, overrides, resume: str,
     state = load_checkpoint(path)
     if "config" not in state or "gen" not in state:
         raise UserError("not a wubu-gan checkpoint", str(path), "a file written by `wubu-gan train`")
-    saved = {**state["config"], "resume": str(path), "load_checkpoint": None}
+    saved = {"gen_output": "residual", "disc_output": "global", **state["config"], "resume": str(path), "load_checkpoint": None}  # older runs
     return resolve_saved_config(TrainConfig, saved, path=config_path, overrides=overrides,
                                 cli_values={**cli_values, "resume": str(path), "load_checkpoint": None},
                                 run_defining=RUN_DEFINING, where=str(path),
@@ -343,6 +364,15 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
         say(f"note: lambda_gan_warmup_steps {cfg.lambda_gan_warmup_steps} is longer than half this run "
             f"({run_steps} steps): ramping over {gan_warmup}")
 
+    def lr_factor() -> float:
+        """--lr_decay_fraction: over the last fraction of this run's steps both learning rates follow a cosine from
+        1x to 0.1x (on top of the Q-controllers' scales). Counted from this run's first step, like the GAN ramp."""
+        if not cfg.lr_decay_fraction:
+            return 1.0
+        start = run_steps * (1.0 - cfg.lr_decay_fraction)
+        p = min(1.0, max(0.0, (step - warmup_start - start) / max(1.0, run_steps - start)))
+        return 0.1 + 0.45 * (1.0 + math.cos(math.pi * p))
+
     def lambda_gan_now() -> float:
         if not gan_warmup:
             return cfg.lambda_gan
@@ -400,6 +430,10 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                     micro.enter_context(step_g.micro_batch())
                     micro.enter_context(step_d.micro_batch())
                     frames, flow = move(batch, device)
+                    if cfg.augment_flip or cfg.augment_color:  # a fresh generator per micro-batch and rank: exact on resume
+                        aug_seed = ((cfg.seed * 1_000_003 + epoch) * 1_000_003 + batch_in_epoch) * 1024 + info.rank
+                        frames, flow = augment_clips(frames, flow, cfg.augment_flip, cfg.augment_color,
+                                                     make_generator(device, aug_seed % 2 ** 62))
                     target = frames[:, Tin:]
                     boundary = step_g.is_boundary
                     with autocast(device, precision):
@@ -434,14 +468,18 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                     if boundary and not window.get("bad") and q_gen is not None:
                         means = all_reduce_mean({k: float(v) for k, v in zip(names, window["sum"] / window["n"])})
                         common = {**means, "lambda_kl": lambda_kl}
-                        apply_scales(opt_g, cfg.learning_rate_gen, q_gen.step(
+                        apply_scales(opt_g, cfg.learning_rate_gen * lr_factor(), q_gen.step(
                             {**common, "lr": opt_g.param_groups[0]["lr"], "momentum": current_momentum(opt_g)}))
-                        apply_scales(opt_d, cfg.learning_rate_disc, q_disc.step(
+                        apply_scales(opt_d, cfg.learning_rate_disc * lr_factor(), q_disc.step(
                             {**common, "lr": opt_d.param_groups[0]["lr"], "momentum": current_momentum(opt_d)}))
                         if q_lkl is not None and val_history and (step + 1) % cfg.lambda_kl_update_interval == 0:
                             val = val_history[-1] if HIGHER_IS_BETTER[primary] else -val_history[-1]
                             scale = q_lkl.step({**common, "val": val})["lklscale"]
                             lambda_kl = min(cfg.max_lambda_kl_q_control, max(cfg.min_lambda_kl_q_control, lambda_kl * scale))
+                    elif boundary and cfg.lr_decay_fraction and q_gen is None:
+                        for opt, base in ((opt_g, cfg.learning_rate_gen), (opt_d, cfg.learning_rate_disc)):
+                            for group in opt.param_groups:
+                                group["lr"] = base * lr_factor()
                     out_g = step_g.backward(loss_g)
                     out_d = step_d.backward(loss_d)
                 batch_in_epoch += 1
