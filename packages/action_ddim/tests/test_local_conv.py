@@ -144,12 +144,17 @@ def test_position_features_are_the_decoded_pointer_position_and_need_velocity_da
                                      "model.nhead=2", "model.num_layers=1"])
     model = build_model(cfg, 64)
     assert model.position_features_scale == 20.0 and model.input_proj.in_features == 5
-    # The feature reaches the output: moving the start position (row 0) changes every step's input.
+    # The feature is what input_proj reads beside the velocities (columns 3:5), and it reaches the output:
+    # with those two weight columns zeroed the output changes. (Moving row 0 and watching every output step
+    # would not show it: attention carries row 0's change everywhere without the feature too.)
+    seen = {}
+    hook = model.input_proj.register_forward_pre_hook(lambda mod, args: seen.setdefault("x", args[0].detach()))
+    t = torch.zeros(8, dtype=torch.long)
     with torch.no_grad():
         torch.nn.init.normal_(model.head.weight)
-        z2 = z.clone()
-        z2[:, 0, :2] += 0.5
-        t = torch.zeros(8, dtype=torch.long)
-        changed = (model(z2.float(), t) - model(z.float(), t)).abs().amax(dim=(0, 2)) > 1e-6
-    assert changed.all()
+        out = model(z.float(), t)
+        hook.remove()
+        assert torch.allclose(seen["x"][..., 3:5], running_positions(z, 20.0).float(), atol=1e-5)
+        model.input_proj.weight[:, 3:5] = 0
+        assert (model(z.float(), t) - out).abs().max() > 1e-4
     assert build_model(load_config(Config, None, ["data.increment_scale=20"]), 64).input_proj.in_features == 3

@@ -108,6 +108,20 @@ def test_warp_moves_pixels_and_zero_flow_is_identity():
     assert torch.allclose(warp(img, flow)[..., 2:, :], img[..., :-2, :], atol=1e-5)
 
 
+def test_warp_samples_in_float32_under_low_precision():
+    """bf16 inputs (autocast) must not quantise a sub-pixel flow, and fp16 must not give NaN on CPU."""
+    y, x = torch.meshgrid(torch.linspace(0, 6.28, 128), torch.linspace(0, 6.28, 128), indexing="ij")
+    img = torch.stack([torch.sin(x + y), torch.cos(2 * x), torch.sin(3 * y)])[None].repeat(2, 1, 1, 1)
+    flow = torch.full((2, 2, 128, 128), 0.37)
+    ref = warp(img, flow)
+    low = warp(img.bfloat16(), flow.bfloat16())
+    assert low.dtype == torch.bfloat16
+    # the only error left is bf16's own rounding of the result (~4e-3 at |v| <= 1), not a quantised grid
+    assert (low.float() - ref).abs().max() < 1e-2
+    half = warp(torch.rand(1, 3, 256, 256).half(), torch.zeros(1, 2, 256, 256).half())
+    assert torch.isfinite(half.float()).all()
+
+
 def test_warp_output_starts_as_copy_last_and_trains_its_flow(tmp_path, tiny_video, make_cfg):
     cfg = make_cfg(tmp_path, tiny_video, wubu_dropout=0.0, gen_output="warp", num_predict_frames=2)
     torch.manual_seed(0)

@@ -76,6 +76,30 @@ def test_resume_refuses_a_run_changing_flag(base_run):
         resolve_resume_config({"latent_dim": 99}, None, (), str(base_run["dir"] / f"{CKPT_PREFIX}step5.pt"), None)
 
 
+def test_resume_refuses_schedule_and_augmentation_changes(base_run):
+    from trainkit.errors import UserError
+
+    ckpt = str(base_run["dir"] / f"{CKPT_PREFIX}step5.pt")
+    for key, value in (("lr_decay_fraction", 0.9), ("augment_flip", False), ("augment_color", False),
+                       ("lambda_gan_warmup_steps", 123)):
+        with pytest.raises(UserError, match=key):
+            resolve_resume_config({key: value}, None, (), ckpt, None)
+
+
+def test_new_phase_with_another_generator_output_needs_the_flag(base_run, tmp_path, make_cfg, tiny_video):
+    """The base run warps; a phase that would use a residual head must say so, else the head is lost silently."""
+    from trainkit.errors import UserError
+
+    best = base_run["dir"] / f"{CKPT_PREFIX}best.pt"
+    cfg = make_cfg(tmp_path / "p", tiny_video, load_checkpoint=str(best), gen_output="residual", epochs=1)
+    with pytest.raises(UserError, match="--gen_output warp"):
+        train(cfg, log=lambda m: None)
+    assert not (tmp_path / "p" / "run").exists() or not any((tmp_path / "p" / "run").iterdir())
+    logs = []
+    train(cfg, log=logs.append, explicit_keys=frozenset({"gen_output"}))  # given on purpose: goes ahead, says so
+    assert any("re-initialised" in m and "generator.final" in m for m in logs)
+
+
 def test_new_phase_lambda_kl_from_cli_wins_and_d_shape_change_is_reported(base_run, tmp_path, make_cfg, tiny_video):
     best = base_run["dir"] / f"{CKPT_PREFIX}best.pt"
     saved_kl = torch.load(best, weights_only=True)["lambda_kl"]

@@ -247,11 +247,16 @@ def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """Backward warp: out(p) = image(p + flow(p)), bilinear, borders repeated. image (N, C, H, W); flow (N, 2, H, W)
     in pixels, channel 0 = x (width), 1 = y. flow = 0 returns ``image`` exactly (sampling at pixel centres)."""
     n, _, h, w = image.shape
-    ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=image.device, dtype=flow.dtype)
-    xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=image.device, dtype=flow.dtype)
+    # The grid and the sampling run in float32 whatever the autocast dtype: in bf16 a sub-pixel flow is
+    # quantised (44 dB against float32 at 128 px), and fp16 grid_sample on CPU returns NaN at 256 px.
+    flow = flow.float()
+    ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=image.device, dtype=torch.float32)
+    xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=image.device, dtype=torch.float32)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     grid = torch.stack([gx + flow[:, 0] * (2.0 / w), gy + flow[:, 1] * (2.0 / h)], -1)  # (N, H, W, 2) as (x, y)
-    return F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    with torch.autocast(image.device.type, enabled=False):
+        out = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.to(image.dtype)
 
 
 def generator_plan(h: int, w: int):
@@ -397,9 +402,11 @@ class SpatioTemporalDisc(nn.Module):
             t = (t + 2 * (kt // 2) - kt) // st + 1
             ch_in = ch
         # --disc_output patch (ours): a 1x1x1 conv scores every (time, row, column) cell of the last feature map
-        # (PatchGAN-style), the loss averages over cells. The original's global head pools after InstanceNorm,
-        # which has already set every channel's mean to zero: the pooled features barely depend on the input,
-        # so its logits were nearly constant across clips (std ~0.01) and D_total sat at chance (0.693).
+        # (PatchGAN-style), the loss averages over cells. Why it was tried: the original's global head pools
+        # after InstanceNorm, which has already set every channel's mean to zero, so the pooled features depend
+        # little on the input. It did not fix the D band: trained alone against a frozen generator the patch head
+        # also stayed at chance (0.693) for 60 steps, while the global head with --disc_frame_diff left it
+        # within 30 (README "Discriminators"). Kept as an option, not used by the recipe.
         self.patch_output = getattr(cfg, "disc_output", "global") == "patch"
         if self.patch_output:
             self.head = _sn(nn.Conv3d(ch_in, 1, 1), sn)

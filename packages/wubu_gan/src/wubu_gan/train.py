@@ -304,6 +304,8 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
     # Every rank decides (it only reads the file system) before rank 0 writes anything, so a refused folder
     # stops all ranks at once instead of leaving the others waiting in the first all-reduce.
     refusal = None if cfg.resume else run_dir_refusal(ckpt_dir)
+    if refusal is None and cfg.load_checkpoint and not cfg.resume:
+        refusal = phase_output_refusal(cfg, explicit_keys)
     barrier()
     if refusal:
         raise refusal
@@ -549,6 +551,21 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
     summary.update({"val": last_val, "step": step, "lambda_kl": lambda_kl, "best": str(ckpt_path(ckpt_dir, "best")),
                     "skipped_steps": step_g.num_skipped, "train_time_s": time.time() - t_start})
     return summary
+
+
+def phase_output_refusal(cfg, explicit_keys) -> UserError | None:
+    """A new phase whose generator output mode differs from the checkpoint's, without ``--gen_output`` given, is
+    refused: loading would re-initialise the generator's output layer (a residual head has 3 channels, a warp
+    head 6) and drop G's optimizer state, losing the previous phase's decoder head. Checkpoints written before
+    the option are ``residual``. Given explicitly, the change goes ahead and the re-initialised tensors are named."""
+    if "gen_output" in explicit_keys:
+        return None
+    saved = dict(load_checkpoint(cfg.load_checkpoint).get("config") or {}).get("gen_output", "residual")
+    if saved == cfg.gen_output or not cfg.gen_context_skip:
+        return None
+    return UserError(f"checkpoint was trained with --gen_output {saved}, this run would use {cfg.gen_output}",
+                     "--gen_output", f"--gen_output {saved} to continue it, or --gen_output {cfg.gen_output} to "
+                     f"start a new output layer (its weights and G's optimizer state are re-initialised)")
 
 
 def start_new_phase(cfg, explicit_keys, G_raw, D_raw, opt_g, opt_d, q_gen, q_disc, q_lkl, device, say):
