@@ -22,7 +22,7 @@ done
 COMMON=(--video_data_path "$DATA/procedural_shapes_v01.mp4" --image_h 32 --image_w 32 --latent_dim 128 --batch_size 8
         --learning_rate_gen 1e-3 --learning_rate_disc 5e-4 --num_workers 0 --threads 1 --quiet
         --wandb_log_train_recon_interval 0 --wandb_log_fixed_noise_samples_interval 0
-        --gen_output warp --augment_flip --augment_color --lr_decay_fraction 0.3)
+        --augment_flip --augment_color --lr_decay_fraction 0.3)
 case "${ABLATION:-}" in
   motion_off) COMMON+=(--no-use_wubu_motion_branch); RUNS="$RUNS/ablation_motion_off" ;;
   frozen_curvature) COMMON+=(--no-wubu_learnable_curvature); RUNS="$RUNS/ablation_frozen_curvature" ;;

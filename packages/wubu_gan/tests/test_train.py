@@ -100,6 +100,15 @@ def test_new_phase_with_another_generator_output_needs_the_flag(base_run, tmp_pa
     assert any("re-initialised" in m and "generator.final" in m for m in logs)
 
 
+def test_gen_output_without_the_context_path_is_refused(tmp_path, make_cfg, tiny_video):
+    from trainkit.errors import UserError
+
+    cfg = make_cfg(tmp_path, tiny_video, gen_context_skip=False, gen_output="residual", epochs=1)
+    with pytest.raises(UserError, match="no effect with --no-gen_context_skip"):
+        train(cfg, log=lambda m: None, explicit_keys=frozenset({"gen_output", "gen_context_skip"}))
+    assert not (tmp_path / "run").exists()
+
+
 def test_new_phase_lambda_kl_from_cli_wins_and_d_shape_change_is_reported(base_run, tmp_path, make_cfg, tiny_video):
     best = base_run["dir"] / f"{CKPT_PREFIX}best.pt"
     saved_kl = torch.load(best, weights_only=True)["lambda_kl"]

@@ -240,6 +240,9 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
     info = init_distributed(cfg.device)
     device = info.device
     say = log if info.is_main else (lambda *a, **k: None)
+    if not cfg.gen_context_skip and "gen_output" in explicit_keys:  # parsed and ignored otherwise
+        raise UserError(f"--gen_output {cfg.gen_output} has no effect with --no-gen_context_skip", "--gen_output",
+                        "--gen_context_skip (the output mode belongs to the context path), or no --gen_output")
     precision = cfg.effective_precision(device.type)
     Tin = cfg.num_input_frames
 
