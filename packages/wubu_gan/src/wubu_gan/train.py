@@ -307,8 +307,10 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
     # Every rank decides (it only reads the file system) before rank 0 writes anything, so a refused folder
     # stops all ranks at once instead of leaving the others waiting in the first all-reduce.
     refusal = None if cfg.resume else run_dir_refusal(ckpt_dir)
+    phase_state = None  # --load_checkpoint: read once, checked before anything is written, then loaded
     if refusal is None and cfg.load_checkpoint and not cfg.resume:
-        refusal = phase_output_refusal(cfg, explicit_keys)
+        phase_state = load_checkpoint(cfg.load_checkpoint, map_location=device)
+        refusal = phase_output_refusal(cfg, explicit_keys, phase_state)
     barrier()
     if refusal:
         raise refusal
@@ -350,7 +352,8 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
             sampler.load_state_dict({"epoch": start_epoch, "consumed": batch_in_epoch * per_rank}, where=str(cfg.resume))
         say(f"resumed {cfg.resume} at epoch {start_epoch}, batch {batch_in_epoch}, step {step}")
     elif cfg.load_checkpoint:
-        step, lambda_kl = start_new_phase(cfg, explicit_keys, G_raw, D_raw, opt_g, opt_d, q_gen, q_disc, q_lkl, device, say)
+        step, lambda_kl = start_new_phase(cfg, explicit_keys, phase_state, G_raw, D_raw, opt_g, opt_d, q_gen, q_disc,
+                                          q_lkl, say)
     if info.is_main:
         save_config(cfg, ckpt_dir)
     tracker = Tracker(ckpt_dir, config=config_to_dict(cfg), wandb_project=cfg.wandb_project if cfg.wandb else None,
@@ -556,14 +559,16 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
     return summary
 
 
-def phase_output_refusal(cfg, explicit_keys) -> UserError | None:
+def phase_output_refusal(cfg, explicit_keys, state: dict) -> UserError | None:
     """A new phase whose generator output mode differs from the checkpoint's, without ``--gen_output`` given, is
     refused: loading would re-initialise the generator's output layer (a residual head has 3 channels, a warp
     head 6) and drop G's optimizer state, losing the previous phase's decoder head. Checkpoints written before
     the option are ``residual``. Given explicitly, the change goes ahead and the re-initialised tensors are named."""
+    if "gen" not in state or "disc" not in state:
+        return UserError("not a wubu-gan checkpoint", str(cfg.load_checkpoint), "a file written by `wubu-gan train`")
     if "gen_output" in explicit_keys:
         return None
-    saved = dict(load_checkpoint(cfg.load_checkpoint).get("config") or {}).get("gen_output", "residual")
+    saved = dict(state.get("config") or {}).get("gen_output", "residual")
     if saved == cfg.gen_output or not cfg.gen_context_skip:
         return None
     return UserError(f"checkpoint was trained with --gen_output {saved}, this run would use {cfg.gen_output}",
@@ -571,17 +576,14 @@ def phase_output_refusal(cfg, explicit_keys) -> UserError | None:
                      f"start a new output layer (its weights and G's optimizer state are re-initialised)")
 
 
-def start_new_phase(cfg, explicit_keys, G_raw, D_raw, opt_g, opt_d, q_gen, q_disc, q_lkl, device, say):
+def start_new_phase(cfg, explicit_keys, state, G_raw, D_raw, opt_g, opt_d, q_gen, q_disc, q_lkl, say):
     """--load_checkpoint: weights, optimizers, Q-controllers and the step counter from the previous phase.
 
     lambda_KL: the value this run was given (flag, --config or --set) wins over the checkpoint's (the original
     silently kept the checkpoint's, so raising LAMBDA_KL between phases did nothing). D keeps every weight whose
     shape still fits (turning FiLM on in phase 3 changes D) and the re-initialised ones are reported.
     """
-    path = cfg.load_checkpoint
-    state = load_checkpoint(path, map_location=device)
-    if "gen" not in state or "disc" not in state:
-        raise UserError("not a wubu-gan checkpoint", str(path), "a file written by `wubu-gan train`")
+    path = cfg.load_checkpoint  # ``state``: its contents, read and checked by train() (phase_output_refusal)
     if cfg.load_strict:
         try:
             G_raw.load_state_dict(state["gen"])
