@@ -43,14 +43,15 @@ def make_cfg():
 
 @pytest.fixture(scope="session")
 def base_run(tmp_path_factory, tiny_video):
-    """One small run everyone reads (Q-controllers on, spectral norm on, augmentation and LR decay on, mid-epoch
-    checkpoint at step 5), so the resume test covers the augmentation draw and the decay schedule too."""
+    """One small run everyone reads (Q-controllers on, spectral norm on, augmentation, LR decay and the adaptive
+    adversarial weight on, mid-epoch checkpoint at step 5 inside a logging interval of 3), so the resume test
+    covers the augmentation draw, the decay schedule and the partial log window too."""
     from wubu_gan.train import train
 
     tmp = tmp_path_factory.mktemp("base")
     cfg = tiny_cfg(tmp, tiny_video, q_controller_enabled=True, disc_apply_spectral_norm=True, save_interval=5,
                    lambda_kl_update_interval=1, epochs=3, augment_flip=True, augment_color=True,
-                   lr_decay_fraction=0.3)
+                   lr_decay_fraction=0.3, lambda_gan_adaptive=True, log_interval=3)
     logs = []
     summary = train(cfg, log=logs.append)
     return {"cfg": cfg, "summary": summary, "logs": logs, "dir": tmp / "run"}

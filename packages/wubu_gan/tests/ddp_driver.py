@@ -47,7 +47,8 @@ def forward(self, frames, flow=None, sample=True):
 
 
 M.WuBuGen.__init__, M.WuBuGen.forward = init, forward
-cfg = tiny_cfg(out, video, epochs=1, batch_size=4, q_controller_enabled=True, wubu_dropout=0.1)
+cfg = tiny_cfg(out, video, epochs=1, batch_size=4, q_controller_enabled=True, wubu_dropout=0.1,
+               lambda_gan_adaptive=True)  # its autograd.grad on the wrapped generator must not upset DDP
 summary = T.train(cfg, log=print)
 record["final_hash"] = digest(models[0])
 record["steps"] = summary["step"]

@@ -67,6 +67,9 @@ def test_resumed_run_matches_the_uninterrupted_one(base_run, tmp_path):
         for k in a[net]:
             assert torch.equal(a[net][k], b[net][k]), (net, k)
     assert a["q_gen"]["q"] == b["q_gen"]["q"] and a["lambda_kl"] == b["lambda_kl"]
+    logged = lambda rows: [(r["step"], r["train/loss_d_total"], r["train/lambda_gan_eff"]) for r in rows
+                           if r["step"] > 5 and "train/loss_d_total" in r]
+    assert logged(_rows(resumed_dir)) == logged(_rows(run)) and logged(_rows(run))  # same means, same adaptive weight
 
 
 def test_resume_refuses_a_run_changing_flag(base_run):
@@ -200,3 +203,42 @@ def test_new_phase_with_another_optimizer_starts_its_state_fresh(base_run, tmp_p
     summary = train(cfg, log=logs.append)
     assert summary["step"] > torch.load(best, weights_only=True)["step"]  # the new phase trained
     assert any("optimizer changed (riemannian_adam -> riemannian_sgd)" in m for m in logs)
+
+
+def test_adaptive_gan_weight_sizes_the_adversarial_gradient_like_reconstruction():
+    from wubu_gan.train import adaptive_gan_weight
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3)
+    out = layer(torch.randn(8, 4))
+    recon, adv = (out - 1).pow(2).mean(), 5.0 * torch.tanh(out).sum()
+    w = adaptive_gan_weight(recon, adv, layer.weight)
+    g_rec, = torch.autograd.grad(recon, layer.weight, retain_graph=True)
+    g_adv, = torch.autograd.grad(w * adv, layer.weight, retain_graph=True)
+    assert float(g_adv.norm()) == pytest.approx(float(g_rec.norm()), rel=1e-3)  # same size at the last layer
+    assert adaptive_gan_weight(recon, 10 * adv, layer.weight) == pytest.approx(w / 10, rel=1e-3)
+
+    class Fp16Scaler:  # the fp16 loss scale must not change the ratio
+        def is_enabled(self):
+            return True
+
+        def get_scale(self):
+            return 65536.0
+
+    assert adaptive_gan_weight(recon, adv, layer.weight, Fp16Scaler()) == pytest.approx(w, rel=1e-3)
+    (recon + w * adv).backward()  # the graph is kept for the real backward
+    assert layer.weight.grad is not None
+
+
+def test_logged_losses_are_means_over_the_logging_interval(tmp_path, make_cfg, tiny_video):
+    rows = {}
+    for interval in (1, 2):
+        cfg = make_cfg(tmp_path / str(interval), tiny_video, epochs=1, log_interval=interval, lambda_gan_adaptive=True)
+        train(cfg, log=lambda m: None)
+        rows[interval] = {r["step"]: r for r in _rows(tmp_path / str(interval) / "run") if "train/loss_d_total" in r}
+    for key in ("train/loss_recon", "train/loss_d_total", "train/loss_g_adv"):
+        mean_of_two = (rows[1][3][key] + rows[1][4][key]) / 2
+        assert rows[2][4][key] == pytest.approx(mean_of_two, rel=1e-5), key
+        assert rows[2][4][key] != pytest.approx(rows[1][4][key], rel=1e-3)  # not just the last step's value
+    eff = [r["train/lambda_gan_eff"] for r in rows[1].values()]
+    assert all(math.isfinite(v) and v >= 0 for v in eff) and len({round(v, 6) for v in eff}) > 2  # adapts per step

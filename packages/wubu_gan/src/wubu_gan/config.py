@@ -140,6 +140,8 @@ class TrainConfig:
     augment_color: bool = False           # training clips' RGB channels permuted at random
     lr_decay_fraction: float = 0.0        # last fraction of this run's steps: cosine LR decay to 0.1x (0 = constant, the original)
     lambda_gan_warmup_steps: int = 0      # adversarial weight ramps 0 -> lambda_gan over these optimizer steps
+    lambda_gan_adaptive: bool = False     # scale the adversarial term so its gradient at G's last layer is lambda_gan x
+                                          # the reconstruction term's (VQGAN's adaptive weight; off = the original's fixed weight)
     flow_fallback: str = "ilk"            # weights-free flow when RAFT weights are not cached: ilk | tvl1
     resume: str | None = None             # continue THIS run: a checkpoint path or "auto" (newest in checkpoint_dir)
     device: str = "auto"
@@ -182,7 +184,7 @@ RUN_DEFINING = ("video_data_path", "validation_video_path", "image_h", "image_w"
                 "disc_apply_spectral_norm", "wubu_s_num_levels", "wubu_s_hyperbolic_dims", "wubu_m_num_levels",
                 "wubu_m_hyperbolic_dims", "wubu_t_num_levels", "wubu_t_hyperbolic_dims", "epochs", "gen_context_skip",
                 "gen_context_channels", "gen_output", "disc_output", "disc_frame_diff", "disc_see_context", "lr_decay_fraction", "lambda_gan_warmup_steps",
-                "augment_flip", "augment_color", "validation_split_fraction", "val_block_size", "seed", "batch_size", "grad_accum_steps")
+                "lambda_gan_adaptive", "augment_flip", "augment_color", "validation_split_fraction", "val_block_size", "seed", "batch_size", "grad_accum_steps")
 
 
 def _fail(key, value, expected):
