@@ -1,5 +1,7 @@
 """Summarise a quality_cpu.sh run folder: per phase, model vs copy-last-frame on every evaluated set (mean +- std
-over the sets, worst set), and the fraction of logged training steps with D_total in the guide's healthy band."""
+over the sets, worst set), and the fraction of logged training steps with D_total in the guide's healthy band
+(0.3-0.65), and with D in the guide's whole healthy picture (that band and D_real, D_fake both below 0.7). Each
+logged value is the mean over its logging interval (train.py)."""
 import json
 import statistics
 import sys
@@ -32,6 +34,9 @@ def summarise(phase_dir: Path) -> dict:
         out["d_total_in_band_fraction"] = sum(BAND[0] <= v <= BAND[1] for v in d) / len(d)
         out["d_total_median"] = statistics.median(d)
         out["d_total_logged_steps"] = len(d)
+        healthy = [BAND[0] <= r["train/loss_d_total"] <= BAND[1] and r["train/loss_d_real"] < 0.7
+                   and r["train/loss_d_fake"] < 0.7 for r in rows if "train/loss_d_total" in r]
+        out["d_healthy_fraction"] = sum(healthy) / len(healthy)
     return out
 
 
