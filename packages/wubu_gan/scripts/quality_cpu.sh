@@ -4,7 +4,9 @@
 # copy-last-frame on the validation split and on three held-out procedural videos (seeds 1, 2, 3: unseen scenes,
 # but consulted while the recipe was chosen; README "Fresh videos" has seeds 4 and 5), and a summary (mean +- std, worst, D-band fraction, CPU time of each training phase) in $RUNS/summary.json.
 # The generator warps the last frame (--gen_output warp, the default); training clips are mirrored and their
-# colours permuted at random (--augment_flip --augment_color); cosine LR decay over the last 30 % of each phase.
+# colours permuted at random (--augment_flip --augment_color); cosine LR decay over the last 30 % of each phase;
+# the adversarial gradient is held at half the reconstruction gradient at G's last layer (--lambda_gan_adaptive
+# --lambda_gan 0.5) and D learns at the guide's 1e-4, which keeps D_total in the guide's band for most of the run.
 # ABLATION=full|motion_off|frozen_curvature|no_gan|no_context|residual|frame_diff runs phase 1 only, with that
 # change (full: none, for rows at a shorter budget: P1_EPOCHS=8 ABLATION=full gives the recipe's row beside them;
 # no_context: the original decoder from z alone and a D that sees only the predicted frame; residual: the
@@ -20,9 +22,9 @@ for s in 1 2 3; do
   [ -f "$DATA/heldout$s/procedural_shapes_v01.mp4" ] || $WUBU make-demo-video --which shapes --out "$DATA/heldout$s" --seed $s
 done
 COMMON=(--video_data_path "$DATA/procedural_shapes_v01.mp4" --image_h 32 --image_w 32 --latent_dim 128 --batch_size 8
-        --learning_rate_gen 1e-3 --learning_rate_disc 5e-4 --num_workers 0 --threads 1 --quiet
+        --learning_rate_gen 1e-3 --learning_rate_disc 1e-4 --num_workers 0 --threads 1 --quiet
         --wandb_log_train_recon_interval 0 --wandb_log_fixed_noise_samples_interval 0
-        --augment_flip --augment_color --lr_decay_fraction 0.3)
+        --augment_flip --augment_color --lr_decay_fraction 0.3 --lambda_gan_adaptive --lambda_gan 0.5)
 case "${ABLATION:-}" in
   motion_off) COMMON+=(--no-use_wubu_motion_branch); RUNS="$RUNS/ablation_motion_off" ;;
   frozen_curvature) COMMON+=(--no-wubu_learnable_curvature); RUNS="$RUNS/ablation_frozen_curvature" ;;

@@ -28,19 +28,30 @@ def summarise(phase_dir: Path) -> dict:
     cpu = phase_dir / "cpu_seconds.txt"  # "user sys" of the training command (quality_cpu.sh)
     if cpu.is_file():
         out["train_cpu_seconds"] = sum(float(v) for v in cpu.read_text().split()[:2])
-    rows = [json.loads(x) for x in (phase_dir / "metrics.jsonl").read_text().splitlines()]
-    d = [r["train/loss_d_total"] for r in rows if "train/loss_d_total" in r]
-    if d:
-        out["d_total_in_band_fraction"] = sum(BAND[0] <= v <= BAND[1] for v in d) / len(d)
-        out["d_total_median"] = statistics.median(d)
-        out["d_total_logged_steps"] = len(d)
-        healthy = [BAND[0] <= r["train/loss_d_total"] <= BAND[1] and r["train/loss_d_real"] < 0.7
-                   and r["train/loss_d_fake"] < 0.7 for r in rows if "train/loss_d_total" in r]
-        out["d_healthy_fraction"] = sum(healthy) / len(healthy)
+    out.update(d_band(logged_d(phase_dir)))
     return out
+
+
+def logged_d(phase_dir: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (phase_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "train/loss_d_total" in r]
+
+
+def d_band(rows: list[dict]) -> dict:
+    if not rows:
+        return {}
+    d = [r["train/loss_d_total"] for r in rows]
+    healthy = [BAND[0] <= r["train/loss_d_total"] <= BAND[1] and r["train/loss_d_real"] < 0.7
+               and r["train/loss_d_fake"] < 0.7 for r in rows]
+    return {"d_total_in_band_fraction": sum(BAND[0] <= v <= BAND[1] for v in d) / len(d),
+            "d_total_median": statistics.median(d), "d_total_logged_steps": len(d),
+            "d_healthy_fraction": sum(healthy) / len(healthy)}
 
 
 if __name__ == "__main__":
     root = Path(sys.argv[1])
-    print(json.dumps({p.name: summarise(p) for p in sorted(root.iterdir()) if (p / "metrics.jsonl").is_file()},
-                     indent=2))
+    phases = [p for p in sorted(root.iterdir()) if (p / "metrics.jsonl").is_file()]
+    summary = {p.name: summarise(p) for p in phases}
+    if len(phases) > 1:  # the D band over the whole run, every phase's logged steps together
+        summary["all_phases"] = d_band([r for p in phases for r in logged_d(p)])
+    print(json.dumps(summary, indent=2))
