@@ -159,6 +159,8 @@ def test_non_finite_loss_leaves_optimizers_and_q_tables_untouched(tmp_path, make
                 assert torch.equal(v, w) if isinstance(v, torch.Tensor) else v == w, (opt, pid, k)
     for q in ("q_gen", "q_disc"):
         assert before[q]["q"] == after[q]["q"] and before[q]["epsilon"] == after[q]["epsilon"]
+    late = [r for r in _rows(run) if r["step"] > 4 and "train/skipped_steps" in r]  # every batch after 4 was NaN
+    assert late and not any("train/loss_g_adv" in r for r in late)  # no losses logged, not zeros
 
 
 def test_auto_resume_skips_a_truncated_newest_checkpoint(base_run, tmp_path):
@@ -236,9 +238,25 @@ def test_logged_losses_are_means_over_the_logging_interval(tmp_path, make_cfg, t
         cfg = make_cfg(tmp_path / str(interval), tiny_video, epochs=1, log_interval=interval, lambda_gan_adaptive=True)
         train(cfg, log=lambda m: None)
         rows[interval] = {r["step"]: r for r in _rows(tmp_path / str(interval) / "run") if "train/loss_d_total" in r}
-    for key in ("train/loss_recon", "train/loss_d_total", "train/loss_g_adv"):
+    for key in ("train/loss_recon", "train/loss_d_total", "train/loss_g_adv", "train/lambda_gan_eff"):
         mean_of_two = (rows[1][3][key] + rows[1][4][key]) / 2
         assert rows[2][4][key] == pytest.approx(mean_of_two, rel=1e-5), key
         assert rows[2][4][key] != pytest.approx(rows[1][4][key], rel=1e-3)  # not just the last step's value
     eff = [r["train/lambda_gan_eff"] for r in rows[1].values()]
     assert all(math.isfinite(v) and v >= 0 for v in eff) and len({round(v, 6) for v in eff}) > 2  # adapts per step
+
+
+def test_fp16_overflow_in_the_adaptive_weight_is_a_scaler_back_off_not_a_skipped_step(tmp_path, make_cfg, tiny_video,
+                                                                                        monkeypatch):
+    # CUDA's fp16 path on CPU: an enabled GradScaler whose scale is far too large overflows every early backward.
+    import wubu_gan.train as T
+
+    monkeypatch.setattr(T, "make_grad_scaler", lambda device, precision: torch.amp.GradScaler("cpu", init_scale=1e12))
+    logs = []
+    cfg = make_cfg(tmp_path, tiny_video, epochs=1, precision="fp16", lambda_gan_adaptive=True)
+    summary = train(cfg, log=logs.append)
+    state = torch.load(tmp_path / "run" / f"{CKPT_PREFIX}best.pt", weights_only=True)
+    assert state["stepper_gen"]["num_skipped"] == 0 and state["stepper_disc"]["num_skipped"] == 0
+    assert state["stepper_gen"]["num_overflow"] > 0  # GradScaler backed off instead
+    assert not any("non-finite loss" in m for m in logs)
+    assert summary["step"] > 0 and all(torch.isfinite(v).all() for v in state["gen"].values() if v.is_floating_point())

@@ -136,18 +136,23 @@ def augment_clips(frames: torch.Tensor, flow: torch.Tensor | None, flip: bool, c
 
 
 def adaptive_gan_weight(loss_recon: torch.Tensor, loss_adv: torch.Tensor, last_weight: torch.Tensor,
-                        scaler=None) -> float:
+                        scaler=None, fallback: float = 1.0) -> float:
     """--lambda_gan_adaptive (VQGAN's adaptive weight, Esser et al. 2021): ||d recon/d w|| / ||d adv/d w|| at the
     generator's last layer w, so lambda_gan sets the adversarial gradient's size relative to reconstruction's.
-    Why: with a fixed weight, once D starts to separate real from fake its BCE gradient grows and swamps the
-    reconstruction term (measured: validation PSNR fell 27.8 -> 20.7 dB as D_total dropped below 0.6), so the
-    only stable state was D at chance. Both losses are multiplied by the fp16 loss scale so small gradients do not
-    underflow; the ratio does not depend on it. Each rank uses its own ratio; DDP averages the gradients."""
+    Why: with a fixed weight the only stable state we found was D at chance (G fooled it, D_total 0.69), and a
+    D that moved off chance came with a collapsing run; bounding the adversarial gradient lets D learn while
+    reconstruction keeps its share (README, Quality). Both losses are multiplied by the fp16 loss scale so small
+    gradients do not underflow; the ratio does not depend on it. An fp16 overflow in these gradients returns
+    `fallback` (the previous ratio): the main backward then overflows too and GradScaler backs off as usual,
+    instead of a NaN weight turning into a skipped step for G and D. Each rank uses its own ratio; DDP averages
+    the gradients."""
     scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
     g_rec, = torch.autograd.grad(loss_recon * scale, last_weight, retain_graph=True)
     g_adv, = torch.autograd.grad(loss_adv * scale, last_weight, retain_graph=True)
-    ratio = g_rec.float().norm() / (g_adv.float().norm() + 1e-4 * scale)
-    return float(ratio.clamp(0.0, 1e4))
+    n_rec, n_adv = g_rec.float().norm(), g_adv.float().norm()
+    if not bool(torch.isfinite(n_rec) & torch.isfinite(n_adv)):
+        return fallback
+    return float((n_rec / (n_adv + 1e-4 * scale)).clamp(0.0, 1e4))
 
 
 def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -419,7 +424,7 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
             "rng": rng, "rng_per_rank": rng_per_rank, "sampler": sampler.state_dict(),
             "config": config_to_dict(cfg), "flow_kind": flow_kind,
             "val_history": [float(v) for v in val_history], "warmup_start": warmup_start,
-            "log_window": {"sum": log_sum.tolist(), "n": log_n},
+            "log_window": {"sum": log_sum.tolist(), "n": log_n}, "adaptive_ratio": adaptive_ratio,
         }
         path = ckpt_path(ckpt_dir, tag)
         if info.is_main:
@@ -437,8 +442,11 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
     # (one batch of 8 clips swings D_total between 0.0 and 0.9); the partial window is checkpointed, so a resumed
     # run logs the same numbers.
     saved_log = state.get("log_window") if cfg.resume else None
-    log_sum = torch.tensor(saved_log["sum"] if saved_log else [0.0] * 7, dtype=torch.float32, device=device)
+    log_sum = torch.zeros(8, dtype=torch.float32, device=device)  # the 7 losses and the effective lambda_GAN
+    if saved_log:
+        log_sum[:len(saved_log["sum"])] = torch.tensor(saved_log["sum"], dtype=torch.float32)
     log_n = int(saved_log["n"]) if saved_log else 0
+    adaptive_ratio = float(state.get("adaptive_ratio", 1.0)) if cfg.resume else 1.0  # fp16-overflow fallback
     last_val: dict = {}
     summary = {"checkpoint_dir": str(ckpt_dir), "flow": flow_kind, "is_main": info.is_main}
     last_batch = None  # (frames, recon) of the latest micro-batch, for the train_recon image
@@ -483,8 +491,9 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                     loss_kl = kl_divergence(mu.float(), logvar.float())
                     lambda_gan = lambda_gan_now()
                     if cfg.lambda_gan_adaptive and lambda_gan > 0:
-                        lambda_gan = lambda_gan * adaptive_gan_weight(cfg.lambda_recon * loss_recon, loss_adv,
-                                                                      G_raw.generator.final.weight, scaler_g)
+                        adaptive_ratio = adaptive_gan_weight(cfg.lambda_recon * loss_recon, loss_adv,
+                                                             G_raw.generator.final.weight, scaler_g, adaptive_ratio)
+                        lambda_gan = lambda_gan * adaptive_ratio
                     loss_g = cfg.lambda_recon * loss_recon + lambda_kl * loss_kl + lambda_gan * loss_adv
                     parts = torch.stack([loss_recon, loss_kl, loss_adv, loss_g, loss_d_real, loss_d_fake, loss_d]).detach()
                     finite = bool(torch.isfinite(parts).all())
@@ -499,7 +508,8 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                     window["sum"] += torch.nan_to_num(parts)
                     window["n"] = window.get("n", 0) + 1
                     if finite:
-                        log_sum += parts.float()
+                        log_sum[:7] += parts.float()
+                        log_sum[7] += lambda_gan
                         log_n += 1
                     if boundary and not window.get("bad") and q_gen is not None:
                         means = all_reduce_mean({k: float(v) for k, v in zip(names, window["sum"] / window["n"])})
@@ -525,9 +535,12 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                 window = {}
                 step += 1
                 if step % cfg.log_interval == 0 or step == 1:
-                    logged = log_sum / log_n if log_n else torch.nan_to_num(parts)
-                    scalars = {f"train/loss_{k}": float(v) for k, v in zip(
-                        ("recon", "kl", "g_adv", "g_total", "d_real", "d_fake", "d_total"), logged)}
+                    # Interval means (rank 0's micro-batches); an interval with no finite batch logs no losses.
+                    scalars = {}
+                    if log_n:
+                        means = (log_sum / log_n).tolist()
+                        scalars = {f"train/loss_{k}": v for k, v in zip(names, means)}
+                        lambda_gan = means[7]  # the adaptive weight moves per batch: its mean over the interval
                     log_sum.zero_()
                     log_n = 0
                     scalars.update({"train/lr_gen": opt_g.param_groups[0]["lr"], "train/lr_disc": opt_d.param_groups[0]["lr"],
@@ -542,8 +555,9 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                     if q_lkl is not None:
                         scalars["q_ctrl_lkl/lambda_kl"] = lambda_kl
                     tracker.log_scalars(scalars, step)
-                    bar.set_postfix(rec=f"{scalars['train/loss_recon']:.4f}", d=f"{scalars['train/loss_d_total']:.3f}",
-                                    adv=f"{scalars['train/loss_g_adv']:.3f}")
+                    if "train/loss_recon" in scalars:
+                        bar.set_postfix(rec=f"{scalars['train/loss_recon']:.4f}", d=f"{scalars['train/loss_d_total']:.3f}",
+                                        adv=f"{scalars['train/loss_g_adv']:.3f}")
                 if cfg.wandb_log_train_recon_interval and step % cfg.wandb_log_train_recon_interval == 0:
                     log_recon_images(tracker, "samples/train_recon", frames, recon, cfg, step)
                 if cfg.wandb_log_fixed_noise_samples_interval and step % cfg.wandb_log_fixed_noise_samples_interval == 0:
