@@ -228,6 +228,14 @@ def test_adaptive_gan_weight_sizes_the_adversarial_gradient_like_reconstruction(
             return 65536.0
 
     assert adaptive_gan_weight(recon, adv, layer.weight, Fp16Scaler()) == pytest.approx(w, rel=1e-3)
+    # An fp16 path whose UNweighted gradient would overflow (2 x 65536 > 65504) while the weighted term the main
+    # backward carries (lambda 0.1) does not: the true ratio, not a frozen previous value.
+    adv16 = 2.0 * out.half().float().sum()
+    g16, = torch.autograd.grad(adv16, layer.weight, retain_graph=True)
+    true = float(g_rec.norm() / (g16.norm() + 1e-4))
+    assert adaptive_gan_weight(recon, adv16, layer.weight, Fp16Scaler(), previous=1.0, lambda_gan=0.1) == \
+        pytest.approx(true, rel=1e-2)
+    assert adaptive_gan_weight(recon, adv16, layer.weight, Fp16Scaler(), previous=0.37, lambda_gan=20.0) == 0.37
     (recon + w * adv).backward()  # the graph is kept for the real backward
     assert layer.weight.grad is not None
 

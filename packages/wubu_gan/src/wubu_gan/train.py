@@ -136,23 +136,27 @@ def augment_clips(frames: torch.Tensor, flow: torch.Tensor | None, flip: bool, c
 
 
 def adaptive_gan_weight(loss_recon: torch.Tensor, loss_adv: torch.Tensor, last_weight: torch.Tensor,
-                        scaler=None, fallback: float = 1.0) -> float:
+                        scaler=None, previous: float = 1.0, lambda_gan: float = 1.0) -> float:
     """--lambda_gan_adaptive (VQGAN's adaptive weight, Esser et al. 2021): ||d recon/d w|| / ||d adv/d w|| at the
     generator's last layer w, so lambda_gan sets the adversarial gradient's size relative to reconstruction's.
     Why: with a fixed weight the only stable state we found was D at chance (G fooled it, D_total 0.69), and a
     D that moved off chance came with a collapsing run; bounding the adversarial gradient lets D learn while
-    reconstruction keeps its share (README, Quality). Both losses are multiplied by the fp16 loss scale so small
-    gradients do not underflow; the ratio does not depend on it. An fp16 overflow in these gradients returns
-    `fallback` (the previous ratio): the main backward then overflows too and GradScaler backs off as usual,
-    instead of a NaN weight turning into a skipped step for G and D. Each rank uses its own ratio; DDP averages
-    the gradients."""
+    reconstruction keeps its share (README, Quality).
+    fp16: both terms are differentiated at the scale the main backward carries them (the GradScaler's scale, and
+    for the adversarial term lambda_gan x the previous ratio, divided out again), so an overflow here means an
+    overflow in the main backward too: the ratio keeps its `previous` value and GradScaler backs off as usual,
+    instead of a NaN weight skipping G's and D's step, or a frozen ratio the scaler never notices. The ratio
+    itself does not depend on the scale. Each rank uses its own ratio; DDP averages the gradients."""
     scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+    # About what the main backward multiplies the adversarial term by; only needed with a loss scale (fp32/bf16
+    # cannot overflow here, and then the ratio is computed exactly as without it).
+    carried = max(lambda_gan * previous, 1e-6) if scale != 1.0 else 1.0
     g_rec, = torch.autograd.grad(loss_recon * scale, last_weight, retain_graph=True)
-    g_adv, = torch.autograd.grad(loss_adv * scale, last_weight, retain_graph=True)
+    g_adv, = torch.autograd.grad(loss_adv * (scale * carried), last_weight, retain_graph=True)
     n_rec, n_adv = g_rec.float().norm(), g_adv.float().norm()
-    if not bool(torch.isfinite(n_rec) & torch.isfinite(n_adv)):
-        return fallback
-    return float((n_rec / (n_adv + 1e-4 * scale)).clamp(0.0, 1e4))
+    if not bool(torch.isfinite(n_rec) & torch.isfinite(n_adv)) or float(n_adv) == 0.0:  # overflow / underflow
+        return previous
+    return float((n_rec / (n_adv / carried + 1e-4 * scale)).clamp(0.0, 1e4))
 
 
 def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -492,7 +496,8 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                     lambda_gan = lambda_gan_now()
                     if cfg.lambda_gan_adaptive and lambda_gan > 0:
                         adaptive_ratio = adaptive_gan_weight(cfg.lambda_recon * loss_recon, loss_adv,
-                                                             G_raw.generator.final.weight, scaler_g, adaptive_ratio)
+                                                             G_raw.generator.final.weight, scaler_g, adaptive_ratio,
+                                                             lambda_gan)
                         lambda_gan = lambda_gan * adaptive_ratio
                     loss_g = cfg.lambda_recon * loss_recon + lambda_kl * loss_kl + lambda_gan * loss_adv
                     parts = torch.stack([loss_recon, loss_kl, loss_adv, loss_g, loss_d_real, loss_d_fake, loss_d]).detach()
