@@ -2,7 +2,7 @@
 # The README's CPU quality recipe: the richer synthetic video at 32x32, phase 1 (adversarial term ramped in over
 # its first 150 steps) then phase 2a by loading phase 1's best checkpoint; then `evaluate` against
 # copy-last-frame on the validation split and on three held-out procedural videos (seeds 1, 2, 3: unseen scenes,
-# but consulted while the recipe was chosen; README "Fresh videos" has seeds 4 and 5), and a summary (mean +- std, worst, D-band fraction, CPU time of each training phase) in $RUNS/summary.json.
+# but consulted while the recipe was chosen; README "Fresh videos" has video seeds 4-7), and a summary (mean +- std, worst, D-band fraction, CPU time of each training phase) in $RUNS/summary.json.
 # The generator warps the last frame (--gen_output warp, the default); training clips are mirrored and their
 # colours permuted at random (--augment_flip --augment_color); cosine LR decay over the last 30 % of each phase;
 # the adversarial gradient is held at half the reconstruction gradient at G's last layer (--lambda_gan_adaptive
