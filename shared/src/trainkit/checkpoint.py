@@ -243,6 +243,7 @@ class CheckpointManager:
         self.best_mode = best_mode
         self.best_value: float | None = None
         self.enabled = enabled
+        self.run = None  # a trainkit.runsafety.RunIdentity: stamps its id, records saves, guards best.pt
         fields = re.findall(r"\{(\w+)[^}]*\}", filename)
         pattern = re.escape(filename)
         for name in fields:
@@ -264,10 +265,19 @@ class CheckpointManager:
             self.best_value = float(metrics[self.best_metric])
         payload = dict(payload)
         payload["manager"] = {"best_value": self.best_value, "best_metric": self.best_metric}
+        if self.run is not None:
+            payload = self.run.stamp(payload)
         save_checkpoint(path, payload)
         save_checkpoint(self.directory / self.LATEST, payload)
+        if self.run is not None:
+            self.run.note_checkpoint(step)
         if self.best_metric and metrics and self.best_value == float(metrics.get(self.best_metric, float("nan"))):
-            save_checkpoint(self.directory / self.BEST, payload)
+            value = float(metrics[self.best_metric])
+            # a rewound run restores an older best_value: the run file remembers the true best
+            if self.run is None or self.run.best_allows(value, self.best_mode):
+                save_checkpoint(self.directory / self.BEST, payload)
+                if self.run is not None:
+                    self.run.record_best(value, metric=self.best_metric, mode=self.best_mode, step=step)
         self._prune()
         return path
 

@@ -171,6 +171,9 @@ class GracefulStop:
         self.requested = False
         self.signal_name: str | None = None
         self._previous = {}
+        from .runsafety import clear_stop
+
+        clear_stop()  # a new run starts unstopped (tests build many in one process)
         for sig in signals:
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -183,6 +186,9 @@ class GracefulStop:
             raise KeyboardInterrupt
         self.requested = True
         self.signal_name = signal.Signals(signum).name
+        from .runsafety import note_stop
+
+        note_stop(self.signal_name)  # so validation/long loops can poll trainkit.runsafety.stop_requested()
 
     def should_stop(self) -> bool:
         """Whether any rank got a signal. Every rank must call it at the same points (e.g. each boundary).
