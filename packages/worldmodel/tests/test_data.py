@@ -81,8 +81,27 @@ def test_output_folder_is_refused_then_replaced_whole(tmp_path):
     (out / "stale.txt").write_text("old")
     with pytest.raises(UserError, match="not empty"):
         generate(out, num_scenes=2, num_frames=4, image_size=(16, 9))
-    generate(out, num_scenes=2, num_frames=4, image_size=(16, 9), overwrite=True)
-    assert not (out / "stale.txt").exists() and (out / "index.json").is_file()
+    # a folder this tool did not write is never deleted, even with --overwrite (audit H1)
+    with pytest.raises(UserError, match="did not write"):
+        generate(out, num_scenes=2, num_frames=4, image_size=(16, 9), overwrite=True)
+    assert (out / "stale.txt").read_text() == "old"
+    generate(tmp_path / "mine", num_scenes=2, num_frames=4, image_size=(16, 9))
+    (tmp_path / "mine" / "stale.txt").write_text("old")
+    generate(tmp_path / "mine", num_scenes=2, num_frames=4, image_size=(16, 9), overwrite=True)
+    assert not (tmp_path / "mine" / "stale.txt").exists() and (tmp_path / "mine" / "index.json").is_file()
+
+
+def test_rollout_overwrite_refuses_cwd_and_foreign_folders(tmp_path, monkeypatch):
+    from worldmodel.data import prepare_output_dir
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("keep")
+    monkeypatch.chdir(work)
+    for target in (".", "..", str(tmp_path)):
+        with pytest.raises(UserError, match="refusing to replace"):
+            prepare_output_dir(target, overwrite=True)
+    assert (work / "notes.txt").read_text() == "keep"
 
 
 # ---------------------------------------------------------------- nuScenes (exact v1.0 schema, hand-made)

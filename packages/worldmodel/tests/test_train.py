@@ -212,3 +212,17 @@ def test_bare_train_is_the_cpu_quick_start_and_nothing_else_is():
     assert quick_start_config(None, {"data.data_root": "data/processed/nuscenes"}) is None
     assert quick_start_config(None, {"training.resume": "auto"}) is None
     assert quick_start_config(None, {}, ["data.data_root=somewhere"]) is None
+
+
+def test_stop_at_an_eval_step_is_resumable_and_val_recon_loss_is_per_batch(tiny_cfg, tmp_path):
+    # audit M1: stop_after_steps at an eval step that is not a save step used to leave only best.pt;
+    # audit H3: val/recon_loss was divided by the number of images (4 windows x 3 frames here), not batches
+    cfg = tiny_cfg("training.max_steps=10", "logging.eval_interval=4", "logging.save_interval=5",
+                   "training.stop_after_steps=4", f"training.save_dir={tmp_path / 's'}")
+    _run(cfg)
+    latest = load_checkpoint(tmp_path / "s" / "checkpoints" / "latest.pt")
+    assert latest["step"] == 4
+    rows = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if "val/recon_loss" in r and r["step"] == 4][0]["val/recon_loss"]
+    train_loss = [r for r in rows if "train/recon_loss" in r and r["step"] == 4][0]["train/recon_loss"]
+    assert val > train_loss / 3, (val, train_loss)   # same model, same kind of frames: same order of magnitude

@@ -53,6 +53,9 @@ def _positive(name: str, value, allow_zero: bool = False):
 @click.option("--resume", default=None, help="Checkpoint path, or 'auto' for the newest in --save-dir.")
 @click.option("--allow-config-change", is_flag=True, default=False,
               help="On --resume, allow flags that change what the run is (model, data, schedule).")
+@click.option("--allow-rewind", is_flag=True, default=False,
+              help="On --resume, accept a checkpoint older than the run's newest (its later history is archived "
+                   "under rewound/ in the run folder). A new empty --save-dir forks instead.")
 @click.option("--use-wandb", "use_wandb", is_flag=True, default=None,
               help="Also log to Weights & Biases (offline without WANDB_API_KEY or network).")
 @click.option("--wandb-project", "wandb_project", default=None, help="W&B project [world-model].")
@@ -66,7 +69,7 @@ def _positive(name: str, value, allow_zero: bool = False):
 @config_options
 @click.pass_context
 @handle_user_errors
-def train(ctx, config_path, overrides, allow_config_change, **_):
+def train(ctx, config_path, overrides, allow_config_change, allow_rewind, **_):
     """Train (the guide's scripts/train.py). Console output and TensorBoard tags follow the guide."""
     for name in ("batch_size", "num_epochs", "max_steps", "threads"):
         _positive(f"--{name.replace('_', '-')}", ctx.params[name])
@@ -76,7 +79,7 @@ def train(ctx, config_path, overrides, allow_config_change, **_):
     values = explicit_cli_values(ctx, TRAIN_FLAGS)
     cfg, resume_path = resolve_run_config(resolve_config_path(quick_start_config(config_path, values, overrides)),
                                           overrides, values, allow_config_change)
-    run(cfg, resume_path=resume_path, log=_log)
+    run(cfg, resume_path=resume_path, log=_log, allow_rewind=allow_rewind)
 
 
 def quick_start_config(config_path: str | None, values: dict, overrides=()) -> str | None:

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from trainkit.errors import UserError
+from trainkit.runsafety import check_replaceable, write_output_marker
 
 FORMAT_VERSION = 1
 FILES = ("frames.npy", "timestamps.npy", "actions.npy", "scene_ids.npy", "index.json")
@@ -70,8 +71,11 @@ def prepare_output_dir(out: str | Path, overwrite: bool) -> Path:
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise UserError("output directory is not empty", str(out), "a new or empty directory, or --overwrite")
+        # only a folder this tool wrote (its marker), never ., ~, / or an ancestor of the cwd (audit H1)
+        check_replaceable(out, flag="--overwrite")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    write_output_marker(out, "worldmodel")
     return out
 
 

@@ -150,8 +150,8 @@ def validate(model: WorldModel, windows: WindowDataset, cfg: Config, perceptual,
         n_img_rec += len(rec)
     metrics = {}
     for k, v in sums.items():
-        denom = n_img_pred if k in ("psnr", "ssim", "copy_last_psnr") else n_img_rec if k.startswith("recon_") else n_batches
-        metrics[f"val/{k}"] = v / denom
+        denom = n_img_pred if k in ("psnr", "ssim", "copy_last_psnr") else n_img_rec if k in ("recon_psnr", "recon_ssim") else n_batches
+        metrics[f"val/{k}"] = v / denom  # recon_loss is a per-batch loss like the others (audit H3)
     roll = rollout_metrics(model, windows.data, context=cfg.eval.context_frames, horizon=cfg.eval.horizon,
                            frame_skip=windows.frame_skip, max_sequences=cfg.eval.max_sequences, device=device,
                            precision=precision, batch_size=cfg.training.batch_size)

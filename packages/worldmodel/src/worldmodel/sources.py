@@ -16,6 +16,8 @@ from scipy.ndimage import uniform_filter1d
 from trainkit.errors import UserError
 
 from .config import Config
+from trainkit.runsafety import check_replaceable, swap_in
+
 from .data import LazyFrames, Scene, prepare_output_dir, write_processed
 
 # python-sdk/nuscenes/utils/splits.py: the official mini split
@@ -53,6 +55,7 @@ def prepare(cfg: Config, *, data_root: str | None, out: str | None, overwrite: b
         raise UserError("output path is a file", str(out), "a directory (new or empty)")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError("output directory is not empty", str(out), "a new or empty directory, or --overwrite")
+    check_replaceable(out, flag="--overwrite")   # refuses a folder this tool did not write, before any work
     partial = prepare_output_dir(out.with_name(f".{out.name}.partial"), overwrite=True)
     try:
         write_processed(partial, scenes, source=d.dataset, action_names=names, action_units=units,
@@ -60,9 +63,7 @@ def prepare(cfg: Config, *, data_root: str | None, out: str | None, overwrite: b
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    swap_in(partial, out)
     return out
 
 

@@ -231,6 +231,9 @@ def generate(out: str | Path, *, num_scenes: int = 40, num_frames: int = 60, ima
     final = Path(out)
     if not overwrite or (final.exists() and not final.is_dir()):
         prepare_output_dir(final, False)   # refuses a file, or an occupied folder without overwrite (deletes nothing)
+    from trainkit.runsafety import check_replaceable, swap_in
+
+    check_replaceable(final, flag="--overwrite")   # only a folder this tool wrote; checked before rendering
     # render into a sibling folder and swap it in at the end: an interrupted render never costs the old data
     out = prepare_output_dir(final.with_name(final.name + ".partial"), True)
     num_val = max(1, int(round(num_scenes * val_fraction))) if num_scenes > 1 else 0
@@ -248,11 +251,7 @@ def generate(out: str | Path, *, num_scenes: int = 40, num_frames: int = 60, ima
                     steer_channel=STEER_CHANNEL,
                     extra={"synthetic": {"seed": seed, "num_scenes": num_scenes, "num_frames": num_frames,
                                          "fps": 1 / DT}})
-    import shutil
-
-    if final.exists():
-        shutil.rmtree(final)
-    out.rename(final)
+    swap_in(out, final)
     return final
 
 

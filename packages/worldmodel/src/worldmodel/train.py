@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Subset
 from trainkit.checkpoint import (CheckpointManager, load_checkpoint, restore_training_state, save_checkpoint,
                                 training_state)
 from trainkit.cli import prepare_run_dir
+from trainkit.runsafety import check_run_target, worker_init
 from trainkit.config import config_changes, config_to_dict, load_config, resolve_resume_config, save_config
 from trainkit.device import autocast, make_grad_scaler, seed_everything
 from trainkit.distributed import GracefulStop, barrier, cleanup, init_distributed, seed_rank_streams, wrap_ddp
@@ -175,7 +176,7 @@ def memory_line(device: torch.device) -> str:
 
 
 # ---------------------------------------------------------------- the loop
-def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
+def train(cfg: Config, resume_path: Path | None = None, log=print, allow_rewind: bool = False) -> dict:
     """Train; returns the last validation metrics. ``resume_path`` comes from resolve_run_config."""
     t, lg = cfg.training, cfg.logging
     if t.threads:
@@ -203,9 +204,17 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
     train_set = WindowDataset(data, "train", d.sequence_length, d.frame_skip, d.window_stride)
     val_set = WindowDataset(data, "val", d.sequence_length, d.frame_skip, 1)
     WindowDataset(data, "val", cfg.eval.context_frames + cfg.eval.horizon, d.frame_skip, 1)  # fail early if too long
-    # an existing run is refused (never overwritten without --resume)
-    run_dir = prepare_run_dir(t.save_dir, resume=str(resume_path) if resume_path else None) \
-        if info.is_main else Path(t.save_dir)
+    # an existing run is refused (never overwritten without --resume); a resume must belong to the folder's
+    # run (run id) and not rewind it unless --allow-rewind. On resume nothing is written before the
+    # checkpoint has loaded into the model/optimizer/scheduler (run identity committed after that).
+    resume_state = load_checkpoint(resume_path, map_location=device) if resume_path is not None else None
+    if resume_state is None and info.is_main:
+        prepare_run_dir(t.save_dir, resume=None)
+    identity = check_run_target(t.save_dir, state=resume_state, resume_path=resume_path,
+                                allow_rewind=allow_rewind, rewind_flag="--allow-rewind", dir_flag="--save-dir")
+    if resume_state is None and info.is_main:
+        identity.commit()
+    run_dir = Path(t.save_dir)
     barrier()
 
     order = np.argsort(train_set.difficulty(), kind="stable") if d.curriculum.enabled else None
@@ -256,10 +265,11 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
     # ---- run directory, resume ----
     ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=t.keep_last, best_metric="val/psnr",
                               best_mode="max", enabled=info.is_main)
+    ckpts.run = identity
     step, epoch, best, resumed_sums = 0, 0, None, {}
     sampler = epoch_sampler(0)
     if resume_path is not None:
-        state = load_checkpoint(resume_path, map_location=device)
+        state = resume_state
         epoch = int(state.get("epoch", 0))
         sampler = epoch_sampler(epoch)   # the stopped epoch's item count (curriculum phases differ)
         rest = restore_training_state(state, model=raw_model, optimizer=optimizer, scheduler=scheduler,
@@ -274,6 +284,8 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
                 ckpts.best_value = float(value)
         step = int(rest["step"])
         best = extra.get("best")
+        if info.is_main:
+            identity.commit()   # loaded: now the folder may change (a confirmed rewind is archived first)
         say(f"resumed from {resume_path} at step {step} (epoch {epoch + 1}, {sampler.consumed} of "
             f"{len(sampler)} windows done)")
     # config.yaml says what the run uses: the processed data's frame size and source, not the config's guess
@@ -313,10 +325,12 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
             path = ckpts.save(payload, step=step, metrics=metrics)
         elif info.is_main and metrics and ckpts.is_better(float(metrics["val/psnr"])):
             ckpts.best_value = float(metrics["val/psnr"])
-            payload["manager"] = {"best_value": ckpts.best_value, "best_metric": ckpts.best_metric}
-            path = ckpts.directory / ckpts.BEST
-            ckpts.directory.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(path, payload)
+            if identity.best_allows(ckpts.best_value, "max"):   # a rewound run never replaces a better best
+                payload["manager"] = {"best_value": ckpts.best_value, "best_metric": ckpts.best_metric}
+                path = ckpts.directory / ckpts.BEST
+                ckpts.directory.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(path, identity.stamp(payload))
+                identity.record_best(ckpts.best_value, metric="val/psnr", mode="max", step=step)
         if path is not None:
             say(f"saved {path}")
 
@@ -346,6 +360,7 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
             sampler.set_epoch(epoch)            # the epoch a checkpoint stopped in keeps its position
             loader = DataLoader(Subset(train_set, epoch_items(epoch).tolist()), batch_size=t.batch_size,
                                 sampler=sampler, generator=sampler.generator, num_workers=d.num_workers,
+                                worker_init_fn=worker_init(),   # workers ignore SIGTERM: the main process saves
                                 pin_memory=d.pin_memory and device.type == "cuda", collate_fn=collate)
             bar = progress(sampler.track(loader), total=len(loader), initial=sampler.consumed_batches(t.batch_size),
                            desc=f"Epoch {epoch + 1}/{t.num_epochs}", quiet=t.quiet)
@@ -433,7 +448,7 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
                     done = True
                     break
                 if t.stop_after_steps is not None and step >= t.stop_after_steps:
-                    if step % lg.save_interval and not is_eval:
+                    if step % lg.save_interval:   # also at an eval step: best.pt alone is not resumable (M1)
                         save(None)
                     say(f"stopping after step {step} (training.stop_after_steps); continue with --resume auto")
                     done = True
