@@ -63,12 +63,15 @@ def default_config(config_path: str | None, values: dict | None = None, override
 @click.option("--resume", default=None, help="checkpoints/latest.pth of a run, or 'auto' (the run's newest).")
 @click.option("--output_dir", "--output-dir", "output_dir", default=None, help="Run directory [runs/<experiment_name>].")
 @click.option("--experiment_name", "--experiment-name", "experiment_name", default=None, help="Run name.")
+@click.option("--allow_rewind", "--allow-rewind", "allow_rewind", is_flag=True, default=False,
+              help="On --resume, accept a checkpoint older than the run's newest (the later history is archived "
+                   "under rewound/ in the run folder).")
 @click.option("--allow_config_change", is_flag=True, default=False,
               help="On --resume, accept settings that differ from the checkpoint's (data, model, schedule).")
 @common_options
 @click.pass_context
 @handle_user_errors
-def train(ctx, split, allow_config_change, config_path, overrides, precision, **_):
+def train(ctx, split, allow_config_change, allow_rewind, config_path, overrides, precision, **_):
     """Train (the guide's `python train.py --config configs/default_config.yaml [--resume ...]`)."""
     from .train import config_for_run
     from .train import train as run
@@ -80,7 +83,7 @@ def train(ctx, split, allow_config_change, config_path, overrides, precision, **
     values.update(_split_values(split))
     values.update(_precision_values(precision))
     cfg = config_for_run(default_config(config_path, values, overrides), overrides, values, allow_config_change)
-    out = run(cfg, log=lambda m: click.echo(m, err=True))
+    out = run(cfg, log=lambda m: click.echo(m, err=True), allow_rewind=allow_rewind)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return
     click.echo(json.dumps({"run_dir": out["run_dir"], "step": out["step"],

@@ -130,7 +130,10 @@ def metrics_from_predictions(p: dict, threshold: float = 0.001) -> dict:
 
 
 def make_loader(ds, batch_size: int, num_workers: int = 0):
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    from trainkit.runsafety import worker_init
+
+    # workers ignore SIGTERM/SIGINT: a stop signal to the job reaches the main process, which saves
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, worker_init_fn=worker_init())
 
 
 def write_results(path: str | Path, p: dict) -> Path:

@@ -307,6 +307,10 @@ def make_synthetic(root: str | Path, *, sequences_per_subject: int = 5, frames_p
                         "make-synthetic", "sequences >= 1 and frames >= 2 (frame 0 has no hand)")
     if root.exists() and (not root.is_dir() or any(root.iterdir())) and not overwrite:
         raise UserError("output folder is not empty", str(root), "a new or empty folder, or pass --overwrite")
+    from trainkit.runsafety import check_replaceable, swap_in, write_output_marker
+
+    # only a folder this tool wrote (never ., ~, / or a cwd ancestor); the cache refresh also knows older caches
+    check_replaceable(root, flag="--overwrite", legacy_markers=("calibration",) if keep_complete else ())
     tmp = root.with_name(f".{root.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -350,10 +354,9 @@ def make_synthetic(root: str | Path, *, sequences_per_subject: int = 5, frames_p
     if keep_complete and (root / "calibration").is_dir():  # another process finished the same dataset first
         shutil.rmtree(tmp)
         return root
-    if root.exists():
-        shutil.rmtree(root)
+    write_output_marker(tmp, "amt make-synthetic")
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(root)
+    swap_in(tmp, root)
     return root
 
 

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from trainkit.checkpoint import (CheckpointManager, load_checkpoint, restore_training_state, save_checkpoint,
                                  training_state)
 from trainkit.cli import prepare_run_dir, run_dir_has_run
+from trainkit.runsafety import check_run_target, worker_init
 from trainkit.config import config_to_dict, load_config, save_config
 from trainkit.data import ResumableSampler
 from trainkit.device import autocast, make_generator, make_grad_scaler, seed_everything
@@ -50,9 +51,16 @@ class PthCheckpoints(CheckpointManager):
             self.best_value = float(value)
         payload = dict(payload)
         payload["manager"] = {"best_value": self.best_value, "best_metric": self.best_metric}
+        if self.run is not None:
+            payload = self.run.stamp(payload)
         path = save_checkpoint(self.directory / self.LATEST, payload)
-        if improved:
+        if self.run is not None:
+            self.run.note_checkpoint(step)
+        # a rewound run restores an older best value: the run file keeps the true best, never replaced by worse
+        if improved and (self.run is None or self.run.best_allows(self.best_value, self.best_mode)):
             save_checkpoint(self.directory / self.BEST, payload)
+            if self.run is not None:
+                self.run.record_best(self.best_value, metric=self.best_metric, mode=self.best_mode, step=step)
         return path
 
 
@@ -202,7 +210,7 @@ def config_for_run(config_path: str | None, overrides=(), cli_values: dict | Non
     return cfg
 
 
-def train(cfg: Config, log=print) -> dict:
+def train(cfg: Config, log=print, allow_rewind: bool = False) -> dict:
     """Train with a config from :func:`config_for_run`; returns the last validation metrics and the run dir."""
     t = cfg.training
     if t.threads:
@@ -221,6 +229,10 @@ def train(cfg: Config, log=print) -> dict:
                             "delete that folder to start again there, or choose a new --output_dir")
         raise UserError("run directory already holds a run", str(run_dir),
                         "pass --resume auto to continue it, or choose a new --output_dir")
+    # a resume must belong to the folder's run (run id; audit H2) and not rewind it unless --allow_rewind;
+    # nothing is written to the folder before the checkpoint has loaded (identity.commit() below)
+    identity = check_run_target(run_dir, state=resume_state, resume_path=resume_path, allow_rewind=allow_rewind,
+                                dir_flag="--output_dir")
 
     # ---- data (checked before the run directory is created: a bad root leaves nothing behind) ----
     if info.is_main:  # rank 0 generates the synthetic default on first use; the others wait, then read it
@@ -232,12 +244,14 @@ def train(cfg: Config, log=print) -> dict:
     train_set = make_dataset(cfg, root, d.train_split, augment=d.augment, limit=d.max_train_samples, log=say)
     val_set = make_dataset(cfg, root, d.val_split, limit=d.max_val_samples, log=say)
     base_train = train_set.dataset if hasattr(train_set, "dataset") else train_set
-    if info.is_main:
+    if info.is_main and resume_state is None:
         prepare_run_dir(run_dir, resume=t.resume)
+        identity.commit()
     barrier()
     # keep_last=0: every save_freq-th epoch file is kept, as the guide's save_freq promises.
     ckpts = PthCheckpoints(run_dir / "checkpoints", keep_last=0, filename="epoch_{epoch:04d}.pth",
                            best_metric="val/mpjpe", best_mode="min", enabled=info.is_main)
+    ckpts.run = identity
     # The shuffle depends on (seed, epoch) only and the sampler's mid-epoch position is checkpointed, so a run
     # stopped mid-epoch resumes at the next batch; under torchrun each rank takes its own shard. Augmentation is
     # a pure function of (seed, epoch, item), so the resumed batches are the very same crops.
@@ -245,6 +259,7 @@ def train(cfg: Config, log=print) -> dict:
     # Its own generator: each DataLoader iterator draws a base seed, from the global RNG by default, which would
     # shift the training stream when a resumed epoch starts a new iterator.
     loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, num_workers=d.num_workers, drop_last=True,
+                        worker_init_fn=worker_init(),  # workers ignore SIGTERM: the main process saves and exits
                         persistent_workers=False, generator=make_generator("cpu", rank_seed(t.seed, info.rank)))
     if len(loader) == 0:
         raise UserError(f"training split has {len(train_set)} frames, fewer than one batch", "training.batch_size",
@@ -297,6 +312,8 @@ def train(cfg: Config, log=print) -> dict:
         if "stepper" not in resume_state and "stepper" in extra:  # checkpoints written before trainkit stored it
             stepper.load_state_dict(extra["stepper"])
         ckpts.load_manager_state(resume_state)
+        if info.is_main:
+            identity.commit()   # loaded: the folder may change now (a confirmed rewind is archived first)
         step, start_epoch, micro = int(rest["step"]), int(rest["epoch"]), int(extra.get("micro", 0))
         # this rank's running sums of an epoch interrupted mid-way (rank_extra: each rank gets its own back)
         partial = (rest.get("rank_extra") or {}).get("epoch_partial")
@@ -336,7 +353,8 @@ def train(cfg: Config, log=print) -> dict:
             ckpts.save(payload, step=step, epoch=epoch, metrics=metrics, periodic=epoch % t.save_freq == 0)
         elif info.is_main:  # mid-epoch: latest.pth only, so epoch_NNNN.pth always means "the end of epoch NNNN"
             payload["manager"] = {"best_value": ckpts.best_value, "best_metric": ckpts.best_metric}
-            save_checkpoint(ckpts.directory / ckpts.LATEST, payload)
+            save_checkpoint(ckpts.directory / ckpts.LATEST, identity.stamp(payload))
+            identity.note_checkpoint(step)
 
     def validate(epoch: int) -> dict:
         ema.module.refresh_sigma()  # the averaged weights' own spectral norms (also what best.pth then holds)
