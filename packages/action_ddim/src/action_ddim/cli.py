@@ -48,6 +48,9 @@ def main():
               help="Checkpoint path, or 'auto' for the newest in --save_dir. The checkpoint's config is the run's: "
                    "flags not given come from it; flags changing data, model, diffusion schedule, batch size, "
                    "epochs, LR curve or seed are refused (see --allow_config_change).")
+@click.option("--allow_rewind", "--allow-rewind", "allow_rewind", is_flag=True, default=False,
+              help="With --resume: accept a checkpoint older than the run's newest (the later history is archived "
+                   "under rewound/ in the run folder). A new empty --save_dir forks instead.")
 @click.option("--allow_config_change", "--allow-config-change", "allow_config_change", is_flag=True,
               help="With --resume: accept flags that change what the run is (config.yaml then records them).")
 @click.option("--save_every", type=int, default=None, help="Checkpoint every N epochs (and at the end) [20].")
@@ -58,7 +61,7 @@ def main():
 @common_options
 @click.pass_context
 @handle_user_errors
-def train(ctx, config_path, overrides, allow_config_change, **_):
+def train(ctx, config_path, overrides, allow_config_change, allow_rewind, **_):
     """Train the denoiser (the guide's train_diffusion_ddim.py)."""
     cli_values = explicit_cli_values(ctx, TRAIN_FLAGS)
     # Bad flags are refused here, before the training stack is even imported.
@@ -70,7 +73,7 @@ def train(ctx, config_path, overrides, allow_config_change, **_):
 
     cfg, resume = resolve_config(config_path, overrides, cli_values, allow_config_change=allow_config_change,
                                  log=_log)
-    run(cfg, log=_log, resume=resume)
+    run(cfg, log=_log, resume=resume, allow_rewind=allow_rewind)
 
 
 def _log(msg: str) -> None:

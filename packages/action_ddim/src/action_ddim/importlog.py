@@ -256,6 +256,9 @@ def import_logs(inputs: list[str | Path], out_dir: str | Path, settings: ImportS
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError("output directory is not empty", f"--out_dir {out}",
                         "a new or empty directory, or --overwrite to replace it whole")
+    from trainkit.runsafety import check_replaceable, swap_in, write_output_marker
+
+    check_replaceable(out, flag="--overwrite")   # only a folder this tool wrote; never ., ~, / or a cwd ancestor
     logs = [read_log(p, s.columns) for p in inputs]   # every log is checked before anything is written
     if s.screen is not None:
         width, height = s.screen
@@ -321,10 +324,9 @@ def import_logs(inputs: list[str | Path], out_dir: str | Path, settings: ImportS
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
         for line in lines:
             log(line)
-        if out.exists():
-            shutil.rmtree(out)
+        write_output_marker(tmp, "action-ddim import-log")
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(out)
+        swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"wrote {total} sequences of {s.seq_len} steps to {out}")

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from trainkit.checkpoint import (CheckpointManager, load_checkpoint, restore_training_state, save_checkpoint,
                                  training_state)
 from trainkit.cli import prepare_run_dir, run_dir_has_run
+from trainkit.runsafety import check_run_target, worker_init
 from trainkit.config import (config_changes, config_to_dict, flatten_config, load_config, resolve_resume_config,
                              save_config)
 from trainkit.data import ResumableSampler
@@ -147,7 +148,7 @@ def resolve_config(config_path=None, overrides=(), cli_values=None, allow_config
     return cfg, (state, path)
 
 
-def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) -> dict:
+def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None, allow_rewind: bool = False) -> dict:
     """Train; returns the last validation metrics (``val/...`` keys).
 
     ``resume``: the loaded checkpoint and its path from :func:`resolve_config` (the CLI's way). Called
@@ -162,6 +163,10 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) ->
     # warmup notes, model build), so the refusal is the one line the user sees. Nothing is written here.
     if Path(t.save_dir).is_file() or (not t.resume and run_dir_has_run(Path(t.save_dir))):
         prepare_run_dir(t.save_dir, resume=t.resume)  # raises its one-line UserError
+    # A resume must belong to the folder's run (run id) and not rewind it unless --allow_rewind; nothing is
+    # written to the folder before the checkpoint has loaded (identity.commit() below).
+    identity = check_run_target(t.save_dir, state=resume[0] if resume else None,
+                                resume_path=resume[1] if resume else None, allow_rewind=allow_rewind)
     if t.threads:
         torch.set_num_threads(t.threads)
     info = init_distributed(t.device)
@@ -191,6 +196,7 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) ->
     # Its own generator: every DataLoader iterator draws a base seed (for worker seeding), from the global
     # RNG by default, which would shift the training stream when a resumed epoch starts a new iterator.
     loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
+                        worker_init_fn=worker_init(),  # workers ignore SIGTERM: the main process saves and exits
                         drop_last=False, persistent_workers=cfg.data.num_workers > 0,
                         generator=make_generator("cpu", rank_seed(t.seed, info.rank)))
     steps_per_epoch = len(loader)
@@ -215,10 +221,14 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) ->
     stepper = OptimizerStep(model, optimizer, scaler=scaler, grad_clip=t.grad_clip)
 
     # ---- run directory, resume ----
-    run_dir = prepare_run_dir(t.save_dir, resume=t.resume) if info.is_main else Path(t.save_dir)
+    if resume is None and info.is_main:
+        prepare_run_dir(t.save_dir, resume=None)
+        identity.commit()
+    run_dir = Path(t.save_dir)
     barrier()
     ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=t.keep_last, filename=CHECKPOINT_NAME,
                               best_metric=SELECTION_METRIC, best_mode="min", enabled=info.is_main)
+    ckpts.run = identity
     step, start_epoch, partial = 0, 0, None
     if resume is not None:
         state, resume_path = resume
@@ -230,6 +240,8 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) ->
         # Each rank's own running sums of the interrupted epoch (rank_extra; extra keeps rank 0's copy only).
         partial = (rest.get("rank_extra") or {}).get("epoch_partial")
         ckpts.load_manager_state(state)
+        if info.is_main:
+            identity.commit()   # loaded: the folder may change now (a confirmed rewind is archived first)
         step, start_epoch = int(rest["step"]), int(rest["epoch"])
         if start_epoch > t.num_epochs:  # before config.yaml is rewritten: it would claim fewer epochs than trained
             raise UserError(f"num_epochs={t.num_epochs} but the checkpoint has already trained {start_epoch} epochs",
@@ -259,7 +271,8 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None) ->
         elif info.is_main:
             # Mid-epoch: only latest.pt, so epochNNNN.pt always means "the end of epoch NNNN".
             payload["manager"] = {"best_value": ckpts.best_value, "best_metric": ckpts.best_metric}
-            path = save_checkpoint(ckpts.directory / ckpts.LATEST, payload)
+            path = save_checkpoint(ckpts.directory / ckpts.LATEST, identity.stamp(payload))
+            identity.note_checkpoint(step)
         else:
             path = None
         if path is not None:
