@@ -83,12 +83,15 @@ def _bool01(name):
               help="PATH to a checkpoint, or 'auto' (newest loadable in --save_dir). The checkpoint's config is the "
                    "run's config: flags not given come from it, and flags that change the run (data, split, model, "
                    "optimiser, reward, seed) are refused; --epochs, --device, --precision, --quiet, --use_cache may change.")
+@click.option("--allow_rewind", "--allow-rewind", "allow_rewind", is_flag=True, default=False,
+              help="With --resume: accept a checkpoint older than the run's newest (the later history is archived "
+                   "under rewound/ in the run folder).")
 @click.option("--allow_config_change", "--allow-config-change", is_flag=True, default=False,
               help="With --resume: accept flags that change run-defining settings (the saved config.yaml then records them).")
 @options("config", "set", "device", "precision", "seed", "quiet")
 @click.pass_context
 @handle_user_errors
-def train(ctx, resume, allow_config_change, config_path, overrides, **_):
+def train(ctx, resume, allow_config_change, allow_rewind, config_path, overrides, **_):
     """Train a policy with REINFORCE (the guide's flags)."""
     from .train import resume_config, train as run_train
 
@@ -107,7 +110,7 @@ def train(ctx, resume, allow_config_change, config_path, overrides, **_):
         cfg = resume_config(config_path, overrides, values, resume=resume, allow_changes=allow_config_change)
     else:
         cfg = load_config(TrainConfig, config_path, overrides, values)
-    summary = run_train(cfg, resume=resume, allow_config_change=allow_config_change, log=lambda m: click.echo(m, err=False) if not cfg.quiet else None)
+    summary = run_train(cfg, resume=resume, allow_config_change=allow_config_change, allow_rewind=allow_rewind, log=lambda m: click.echo(m, err=False) if not cfg.quiet else None)
     if not summary.get("stopped") and not cfg.quiet:
         click.echo(json.dumps({k: summary[k] for k in ("run_dir", "checkpoint", "num_params", "train_time_s", "val", "cache")},
                               default=float))

@@ -25,6 +25,7 @@ from torch.distributions import Bernoulli
 
 from trainkit.checkpoint import CheckpointManager, load_checkpoint, restore_training_state, save_checkpoint, training_state
 from trainkit.cli import prepare_run_dir
+from trainkit.runsafety import check_run_target
 from trainkit.config import config_changes, config_to_dict, load_config, resolve_resume_config, save_config
 from trainkit.device import check_precision, make_grad_scaler, resolve_device, seed_everything
 from trainkit.distributed import GracefulStop
@@ -222,7 +223,8 @@ def load_training_data(cfg: TrainConfig):
     return root, videos, train_keys, test_keys
 
 
-def train(cfg: TrainConfig, *, resume: str | None = None, allow_config_change: bool = False, log=print) -> dict[str, Any]:
+def train(cfg: TrainConfig, *, resume: str | None = None, allow_config_change: bool = False, log=print,
+          allow_rewind: bool = False) -> dict[str, Any]:
     """Train; returns a summary (final validation metrics, parameter count, timing, cache stats, paths).
 
     With ``resume``, ``cfg`` must describe the checkpoint's run (see ``resume_config`` for building it from
@@ -243,7 +245,15 @@ def train(cfg: TrainConfig, *, resume: str | None = None, allow_config_change: b
     split_keys = {"train_keys": list(train_keys), "test_keys": list(test_keys)}
     # A part of the training videos chooses the checkpoint; the policy is trained on the rest.
     fit_keys, select_keys = selection_split(train_keys, cfg.select_fraction, cfg.split_index)
+    # A resume must belong to the folder's run (run id) and not rewind it unless --allow_rewind; checked
+    # before anything is written, and run.json is written only once the checkpoint has loaded.
+    early_path = CheckpointManager(cfg.save_dir, filename=CHECKPOINT_NAME).resolve_resume(resume) if resume else None
+    early = load_checkpoint(early_path) if early_path is not None else None
+    identity = check_run_target(cfg.save_dir, state=early, resume_path=early_path, allow_rewind=allow_rewind,
+                                step=((early or {}).get("train_state") or {}).get("step"))
     run_dir = prepare_run_dir(cfg.save_dir, resume=resume)
+    if early is None:
+        identity.commit()
 
     model = build_model(cfg.model, init_prob=cfg.budget_ratio).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -257,13 +267,14 @@ def train(cfg: TrainConfig, *, resume: str | None = None, allow_config_change: b
     baselines = {k: 0.0 for k in fit_keys}
     manager = CheckpointManager(run_dir, keep_last=cfg.keep_last, filename=CHECKPOINT_NAME,
                                 best_metric="select/score" if select_keys else None, best_mode="max")
+    manager.run = identity
 
     start_epoch, step, epoch_pos, partial = 0, 0, 0, None
-    resume_path = manager.resolve_resume(resume) if resume else None
+    resume_path = early_path
     if resume and resume_path is None:
         log(f"no checkpoint to resume in {run_dir}; starting from scratch")
     if resume_path is not None:
-        ckpt = load_checkpoint(resume_path)
+        ckpt = early
         if "train_state" not in ckpt:
             raise UserError("checkpoint has no training state", str(resume_path), "expected a dsn training checkpoint")
         if not allow_config_change:
@@ -274,6 +285,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, allow_config_change: b
         baselines.update({k: float(v) for k, v in extra["baselines"].items()})
         start_epoch, step = int(meta["epoch"]), int(meta["step"])
         manager.load_manager_state(ckpt)
+        identity.commit()   # loaded: the folder may change now (a confirmed rewind is archived first)
         epoch_pos, partial = int(extra.get("epoch_pos", 0)), extra.get("partial")
         log(f"resumed from {resume_path} (epoch {start_epoch}, step {step})")
     save_config(cfg, run_dir)
@@ -329,7 +341,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, allow_config_change: b
                     payload = checkpoint_payload(model, cfg, epoch=epoch, train_state=state_for_checkpoint(epoch, b + 1, sums))
                     payload["best_epoch"] = best_epoch
                     payload["manager"] = {"best_value": manager.best_value, "best_metric": manager.best_metric}
-                    save_checkpoint(run_dir / CheckpointManager.LATEST, payload)
+                    save_checkpoint(run_dir / CheckpointManager.LATEST, identity.stamp(payload))
+                    identity.note_checkpoint(step)
                     log(f"stopped by signal at epoch {epoch + 1}, video batch {b + 1}/{len(batches)}; "
                         f"saved {run_dir / CheckpointManager.LATEST} (resume with --resume auto)")
                     return {"stopped": True, "run_dir": str(run_dir)}

@@ -96,9 +96,12 @@ def main():
 @click.option("--config", "config_path", default=None,
               help="YAML file or shipped name (phase1, phase2a, phase2b, phase2c, phase3, phase4).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any config key (repeatable).")
+@click.option("--allow_rewind", "--allow-rewind", "allow_rewind", is_flag=True, default=False,
+              help="With --resume: accept a checkpoint older than the run's newest (the later history is archived "
+                   "under rewound/ in --checkpoint_dir). A new empty --checkpoint_dir forks instead.")
 @click.pass_context
 @handle_user_errors
-def train(ctx, config_path, overrides, **_):
+def train(ctx, config_path, overrides, allow_rewind, **_):
     """Train the VAE-GAN (flags: the original script's arguments)."""
     from .train import resolve_resume_config, train as run_train
 
@@ -116,7 +119,7 @@ def train(ctx, config_path, overrides, **_):
     if path is not None:
         explicit |= set((yaml.safe_load(Path(path).read_text()) or {}).keys())
     say = (lambda m: None) if cfg.quiet else click.echo
-    summary = run_train(cfg, log=say, explicit_keys=frozenset(explicit))
+    summary = run_train(cfg, log=say, explicit_keys=frozenset(explicit), allow_rewind=allow_rewind)
     stopped = bool(summary.get("stopped"))
     if not cfg.quiet and (summary.get("val") or stopped) and summary.get("is_main", True):  # one line, from rank 0
         click.echo(json.dumps({"checkpoint_dir": summary["checkpoint_dir"], "best": summary["best"], "step": summary["step"],

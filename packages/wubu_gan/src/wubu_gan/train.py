@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from trainkit.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, unwrap_model
 from trainkit.cli import prepare_run_dir
 from trainkit.config import config_to_dict, save_config
+from trainkit.runsafety import check_run_target, check_state_shapes, worker_init
 from trainkit.device import autocast, make_generator, make_grad_scaler, seed_everything
 from trainkit.config import resolve_resume_config as resolve_saved_config
 from trainkit.data import ResumableSampler
@@ -257,7 +258,7 @@ def resolve_resume_config(cli_values: dict, config_path, overrides, resume: str,
 
 
 # ------------------------------------------------------------------------------------------ the loop
-def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -> dict:
+def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset(), allow_rewind: bool = False) -> dict:
     """Train; returns a summary (last validation metrics, checkpoint paths)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -292,6 +293,7 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
     sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, num_replicas=info.world_size,
                                rank=info.rank, drop_last=False)
     loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers, drop_last=True,
+                        worker_init_fn=worker_init(),  # workers ignore SIGTERM: the main process saves and exits
                         persistent_workers=False, generator=sampler.generator)
     # An epoch is a whole number of accumulation windows (the trailing micro-batches are left for the next
     # epoch's shuffle), so an epoch-end checkpoint, validation and best.pt never fall inside a window.
@@ -331,6 +333,17 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
     # Every rank decides (it only reads the file system) before rank 0 writes anything, so a refused folder
     # stops all ranks at once instead of leaving the others waiting in the first all-reduce.
     refusal = None if cfg.resume else run_dir_refusal(ckpt_dir)
+    resume_state, identity = None, None
+    if refusal is None:
+        # a resume must belong to the folder's run (run id; audit H1) and not rewind it unless --allow_rewind;
+        # nothing is written before the checkpoint has loaded (identity.commit() below)
+        try:
+            if cfg.resume:
+                resume_state = load_checkpoint(cfg.resume, map_location=device)
+            identity = check_run_target(ckpt_dir, state=resume_state, resume_path=cfg.resume,
+                                        allow_rewind=allow_rewind, dir_flag="--checkpoint_dir")
+        except UserError as err:
+            refusal = err
     phase_state = None  # --load_checkpoint: read once, checked before anything is written, then loaded
     if refusal is None and cfg.load_checkpoint and not cfg.resume:
         phase_state = load_checkpoint(cfg.load_checkpoint, map_location=device)
@@ -338,12 +351,16 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
     barrier()
     if refusal:
         raise refusal
-    if info.is_main:
+    if info.is_main and not cfg.resume:
         prepare_run_dir(ckpt_dir, resume=cfg.resume)
+        identity.commit()
     step, start_epoch, batch_in_epoch, best_value = 0, 0, 0, None
     val_history: list[float] = []  # the primary validation metric per epoch (the lambda_KL controller's input)
     if cfg.resume:
-        state = load_checkpoint(cfg.resume, map_location=device)
+        state = resume_state
+        # shape-changing flags: one line naming the tensors, not a raw traceback (audit M3)
+        check_state_shapes(G_raw, state["gen"], where=str(cfg.resume))
+        check_state_shapes(D_raw, state["disc"], where=str(cfg.resume))
         G_raw.load_state_dict(state["gen"])
         D_raw.load_state_dict(state["disc"])
         load_optimizer(opt_g, state["opt_gen"])
@@ -374,6 +391,8 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
             sampler.load_state_dict(state["sampler"], where=str(cfg.resume))
         else:  # older checkpoints: position from the batch counter
             sampler.load_state_dict({"epoch": start_epoch, "consumed": batch_in_epoch * per_rank}, where=str(cfg.resume))
+        if info.is_main:
+            identity.commit()   # loaded: the folder may change now (a confirmed rewind is archived first)
         say(f"resumed {cfg.resume} at epoch {start_epoch}, batch {batch_in_epoch}, step {step}")
     elif cfg.load_checkpoint:
         step, lambda_kl = start_new_phase(cfg, explicit_keys, phase_state, G_raw, D_raw, opt_g, opt_d, q_gen, q_disc,
@@ -432,7 +451,9 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
         }
         path = ckpt_path(ckpt_dir, tag)
         if info.is_main:
-            save_checkpoint(path, payload)
+            save_checkpoint(path, identity.stamp(payload))
+            if tag != "best":
+                identity.note_checkpoint(step)
             if tag != "best" and cfg.keep_last_checkpoints:  # bounded disk use: the newest k periodic files stay
                 periodic = sorted((p for p in ckpt_dir.glob(f"{CKPT_PREFIX}*step*.pt")), key=lambda p: p.stat().st_mtime_ns)
                 for old in periodic[:-cfg.keep_last_checkpoints]:
@@ -594,8 +615,12 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
             if better:
                 best_value = value
             path = save(f"ep{epoch + 1}_step{step}", epoch + 1, 0, result["model"])
-            if better:
+            # a rewound run restores an older best value: run.json keeps the true best, never replaced by worse
+            if better and identity.best_allows(value, "max" if HIGHER_IS_BETTER[primary] else "min"):
                 save("best", epoch + 1, 0, result["model"])
+                if info.is_main:
+                    identity.record_best(value, metric=primary, step=step,
+                                         mode="max" if HIGHER_IS_BETTER[primary] else "min")
             m, b = result["model"], result["copy_last_frame"]
             say(f"epoch {epoch + 1}/{cfg.epochs} step {step} | val psnr {m['avg_val_psnr']:.2f} dB ssim "
                 f"{m['avg_val_ssim']:.3f} (copy-last {b['avg_val_psnr']:.2f} / {b['avg_val_ssim']:.3f}) | "
