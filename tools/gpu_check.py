@@ -278,6 +278,19 @@ def summarise(case: Case, run: dict, device_name: str, samples_per_step: int) ->
     return out
 
 
+def resume_verdict(first: dict, second: dict) -> tuple[dict, str | None]:
+    """Did the second run continue the first? Its optimizer state's ``step`` after its first step must be the
+    first run's steps + 1 (a run that ignored the checkpoint shows 1). Returns (figures, error or None)."""
+    restored = second.get("state_step_at_first_step")
+    expected = float(first.get("steps", 0) + 1)
+    figures = {"first_run_steps": first.get("steps"), "state_step_after_resume": restored,
+               "expected": expected, "resumed": restored == expected}
+    if restored == expected:
+        return figures, None
+    return figures, (f"resume did not restore the optimizer state: step {restored} after the first resumed "
+                     f"step, expected {expected:.0f}")
+
+
 def run_case(case: Case, args, workdir: Path, device_name: str, deadline: float) -> dict:
     base = {"package": case.package.name, "case": case.name, "precision": case.precision,
             "torchrun": case.torchrun, "flags": case.flags}
@@ -305,14 +318,9 @@ def run_case(case: Case, args, workdir: Path, device_name: str, deadline: float)
                           min(args.case_timeout, max(left, 1)), resume=True)
         out.update(summarise(case, second, device_name, sps))
         out["wall_s"] = round(first["wall_s"] + second["wall_s"], 2)
-        restored = second.get("probe", {}).get("state_step_at_first_step")
-        expected = float(first["probe"].get("steps", 0) + 1)
-        out["resume"] = {"first_run_steps": first["probe"].get("steps"), "state_step_after_resume": restored,
-                         "expected": expected, "resumed": restored == expected}
-        if out["status"] == "pass" and restored != expected:
-            out["status"] = "fail"
-            out["error"] = (f"resume did not restore the optimizer state: step {restored} after the first "
-                            f"resumed step, expected {expected:.0f}")
+        out["resume"], why = resume_verdict(first["probe"], second.get("probe", {}))
+        if out["status"] == "pass" and why:
+            out["status"], out["error"] = "fail", why
     if case.torchrun and out["status"] == "pass":
         want = "nccl" if args.device.startswith("cuda") else "gloo"
         if args.nproc == 1 and out["backend"] is None:
@@ -368,7 +376,7 @@ def main(argv=None) -> int:
         return 2
     workdir = Path(args.workdir).resolve()
     if args.plan:
-        plan = [{"case": c.id, "skip": c.skip, "runs": c.runs,
+        plan = [{"case": c.id, "precision": c.precision, "skip": c.skip, "runs": c.runs,
                  "command": shlex.join(command(c, args.device, args.dry_run,
                                                str(workdir / c.id.replace(':', '__') / "run"), "probe.json",
                                                args.steps, nproc=args.nproc if c.torchrun else 1))} for c in cases]
