@@ -167,6 +167,13 @@ def test_resume_case_fails_when_the_package_ignores_resume(fake):
     assert bad["status"] == "fail" and "did not restore the optimizer state" in bad["error"]
 
 
+def test_a_hung_case_times_out_and_its_process_group_is_killed(fake):
+    case = gc.Case(gc.PACKAGES[0], "guide", [], "fp32")
+    (fake / "h").mkdir()
+    run = gc.run_once(case, "cpu", True, str(fake / "h" / "run"), str(fake / "h" / "p.json"), 3, timeout=0.5)
+    assert run["status"] == "timeout" and "per-case limit" in run["error"] and run["rc"] is None
+
+
 def test_budget_spent_skips_the_rest_with_a_reason(fake, capsys):
     rc = gc.main(["--device", "cpu", "--dry-run", "--budget", "0", "--workdir", str(fake / "w"),
                   "--only", "fakepkg:guide"])

@@ -23,6 +23,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -221,14 +222,15 @@ def run_once(case: Case, device, dry_run, save_dir, report_path, steps, timeout,
     env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline")
     t0 = time.perf_counter()
     res = {"command": cmd, "rc": None}
+    # Own session: on a timeout the whole group goes (torchrun's workers too, not only the launcher).
+    proc = subprocess.Popen(cmd, cwd=Path(save_dir).parent, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        p = subprocess.run(cmd, cwd=Path(save_dir).parent, env=env, capture_output=True, text=True,
-                           timeout=timeout)
-        res["rc"] = p.returncode
-        stderr = p.stderr
-    except subprocess.TimeoutExpired as exc:
-        res["rc"] = None
-        stderr = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        _, stderr = proc.communicate(timeout=timeout)
+        res["rc"] = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
         res["status"] = "timeout"
         res["error"] = f"timed out after {timeout:.0f} s (per-case limit)"
     res["wall_s"] = round(time.perf_counter() - t0, 2)
