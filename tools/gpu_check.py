@@ -189,6 +189,8 @@ def command(case: Case, device: str, dry_run: bool, save_dir: str, report: str, 
     probe = [str(PROBE), "--report", report, "--stop-after", str(steps)]
     if case.count_flops:
         probe.append("--count-flops")
+    if device == "cpu":
+        probe.append("--cpu")
     if case.torchrun:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
     else:

@@ -66,11 +66,11 @@ def first_error_line(exc: BaseException) -> str:
 
 
 class Probe:
-    def __init__(self, stop_after: int, count_flops: bool):
+    def __init__(self, stop_after: int, count_flops: bool, cuda: bool = True):
         import torch
 
         self.torch = torch
-        self.cuda = torch.cuda.is_available()
+        self.cuda = cuda and torch.cuda.is_available()  # a CPU run on a GPU machine measures no CUDA figures
         self.stop_after = stop_after
         self.count_flops = count_flops
         self.counts: dict[int, int] = {}
@@ -188,9 +188,10 @@ def main(argv=None) -> int:
     ap.add_argument("--report", required=True)
     ap.add_argument("--stop-after", type=int, default=6)
     ap.add_argument("--count-flops", action="store_true")
+    ap.add_argument("--cpu", action="store_true", help="the run is on CPU: no CUDA syncs or memory figures")
     opts = ap.parse_args(argv[:cut])
     module, *rest = argv[cut + 1:]
-    probe = Probe(opts.stop_after, opts.count_flops)
+    probe = Probe(opts.stop_after, opts.count_flops, cuda=not opts.cpu)
     code: int | None = 0
     error = None
     sys.argv = [module, *rest]
