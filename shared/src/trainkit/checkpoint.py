@@ -118,7 +118,10 @@ def restore_rng_state(state: dict) -> None:
     if "torch" in state:
         torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        # One state per GPU visible when saving: a checkpoint from a machine with more GPUs (saved under an
+        # 8-GPU torchrun, resumed on 1) would make set_rng_state_all raise 'invalid device ordinal'.
+        states = [s.cpu() for s in state["cuda"]][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(states)
 
 
 def training_state(*, model, optimizer=None, scheduler=None, scaler=None, ema=None, step: int = 0, epoch: int = 0,
