@@ -165,17 +165,20 @@ def evaluate(checkpoint, dataset_root, split_index, budget_ratio, f_mode, select
 @click.option("--budget_ratio", "--budget-ratio", type=float, default=None, help="Keyframe budget (default: as trained).")
 @click.option("--keyframes", "selection", type=click.Choice(["nms", "topk"]), default=None,
               help="Keyframe selection (default: as trained, nms).")
+@click.option("--skim", default=None, help="Also write a short video of the keyframes' segments: NAME.mp4 or NAME.gif "
+                                            "(inside --out unless absolute; needs --video).")
 @options("device", "precision")
 @handle_user_errors
-def summarize(checkpoint, video, dataset_root, key, out, budget_ratio, selection, device, precision):
-    """Keyframes (JSON) and a contact sheet (PNG) for one video."""
+def summarize(checkpoint, video, dataset_root, key, out, budget_ratio, selection, skim, device, precision):
+    """Keyframes (JSON), a contact sheet (PNG) and optionally a skim (MP4/GIF) for one video."""
     from .summarize import summarize as run_summarize
 
     result = run_summarize(checkpoint, out, video=video, dataset_root=dataset_root, key=key,
                            budget_ratio=budget_ratio, device=device or "cpu", selection=selection,
-                           precision=precision or "fp32")
+                           precision=precision or "fp32", skim=skim)
     click.echo(f"{len(result['keyframes'])} keyframes -> {result['json']}"
-               + (f", {result['contact_sheet']}" if result.get("contact_sheet") else ""))
+               + (f", {result['contact_sheet']}" if result.get("contact_sheet") else "")
+               + (f", {result['skim']}" if result.get("skim") else ""))
     for note in result.get("notes", []):
         click.echo(f"note: {note}")
 
@@ -222,7 +225,8 @@ def make_dataset(out, num_videos, seed, num_splits):
 @click.option("--out", required=True, type=click.Path(), help="Output dataset folder.")
 @click.option("--sample_fps", "--sample-fps", type=float, default=2.0, show_default=True)
 @click.option("--thumb_size", "--thumb-size", type=int, default=64, show_default=True)
-@click.option("--backbone", default=None, help="torchvision model name whose weights are already cached (never downloads).")
+@click.option("--backbone", default=None, help="torchvision model (googlenet = eccv16 pool5, resnet18/34/50) used when its weights are already "
+                   "cached; otherwise a logged fallback to the weights-free features (never downloads).")
 @click.option("--pca_dim", "--pca-dim", type=int, default=None, help="Reduce features with PCA to this size.")
 @handle_user_errors
 def extract_features(videos, more_videos, out, sample_fps, thumb_size, backbone, pca_dim):
