@@ -177,3 +177,62 @@ def test_backbone_without_cached_weights_falls_back_with_a_log(tmp_path, monkeyp
     assert v.features.shape[1] == Fe.FEATURE_DIM
     with pytest.raises(UserError, match="unknown backbone"):
         Fe.resolve_backbone("vgg99")
+
+
+@pytest.fixture(scope="module")
+def real_dim_checkpoint(tmp_path_factory):
+    """An (untrained) advanced model on the real-video feature size, saved in dsn's checkpoint format."""
+    import torch
+
+    from dsn import DSNConfig
+    from dsn.model import build_model
+
+    cfg = DSNConfig(model_type="advanced", in_dim=Fe.FEATURE_DIM, enc_hidden=16, num_attn_heads=2,
+                    num_attn_layers=1, num_scales=1)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    path = tmp_path_factory.mktemp("ckpt") / "dsn_checkpoint_ep1.pt"
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "model_type": "advanced",
+                "train_config": {"budget_ratio": 0.06}}, path)
+    return path
+
+
+def test_summarize_short_clip_covers_shots_and_time_with_source_aspect_and_skim(tmp_path, real_dim_checkpoint):
+    """Item 3: a 10-s, 160x96 clip with a cut at 5 s. Before: 21 steps at a 6 % budget gave 1 keyframe,
+    squashed square 64-px thumbnails, no skim."""
+    import json
+
+    import av
+
+    from dsn.summarize import summarize
+
+    clip = write_shots(tmp_path / "two.mp4", n_shots=2, shot_s=5.0, fps=24)
+    res = summarize(real_dim_checkpoint, tmp_path / "out", video=str(clip), skim="skim.mp4")
+    rec = json.loads((tmp_path / "out" / "keyframes.json").read_text())
+    assert rec["n_shots"] == 2 and rec["duration_s"] == pytest.approx(10.0, abs=0.1)
+    assert len(rec["keyframe_steps"]) >= 2
+    assert set(rec["keyframe_shots"]) == {0, 1}
+    assert set((np.asarray(rec["keyframe_times_s"]) // 5).astype(int)) == {0, 1}
+    assert rec["thumbnail"]["width"] == 160 and rec["thumbnail"]["height"] == 96
+    assert (tmp_path / "out" / "contact_sheet.png").read_bytes()[:4] == b"\x89PNG"
+    with av.open(res["skim"]) as c:
+        s = c.streams.video[0]
+        n = sum(1 for _ in c.decode(s))
+        assert (s.width, s.height) == (160, 96) and 0 < n <= 24 * 2 * len(rec["keyframe_steps"]) + 1
+    from dsn.summarize import write_skim
+
+    gif = write_skim(clip, tmp_path / "s.gif", [tuple(r) for r in rec["skim"]["frame_ranges"]], rec["fps"])
+    assert gif.read_bytes()[:3] == b"GIF"
+
+
+def test_summarize_sub_second_clip(tmp_path, real_dim_checkpoint):
+    """Clips down to a few frames (the real set has 0.1-0.2 s ones) give a summary, not an error."""
+    import json
+
+    from dsn.summarize import summarize
+
+    frames = [np.full((40, 60, 3), 40 * i, np.uint8) for i in range(4)]
+    clip = write_frames(tmp_path / "tiny.mp4", frames, np.arange(4), fps=30)
+    summarize(real_dim_checkpoint, tmp_path / "out", video=str(clip))
+    rec = json.loads((tmp_path / "out" / "keyframes.json").read_text())
+    assert rec["n_steps"] == 4 and len(rec["keyframe_steps"]) >= 1 and rec["thumbnail"]["aspect"] == 1.5
