@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -169,7 +170,11 @@ def test_summarize_from_dataset(data, trained, tmp_path):
                  "--key", "video_5", "--out", tmp_path / "s")
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "s" / "keyframes.json").read_text())
-    assert len(record["keyframe_steps"]) == round(0.06 * 48) == 3
+    steps = np.asarray(record["keyframe_steps"])
+    # The budget's keyframes (round(0.06 * 48) = 3), plus one per shot and per 5 s that had none.
+    assert len(steps) >= round(0.06 * 48) == 3
+    assert set(record["keyframe_shots"]) == set(range(record["n_shots"]))
+    assert set((np.asarray(record["keyframe_times_s"]) // 5).astype(int)) == set(range(int(48 * 15 / 30 // 5) + 1))
     assert record["keyframe_frames"] == [15 * s for s in record["keyframe_steps"]]
     assert record["keyframe_times_s"] == [f / 30.0 for f in record["keyframe_frames"]]
     assert (tmp_path / "s" / "contact_sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""``dsn``: train, evaluate, summarize, ablation, make-dataset, extract-features, info.
+"""``dsn``: train, evaluate, summarize, ablation, make-dataset, extract-features, agreement, info.
 
 Flags follow the guide exactly (underscored: ``--model_type``, ``--save_dir`` ...). Thin: parse,
 build the config, call one function. User mistakes print one ``error:`` line and exit with code 2.
@@ -127,16 +127,26 @@ def train(ctx, resume, allow_config_change, allow_rewind, config_path, overrides
 @click.option("--keyframes", "selection", type=click.Choice(["nms", "topk"]), default=None,
               help="Keyframe selection (default: as trained, nms).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--tvsum_mat", "--tvsum-mat", type=click.Path(), default=None,
+              help="TVSum's ydata-tvsum50.mat: its raw annotator scores become the reference of matching videos.")
+@click.option("--summe", type=click.Path(), default=None,
+              help="SumMe per-user ground truth folder: the reference of matching videos.")
 @options("device", "precision")
 @click.option("--seed", type=int, default=None, help="Seed of the random-summary baseline (default 0).")
 @handle_user_errors
-def evaluate(checkpoint, dataset_root, split_index, budget_ratio, f_mode, selection, as_json, device, precision, seed):
+def evaluate(checkpoint, dataset_root, split_index, budget_ratio, f_mode, selection, as_json, tvsum_mat, summe, device,
+             precision, seed):
     """Model vs random vs uniform summaries on a split's test videos."""
     from .evaluate import evaluate_checkpoint, format_table
 
+    annotations = None
+    if tvsum_mat or summe:
+        from .annotations import read_summe, read_tvsum_mat
+
+        annotations = {**(read_tvsum_mat(tvsum_mat) if tvsum_mat else {}), **(read_summe(summe) if summe else {})}
     result = evaluate_checkpoint(checkpoint, dataset_root, split_index=split_index, device=device or "cpu",
                                  budget_ratio=budget_ratio, f_mode=f_mode, seed=0 if seed is None else seed,
-                                 selection=selection, precision=precision or "fp32")
+                                 selection=selection, precision=precision or "fp32", annotations=annotations)
     if as_json:
         click.echo(json.dumps({k: result[k] for k in ("model", "random", "uniform")}))
         return
@@ -158,17 +168,20 @@ def evaluate(checkpoint, dataset_root, split_index, budget_ratio, f_mode, select
 @click.option("--budget_ratio", "--budget-ratio", type=float, default=None, help="Keyframe budget (default: as trained).")
 @click.option("--keyframes", "selection", type=click.Choice(["nms", "topk"]), default=None,
               help="Keyframe selection (default: as trained, nms).")
+@click.option("--skim", default=None, help="Also write a short video of the keyframes' segments: NAME.mp4 or NAME.gif "
+                                            "(inside --out unless absolute; needs --video).")
 @options("device", "precision")
 @handle_user_errors
-def summarize(checkpoint, video, dataset_root, key, out, budget_ratio, selection, device, precision):
-    """Keyframes (JSON) and a contact sheet (PNG) for one video."""
+def summarize(checkpoint, video, dataset_root, key, out, budget_ratio, selection, skim, device, precision):
+    """Keyframes (JSON), a contact sheet (PNG) and optionally a skim (MP4/GIF) for one video."""
     from .summarize import summarize as run_summarize
 
     result = run_summarize(checkpoint, out, video=video, dataset_root=dataset_root, key=key,
                            budget_ratio=budget_ratio, device=device or "cpu", selection=selection,
-                           precision=precision or "fp32")
+                           precision=precision or "fp32", skim=skim)
     click.echo(f"{len(result['keyframes'])} keyframes -> {result['json']}"
-               + (f", {result['contact_sheet']}" if result.get("contact_sheet") else ""))
+               + (f", {result['contact_sheet']}" if result.get("contact_sheet") else "")
+               + (f", {result['skim']}" if result.get("skim") else ""))
     for note in result.get("notes", []):
         click.echo(f"note: {note}")
 
@@ -215,7 +228,8 @@ def make_dataset(out, num_videos, seed, num_splits):
 @click.option("--out", required=True, type=click.Path(), help="Output dataset folder.")
 @click.option("--sample_fps", "--sample-fps", type=float, default=2.0, show_default=True)
 @click.option("--thumb_size", "--thumb-size", type=int, default=64, show_default=True)
-@click.option("--backbone", default=None, help="torchvision model name whose weights are already cached (never downloads).")
+@click.option("--backbone", default=None, help="torchvision model (googlenet = eccv16 pool5, resnet18/34/50) used when its weights are already "
+                   "cached; otherwise a logged fallback to the weights-free features (never downloads).")
 @click.option("--pca_dim", "--pca-dim", type=int, default=None, help="Reduce features with PCA to this size.")
 @handle_user_errors
 def extract_features(videos, more_videos, out, sample_fps, thumb_size, backbone, pca_dim):
@@ -225,6 +239,44 @@ def extract_features(videos, more_videos, out, sample_fps, thumb_size, backbone,
     paths = list(videos) + list(more_videos)
     path = run(paths, out, sample_fps=sample_fps, thumb_size=thumb_size, backbone=backbone, pca_dim=pca_dim)
     click.echo(f"wrote {len(paths)} videos to {path}")
+
+
+@main.command()
+@click.option("--tvsum_mat", "--tvsum-mat", type=click.Path(), default=None,
+              help="TVSum's ydata-tvsum50.mat (raw 1-5 scores of 20 annotators per frame).")
+@click.option("--summe", type=click.Path(), default=None,
+              help="SumMe per-user ground truth: a folder of GT .mat files, a .npz of '<video>/user_score', or CSVs.")
+@click.option("--predictions", type=click.Path(), default=None,
+              help=".json {video: [per-frame scores]} or .npz: scored against the matching annotations.")
+@click.option("--subsample", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Correlate every k-th frame (1 = frame level as Otani et al.; CA-SUM uses 15).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random row.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@handle_user_errors
+def agreement(tvsum_mat, summe, predictions, subsample, seed, as_json):
+    """Human and random agreement on real annotations (TVSum tau/rho, SumMe leave-one-out F), and a method's."""
+    from .annotations import agreement as run_agreement, read_predictions, read_summe, read_tvsum_mat, score_predictions
+
+    if not tvsum_mat and not summe:
+        raise UserError("no annotations given", "dsn agreement", "--tvsum_mat FILE and/or --summe DIR")
+    result = run_agreement(tvsum_mat, summe, subsample=subsample, seed=seed)
+    if predictions:
+        anns = {**(read_tvsum_mat(tvsum_mat) if tvsum_mat else {}), **(read_summe(summe) if summe else {})}
+        result["predictions"] = score_predictions(read_predictions(predictions), anns, subsample=subsample)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    if "human" in result:
+        click.echo(f"TVSum ({result['tvsum']['videos']} videos, every {subsample} frame(s)) | Kendall tau | Spearman rho")
+        for row in ("human", "random"):
+            click.echo(f"{row:6s} | {result[row]['kendall_tau']:.3f} | {result[row]['spearman_rho']:.3f}")
+    if "summe" in result:
+        h = result["summe"]["human_loo"]
+        click.echo(f"SumMe ({h['videos']} videos) leave-one-out human F: max {h['F_max']:.1f}, mean {h['F_avg']:.1f}")
+    if "predictions" in result:
+        p = result["predictions"]
+        click.echo(f"predictions ({len(p['videos'])} matched, {len(p['unmatched'])} unmatched): "
+                   + ", ".join(f"{k} {v:.3f}" for k, v in p["mean"].items() if v is not None))
 
 
 @main.command()

@@ -43,6 +43,9 @@ class Video:
     frames: np.ndarray | None  # uint8 [n_steps, H, W, 3] thumbnails, optional
     fps: float | None = None  # source video fps when known (for keyframe times)
     video_name: str | None = None  # source file name when known (SumMe stores it)
+    # Raw per-annotator importance [n_users, n_frames] (TVSum's 1-5 scores) when known: tau/rho are
+    # computed against these (the published protocol), never against the binary user_summary.
+    user_scores: np.ndarray | None = None
 
     @property
     def n_steps(self) -> int:
@@ -168,6 +171,7 @@ def _read_video(group: h5py.Group, key: str, path: Path) -> Video:
         raise bad(f"n_frame_per_seg[{first}] is {nfps[first]}", "non-negative frame counts (the knapsack weights)")
     nfps = nfps.astype(np.int64)
     user_summary = None
+    raw_summary_scores = None
     if "user_summary" in group:
         us = numeric("user_summary")
         if us.ndim == 1:
@@ -176,7 +180,25 @@ def _read_video(group: h5py.Group, key: str, path: Path) -> Video:
             raise bad(f"user_summary has shape {us.shape}", f"user_summary of shape [n_users, n_frames={n_frames}]")
         if not np.isfinite(us).all():
             raise bad("user_summary contains NaN/inf", "binary user summaries")
-        user_summary = (us > 0).astype(np.uint8)
+        if np.isin(us, (0, 1)).all():
+            user_summary = us.astype(np.uint8)
+        else:
+            # Raw importance scores (e.g. TVSum's 1-5) stored under the eccv16 name: binarising them
+            # would make every frame selected and every annotator constant (tau/rho null, F meaningless).
+            log.warning("%s: '%s/user_summary' holds non-binary scores; used as raw per-annotator scores "
+                        "(user_scores), keyshots are derived from them for F", path, key)
+            raw_summary_scores = us.astype(np.float32)
+    user_scores = None
+    if "user_scores" in group:
+        sc = numeric("user_scores")
+        sc = sc[None] if sc.ndim == 1 else sc
+        if sc.ndim != 2 or sc.shape[0] == 0 or sc.shape[1] != n_frames:
+            raise bad(f"user_scores has shape {sc.shape}", f"user_scores of shape [n_users, n_frames={n_frames}]")
+        if not np.isfinite(sc).all():
+            raise bad("user_scores contains NaN/inf", "finite per-annotator scores")
+        user_scores = sc.astype(np.float32)
+    if user_scores is None:
+        user_scores = raw_summary_scores
     gtscore = None
     if "gtscore" in group:
         gt = numeric("gtscore").reshape(-1)
@@ -216,6 +238,7 @@ def _read_video(group: h5py.Group, key: str, path: Path) -> Video:
         frames=frames,
         fps=fps,
         video_name=name,
+        user_scores=user_scores,
     )
 
 
@@ -343,6 +366,8 @@ def write_dataset(out_dir, videos: list[Video], splits: list[dict], *, attrs: di
             g["n_frame_per_seg"] = np.asarray(v.n_frame_per_seg, dtype=np.int64)
             if v.user_summary is not None:
                 g.create_dataset("user_summary", data=np.asarray(v.user_summary, dtype=np.float32), compression="gzip", compression_opts=4)
+            if v.user_scores is not None:
+                g.create_dataset("user_scores", data=np.asarray(v.user_scores, dtype=np.float32), compression="gzip", compression_opts=4)
             if v.gtscore is not None:
                 g["gtscore"] = np.asarray(v.gtscore, dtype=np.float32)
             if v.frames is not None:

@@ -140,10 +140,12 @@ def summary_metrics(video, scores: np.ndarray | None, keyframes: np.ndarray, *, 
     out["Diversity"] = float(M.diversity(feats, keyframes)) if len(keyframes) > 1 else None
     if ms_swd and video.frames is not None:
         out["MS_SWD"] = float(M.ms_swd(video.frames, keyframes))
-    if scores is not None and video.user_summary is not None:
+    users = M.keyshot_users(video, proportion) if scores is not None else None
+    if users is not None:
         summary = M.summary_from_scores(scores, video, proportion=proportion)
-        out["F"] = float(M.f_score(summary, video.user_summary, mode=f_mode))
-    if scores is not None and ranked and (video.gtscore is not None or video.user_summary is not None):
+        out["F"] = float(M.f_score(summary, users, mode=f_mode))
+    if scores is not None and ranked and (video.gtscore is not None or video.user_summary is not None
+                                          or video.user_scores is not None):
         for suffix, fn in (("", M.rank_correlation), ("_gtscore", M.rank_correlation_gtscore)):
             tau, rho = fn(scores, video)
             out["kendall_tau" + suffix] = None if math.isnan(tau) else float(tau)
@@ -201,8 +203,12 @@ def baseline_metrics(videos: list, *, budget_ratio: float, proportion: float = 0
 def evaluate_checkpoint(checkpoint: str | Path, dataset_root: str | Path | None, *, split_index: int | None = None,
                         device: str = "cpu", budget_ratio: float | None = None, f_mode: str | None = None,
                         proportion: float | None = None, ms_swd: bool = True, seed: int = 0,
-                        selection: str | None = None, precision: str = "fp32") -> dict[str, Any]:
-    """``{"model": {...}, "random": {...}, "uniform": {...}, "info": {...}}`` on the split's test videos."""
+                        selection: str | None = None, precision: str = "fp32",
+                        annotations: dict | None = None) -> dict[str, Any]:
+    """``{"model": {...}, "random": {...}, "uniform": {...}, "info": {...}}`` on the split's test videos.
+
+    ``annotations`` ({name: dsn.annotations.Annotation}, e.g. from ``--tvsum_mat``/``--summe``) replace the
+    dataset's references for the videos they match by name or frame count (``attach_annotations``)."""
     from trainkit.device import check_precision, resolve_device
 
     from .data import default_dataset_root, ensure_default_dataset, load_splits, load_videos
@@ -228,21 +234,56 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset_root: str | Path | None,
     videos = load_videos(root, keys=keys)
     check_feature_dim(model, videos, str(root))
     vids = [videos[k] for k in keys]
+    notes = []
+    if annotations is not None:
+        notes.append(attach_annotations(vids, annotations))
     scores = score_videos(model, vids, device=dev, precision=precision)
     result = {"model": evaluate_scores(vids, scores, budget_ratio=budget, proportion=proportion, f_mode=f_mode,
                                        ms_swd=ms_swd, selection=selection)}
     result.update(baseline_metrics(vids, budget_ratio=budget, proportion=proportion, f_mode=f_mode, ms_swd=ms_swd,
                                    seed=seed, selection=selection))
-    notes = []
     if all(v.frames is None for v in vids):
         notes.append("MS_SWD skipped: the dataset has no thumbnails ('frames')")
-    if all(v.user_summary is None for v in vids):
+    if all(v.user_summary is None and v.user_scores is None for v in vids):
         notes.append("F skipped: no user_summary annotations")
+    kinds = sorted({k for v in vids if (k := M.reference_kind(v))})
+    if kinds:
+        notes.append("kendall_tau/spearman_rho against " + " and ".join(kinds)
+                     + ("" if kinds == ["raw annotator scores"] else
+                        " (binary keyshots give lower values than the published raw-score protocol: "
+                        "pass --tvsum_mat for TVSum's raw scores)"))
     result["info"] = {"checkpoint": str(checkpoint), "dataset_root": str(root), "split_index": split_index,
                       "num_videos": len(vids), "budget_ratio": budget, "f_mode": f_mode,
                       "summary_proportion": proportion, "keyframe_selection": selection,
                       "model_type": ckpt.get("model_type"), "notes": notes}
     return result
+
+
+def attach_annotations(videos: list, annotations: dict) -> str:
+    """Give each video the real annotations matching it by ``video_name``/key (file stem) or by a unique
+    frame count: raw per-annotator scores (TVSum) become ``user_scores`` (tau/rho use them; F uses their
+    keyshots over the video's own shots), SumMe selections become ``user_summary``. Returns a note."""
+    from .annotations import match_annotation
+
+    matched = []
+    for v in videos:
+        a = match_annotation(v.video_name or v.key, v.n_frames, annotations)
+        if a is None:
+            continue
+        if a.n_frames != v.n_frames:
+            raise UserError(f"video '{v.key}' has {v.n_frames} frames but annotation '{a.name}' has {a.n_frames}",
+                            "--tvsum_mat/--summe", "annotations of the same video (same frame count)")
+        if a.dataset == "tvsum":
+            v.user_scores, v.user_summary = a.user_scores.astype(np.float32), None
+        else:
+            v.user_summary, v.user_scores = (a.user_scores > 0).astype(np.uint8), None
+        v.gtscore = None  # the dataset's own mean reference would not describe these annotations
+        matched.append(f"{v.key}={a.name}")
+    if not matched:
+        raise UserError(f"none of the {len(videos)} test videos matches an annotated video by name or frame count",
+                        "--tvsum_mat/--summe", "a dataset whose video_name (or frame count) matches the annotations")
+    return f"real annotations attached to {len(matched)}/{len(videos)} test videos: " + ", ".join(matched[:8]) + \
+        (" ..." if len(matched) > 8 else "")
 
 
 def check_budget_ratio(budget: float) -> None:

@@ -267,6 +267,24 @@ def summary_from_scores(step_scores, video, proportion: float = 0.15) -> np.ndar
     return summary
 
 
+def keyshot_users(video, proportion: float = 0.15) -> np.ndarray | None:
+    """Binary per-user summaries for F: ``user_summary``, else each annotator's raw ``user_scores`` turned
+    into keyshots over the video's shots (shot means, knapsack at floor(proportion * n_frames)), which is
+    how the eccv16 TVSum user_summary was built from the raw annotations."""
+    if video.user_summary is not None:
+        return np.asarray(video.user_summary)
+    raw = getattr(video, "user_scores", None)
+    if raw is None:
+        return None
+    cps = np.asarray(video.change_points, dtype=np.int64)
+    out = np.zeros((len(raw), video.n_frames), dtype=np.uint8)
+    for u, scores in enumerate(np.asarray(raw, dtype=np.float64)):
+        seg = np.array([scores[s : e + 1].mean() for s, e in cps])
+        for i in knapsack(seg, video.n_frame_per_seg, math.floor(proportion * video.n_frames)):
+            out[u, cps[i, 0] : cps[i, 1] + 1] = 1
+    return out
+
+
 def f_score(summary, user_summary, mode: str = "max") -> float:
     """F-measure (0-100) of a binary frame summary against each user's summary, then the max over
     users ("max", SumMe) or the mean ("avg", TVSum). The summary is zero-padded or trimmed to the
@@ -293,20 +311,35 @@ def f_score(summary, user_summary, mode: str = "max") -> float:
 
 
 def reference_scores(video) -> np.ndarray | None:
-    """Per-step reference importance: gtscore, else the users' mean summary at the picks."""
+    """Per-step reference importance: gtscore, else the annotators' mean raw score, else the users' mean
+    summary, at the picks."""
     if video.gtscore is not None:
         return np.asarray(video.gtscore, dtype=np.float64)
+    if getattr(video, "user_scores", None) is not None:
+        return np.asarray(video.user_scores, dtype=np.float64).mean(axis=0)[np.asarray(video.picks)]
     if video.user_summary is not None:
         return np.asarray(video.user_summary, dtype=np.float64).mean(axis=0)[np.asarray(video.picks)]
     return None
 
 
 def annotator_scores(video) -> np.ndarray | None:
-    """Each annotator's per-step reference ``[n_users, n_steps]``: their summary at the picks (what the h5
-    layout keeps per annotator; CA-SUM subsamples TVSum's per-user scores the same way, [::15])."""
+    """Each annotator's per-step reference ``[n_users, n_steps]`` at the picks: their raw importance
+    scores (``user_scores``, e.g. TVSum's 1-5) when the data carry them, which is the published protocol;
+    otherwise their binary keyshot summary, which the eccv16 h5 files keep and which gives lower,
+    non-comparable values (``reference_kind`` says which)."""
+    raw = getattr(video, "user_scores", None)
+    if raw is not None:
+        return np.asarray(raw, dtype=np.float64)[:, np.asarray(video.picks)]
     if video.user_summary is None:
         return None
     return np.asarray(video.user_summary, dtype=np.float64)[:, np.asarray(video.picks)]
+
+
+def reference_kind(video) -> str | None:
+    """What ``rank_correlation`` compares against: "raw annotator scores", "binary keyshots" or None."""
+    if getattr(video, "user_scores", None) is not None:
+        return "raw annotator scores"
+    return "binary keyshots" if video.user_summary is not None else None
 
 
 def _tau_rho(s: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
@@ -323,10 +356,12 @@ def _scores(step_scores, n: int) -> np.ndarray:
 
 
 def rank_correlation(step_scores, video) -> tuple[float, float]:
-    """(Kendall's tau-b, Spearman's rho) as published (Otani et al., CVPR 2019; CA-SUM's evaluation code):
+    """(Kendall's tau-b, Spearman's rho) per annotator (Otani et al., CVPR 2019; CA-SUM's evaluation code):
     the coefficient between the step scores and **each annotator's** reference, averaged over annotators
-    (annotators whose reference is constant are skipped). NaN when the video has no per-annotator
-    ``user_summary`` or the scores are constant. See ``rank_correlation_gtscore`` for the other variant."""
+    (annotators whose reference is constant are skipped). The published protocol needs raw scores
+    (``video.user_scores``); with only binary ``user_summary`` the value is "tau vs binary keyshots"
+    (0.126/0.136 instead of 0.177/0.204 for TVSum's humans). NaN when the video has no per-annotator
+    reference or the scores are constant. See ``rank_correlation_gtscore`` for the other variant."""
     users = annotator_scores(video)
     if users is None:
         return float("nan"), float("nan")
