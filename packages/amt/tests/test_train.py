@@ -139,7 +139,12 @@ def test_evaluate_writes_the_toolkit_result_file(synthetic_root, tmp_path):
     res = tmp_path / "res.txt"
     r = evaluate_checkpoint(str(tmp_path / "run" / "checkpoints" / "best.pth"), split="s0_test", results=str(res),
                             device="cpu", log=lambda m: None)
-    assert set(r["model"]) >= {"mpjpe", "pa_mpjpe", "mpjpe_abs", "auc_pa", "pck_5px"} and r["mean_pose_baseline"]["mpjpe"] > 0
+    assert set(r["model"]) >= {"mpjpe", "pa_mpjpe", "pa_mpjpe_proper", "mpjpe_abs", "auc_pa", "pck_5px"}
+    assert r["mean_pose_camera_frame"]["mpjpe"] > 0 and r["canonical_hand_source"].startswith("checkpoint")
+    # the canonical hand is a real baseline: far better than the camera-frame blob on PA
+    assert r["canonical_hand"]["pa_mpjpe"] < 0.8 * r["mean_pose_camera_frame"]["pa_mpjpe"]
+    assert r["ratio_to_canonical"]["pa_mpjpe"] == pytest.approx(r["model"]["pa_mpjpe"] / r["canonical_hand"]["pa_mpjpe"])
+    assert 0.0 <= r["frames_beating_canonical"]["pa_mpjpe"] <= 1.0
     rows = [line.split(",") for line in res.read_text().splitlines()]
     index = DexYCBIndex(synthetic_root, "s0_test")
     assert all(len(row) == 64 for row in rows)  # index + 21 x 3 numbers

@@ -4,7 +4,9 @@ Conventions: joints in millimetres for reported numbers; MPJPE = mean over keypo
 Euclidean error (all 21 visible, so it equals the plain mean); PCK uses ``<=``; AUC = trapezoid of the
 per-keypoint PCK curve over 100 thresholds in [0, 50] mm divided by 50, averaged over keypoints (toolkit
 ``EvalUtil.get_measures``). Root-relative: subtract each set's own joint 0 (wrist). Procrustes: similarity
-alignment (rotation with reflection fix, uniform scale, translation) of the prediction onto the ground truth.
+alignment (orthogonal map, uniform scale, translation) of the prediction onto the ground truth, in two forms:
+``pa_mpjpe`` is the toolkit's (``align_w_scale``: scipy ``orthogonal_procrustes``, which allows a reflection),
+``pa_mpjpe_proper`` the literature's Umeyama with the reflection fix (a proper rotation).
 """
 from __future__ import annotations
 
@@ -73,6 +75,21 @@ def procrustes_align(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return scale[:, None, None] * (X0 @ R.transpose(1, 2)) + my
 
 
+def procrustes_align_toolkit(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """The dex-ycb-toolkit's / FreiHAND's ``align_w_scale``, batched in float64: both sets centred and scaled to
+    unit Frobenius norm, the orthogonal map of scipy's ``orthogonal_procrustes`` (U V^T of the SVD of
+    gt0^T pred0, so a reflection is allowed when it fits better), scale = sum of the singular values."""
+    X, Y = pred.double(), gt.double()
+    t1, t2 = Y.mean(1, keepdim=True), X.mean(1, keepdim=True)
+    Y0, X0 = Y - t1, X - t2
+    s1 = Y0.flatten(1).norm(dim=1)[:, None, None] + 1e-8
+    s2 = X0.flatten(1).norm(dim=1)[:, None, None] + 1e-8
+    Y0, X0 = Y0 / s1, X0 / s2
+    U, S, Vh = torch.linalg.svd(Y0.transpose(1, 2) @ X0)
+    R = U @ Vh                                                   # maps gt onto pred: gt0 R ~ pred0
+    return (X0 @ R.transpose(1, 2)) * S.sum(-1)[:, None, None] * s1 + t1
+
+
 def joint_errors(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """Per-joint Euclidean errors [B,N]."""
     return (pred.double() - gt.double()).norm(dim=-1)
@@ -87,7 +104,21 @@ def mpjpe(pred, gt) -> float:
 
 
 def pa_mpjpe(pred, gt) -> float:
+    """The toolkit's PA-MPJPE (reflections allowed)."""
+    return float(joint_errors(procrustes_align_toolkit(pred, gt), gt).mean(0).mean())
+
+
+def pa_mpjpe_proper(pred, gt) -> float:
+    """PA-MPJPE with a proper rotation (Umeyama with the reflection fix)."""
     return float(joint_errors(procrustes_align(pred, gt), gt).mean(0).mean())
+
+
+def frame_errors(pred_mm: torch.Tensor, gt_mm: torch.Tensor) -> dict:
+    """Per-frame mean joint errors [B] (numpy): root-relative, toolkit PA and proper-rotation PA."""
+    e = {"mpjpe": joint_errors(root_relative(pred_mm), root_relative(gt_mm)),
+         "pa_mpjpe": joint_errors(procrustes_align_toolkit(pred_mm, gt_mm), gt_mm),
+         "pa_mpjpe_proper": joint_errors(procrustes_align(pred_mm, gt_mm), gt_mm)}
+    return {k: v.mean(1).cpu().numpy() for k, v in e.items()}
 
 
 def pck_curve(errors: torch.Tensor, thresholds: np.ndarray) -> np.ndarray:
@@ -118,11 +149,12 @@ def hand_metrics(pred_mm: torch.Tensor, gt_mm: torch.Tensor, pred_uv: torch.Tens
     """
     e_abs = joint_errors(pred_mm, gt_mm)
     e_rr = joint_errors(root_relative(pred_mm), root_relative(gt_mm))
-    e_pa = joint_errors(procrustes_align(pred_mm, gt_mm), gt_mm)
+    e_pa = joint_errors(procrustes_align_toolkit(pred_mm, gt_mm), gt_mm)
+    e_pp = joint_errors(procrustes_align(pred_mm, gt_mm), gt_mm)
     out = {
         "mpjpe": float(e_rr.mean(0).mean()), "mpjpe_abs": float(e_abs.mean(0).mean()),
-        "pa_mpjpe": float(e_pa.mean(0).mean()),
-        "auc_rr": auc(e_rr), "auc_abs": auc(e_abs), "auc_pa": auc(e_pa),
+        "pa_mpjpe": float(e_pa.mean(0).mean()), "pa_mpjpe_proper": float(e_pp.mean(0).mean()),
+        "auc_rr": auc(e_rr), "auc_abs": auc(e_abs), "auc_pa": auc(e_pa), "auc_pa_proper": auc(e_pp),
     }
     for t in pck_3d_mm:
         out[f"pck3d_{t}mm"] = pck(e_rr, t)

@@ -300,7 +300,7 @@ def train(cfg: Config, log=print) -> dict:
         step, start_epoch, micro = int(rest["step"]), int(rest["epoch"]), int(extra.get("micro", 0))
         # this rank's running sums of an epoch interrupted mid-way (rank_extra: each rank gets its own back)
         partial = (rest.get("rank_extra") or {}).get("epoch_partial")
-        baseline = {k: extra["amt"][k] for k in ("mean_rel", "mean_root")}
+        baseline = {k: extra["amt"][k] for k in ("mean_rel", "mean_root", "canonical_hand") if k in extra["amt"]}
         where = (f"{sampler.consumed} crops into epoch {start_epoch + 1}" if partial is not None
                  else f"epoch {start_epoch}")
         if start_epoch > t.num_epochs or (start_epoch == t.num_epochs and partial is None):
