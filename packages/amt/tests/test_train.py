@@ -131,7 +131,7 @@ def test_resume_matches_uninterrupted_run(synthetic_root, tmp_path, monkeypatch)
     assert lr7 == pytest.approx(ext.training.learning_rate * fresh(6), rel=1e-6) and lr7 > 10 * ext.training.min_lr
 
 
-def test_evaluate_writes_the_toolkit_result_file(synthetic_root, tmp_path):
+def test_evaluate_writes_the_toolkit_result_file(synthetic_root, tmp_path, make_hand_crops):
     from amt.evaluate import evaluate_checkpoint
 
     train(config_for_run(None, _tiny_cfg(synthetic_root, tmp_path / "run", **{"training.num_epochs": 1})),
@@ -157,6 +157,16 @@ def test_evaluate_writes_the_toolkit_result_file(synthetic_root, tmp_path):
                            axis=1).mean() for row in rows]
     assert np.mean(errs) == pytest.approx(r["model"]["mpjpe_abs"], rel=1e-3)
     assert any(f.mano_side == "left" for f in index.frames)  # (s0_test of this data has left hands)
+
+    # the same checkpoint on a folder in the real hand-crop layout: one line per frame, frame index then 63 mm
+    crops, J, _ = make_hand_crops(tmp_path / "crops", n=5)
+    res2 = tmp_path / "res_real.txt"
+    r2 = evaluate_checkpoint(str(tmp_path / "run" / "checkpoints" / "best.pth"), results=str(res2), device="cpu",
+                             cli_values={"data.root": str(crops)}, log=lambda m: None)
+    rows = [line.split(",") for line in res2.read_text().splitlines()]
+    assert r2["num_frames"] == 5 and [int(row[0]) for row in rows] == list(range(5)) and all(len(x) == 64 for x in rows)
+    errs = [np.linalg.norm(np.array(row[1:], float).reshape(21, 3) - J[int(row[0])] * 1000, axis=1).mean() for row in rows]
+    assert np.mean(errs) == pytest.approx(r2["model"]["mpjpe_abs"], rel=1e-3)
 
 
 def test_checkpoint_files_every_save_freq_epochs_are_all_kept(tmp_path):

@@ -14,8 +14,9 @@ from trainkit.device import autocast, resolve_device
 from trainkit.errors import UserError
 
 from .config import Config
-from .data import AugmentConfigLike, DexYCBIndex, HandCropDataset, read_labels
-from .baselines import canonical_hand, orient_like
+from .data import AugmentConfigLike, HandCropDataset
+from .realdata import make_index
+from .baselines import canonical_hand, chirality, orient_like
 from .metrics import collapse_monitor, frame_errors, hand_metrics
 from .model import AMTModel, project_points
 from .synthetic import ensure_synthetic
@@ -29,13 +30,18 @@ def resolve_root(cfg: Config, log=print) -> Path:
     return Path(d.root)
 
 
-def make_dataset(cfg: Config, root: Path, split: str, *, augment: bool = False, limit: int | None = None, log=None):
+def make_dataset(cfg: Config, root: Path, split: str, *, augment: bool = False, limit: int | None = None, log=None,
+                 right_sign: float = 1.0):
+    """Hand crops of one split of a data root in any layout (DexYCB, real hand crops, FreiHAND). For real layouts
+    ``right_sign`` is the chirality the model treats as unmirrored (see ``realdata``)."""
     d = cfg.data
     aug = AugmentConfigLike(d.aug_rotation_deg, d.aug_scale, d.aug_translation, d.aug_color_jitter)
-    index = DexYCBIndex(root, split)
+    index = make_index(root, split, right_sign)
     note = index.incompleteness() if d.root is not None else None  # the synthetic default is small on purpose
     if note and log is not None:
         log(f"WARNING: {note}")
+    if hasattr(index, "summary") and log is not None:
+        log(index.summary())
     if len(index) == 0:
         raise UserError(f"split {split} has no labelled frames", str(root), "frames with hand labels (not all -1)")
     ds = HandCropDataset(index, d.image_size, augment=augment, crop_scale=d.crop_scale, aug=aug,
@@ -190,6 +196,12 @@ def training_canonical_hand(cfg: Config, extra: dict, log=print) -> tuple[np.nda
     return mean_pose(ds)["canonical_hand"].double().numpy(), f"{cfg.data.train_split} of {root}"
 
 
+def model_right_sign(canon: np.ndarray) -> float:
+    """The chirality sign of the hands a model was trained on (its canonical hand): real frames whose geometry
+    has the other sign are mirrored, so the model sees the chirality it learned."""
+    return 1.0 if chirality(np.asarray(canon)[None])[0] >= 0 else -1.0
+
+
 def _crossfit_canonical(gt_rel: np.ndarray) -> np.ndarray:
     """Per frame, a canonical hand fitted on the *other* half of the evaluated frames (even frames scored with
     the odd frames' hand and vice versa): the constant-hand baseline for a set the model never trained on."""
@@ -250,10 +262,10 @@ def evaluate_checkpoint(checkpoint: str, *, split: str | None = None, config_pat
     model, cfg, extra = load_for_inference(checkpoint, dev, config_path, overrides, cli_values, log=log)
     split = split or cfg.data.test_split
     root = resolve_root(cfg, log)
-    ds = make_dataset(cfg, root, split, log=log)
+    canon, canon_source = training_canonical_hand(cfg, extra, log)
+    ds = make_dataset(cfg, root, split, log=log, right_sign=model_right_sign(canon))
     loader = make_loader(ds, batch_size or cfg.training.batch_size, cfg.data.num_workers)
     p = predict(model, loader, dev, cfg.precision)
-    canon, canon_source = training_canonical_hand(cfg, extra, log)
     baseline = {"mean_rel": extra["amt"]["mean_rel"], "mean_root": extra["amt"]["mean_root"]}
     pb = predict(None, loader, dev, baseline=baseline)
     out = {"checkpoint": str(checkpoint), "split": split, "data_root": str(root), "num_frames": len(ds),
