@@ -73,3 +73,24 @@ def test_real_dev_block_is_left_handed_and_its_joints_project_into_the_crops():
     assert len(idx) == 292 and set(handedness(idx.joints)) == {"left"}
     uv = np.stack([idx.read(f)["joint_2d"] for f in idx.frames])
     assert (uv > -10).all() and (uv < 266).all()                          # 256-px crops
+
+
+def test_predict_uses_the_whole_image_as_the_crop_and_mirrors_about_its_centre():
+    from PIL import Image
+
+    from amt.predict import whole_image_sample
+
+    W, H, S = 80, 60, 40
+    img = np.zeros((H, W, 3), np.uint8)
+    img[20:24, 10:14] = 255                                                   # a bright square near the left
+    K = np.array([[100.0, 0, (W - 1) / 2], [0, 100.0, (H - 1) / 2], [0, 0, 1]])
+    for mirror in (False, True):
+        x, T, Kc, M = whole_image_sample(Image.fromarray(img), K, S, mirror)
+        corners = np.array([[0, 0, 1], [W - 1, 0, 1], [0, H - 1, 1], [W - 1, H - 1, 1.0]]) @ M.T
+        assert corners[:, :2].min() >= -0.5 - 1e-6 and corners[:, :2].max() <= S - 0.5 + 1e-6  # whole image inside
+        bright = np.argwhere(x.numpy().mean(0) > 1.0)                          # crop pixels of the square
+        expect = M @ [11.5, 21.5, 1]
+        assert np.abs(bright.mean(0)[::-1] - expect[:2]).max() < 1.0
+        assert (expect[0] < S / 2) != mirror                                  # mirrored: the square moves right
+        X = np.array([0.01, 0.02, 0.5])
+        assert np.allclose(M @ (K @ X / X[2]), Kc @ (T @ X) / X[2])           # image map and 3-D map agree

@@ -168,6 +168,31 @@ def test_evaluate_writes_the_toolkit_result_file(synthetic_root, tmp_path, make_
     errs = [np.linalg.norm(np.array(row[1:], float).reshape(21, 3) - J[int(row[0])] * 1000, axis=1).mean() for row in rows]
     assert np.mean(errs) == pytest.approx(r2["model"]["mpjpe_abs"], rel=1e-3)
 
+    # `amt predict` on the same crops, unlabelled: JSON joints whose projections are the listed 2-D points
+    import json
+
+    from click.testing import CliRunner
+
+    from amt.cli import main
+
+    intr = tmp_path / "K.json"
+    intr.write_text(json.dumps({"fx": 300, "fy": 300, "cx": 31.5, "cy": 31.5}))
+    out = tmp_path / "pred"
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "best.pth"),
+                                    "--images", str(crops / "images"), "--out", str(out), "--intrinsics", str(intr),
+                                    "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "joints.json").read_text())
+    assert [d["file"] for d in doc["images"]] == [f"{i:05d}.jpg" for i in range(5)]
+    for d in doc["images"]:
+        J, uv = np.array(d["joints_3d_mm"]), np.array(d["joints_2d_px"])
+        p = J @ np.array(d["K"]).T
+        assert J.shape == (21, 3) and np.allclose(p[:, :2] / p[:, 2:], uv, atol=0.02)
+        assert (out / "overlays" / d["file"].replace(".jpg", ".png")).is_file()
+    bad = CliRunner().invoke(main, ["predict", "--checkpoint", "x.pth", "--images", str(crops / "images"), "--out",
+                                    str(out)])
+    assert bad.exit_code == 2 and "--fov / --intrinsics" in bad.output
+
 
 def test_checkpoint_files_every_save_freq_epochs_are_all_kept(tmp_path):
     from amt.train import PthCheckpoints

@@ -1,4 +1,4 @@
-"""`amt`: train, evaluate, make-synthetic, visualize, info.
+"""`amt`: train, evaluate, predict, make-synthetic, visualize, info.
 
 Thin: parse flags, build the config, call one function. User mistakes print one ``error:`` line, exit 2.
 """
@@ -183,6 +183,26 @@ def visualize(ctx, out, checkpoint, data_root, split, num, augment, config_path,
                              [x.numpy() for x in p["pred_uv_crop"]])
     fig.savefig(out, dpi=100)
     click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.option("--checkpoint", required=True, help="best.pth / latest.pth from `amt train`.")
+@click.option("--images", required=True, help="Folder of unlabelled hand crops (JPEG/PNG), one hand per image.")
+@click.option("--out", required=True, help="Folder for joints.json and overlays/<image>.png (created).")
+@click.option("--fov", type=float, default=None, help="Horizontal field of view in degrees (principal point at the centre).")
+@click.option("--intrinsics", default=None,
+              help='JSON: {"fx","fy","cx","cy"} or a 3x3 list for all images, or {"<file name>": either} per image.')
+@click.option("--hand", type=click.Choice(["right", "left"]), default="right", show_default=True,
+              help="Anatomical hand in the images (mirrored for the model when it differs from its training hands).")
+@click.option("--device", default="auto", show_default=True)
+@handle_user_errors
+def predict(checkpoint, images, out, fov, intrinsics, hand, device):
+    """Run a trained model on a folder of hand crops: camera-frame joints (mm) as JSON, skeleton overlays as PNG."""
+    from .predict import predict_folder
+
+    path = predict_folder(checkpoint, images, out, fov=fov, intrinsics=intrinsics, hand=hand, device=device,
+                          log=lambda m: click.echo(m, err=True))
+    click.echo(f"wrote {path}")
 
 
 @main.command()
