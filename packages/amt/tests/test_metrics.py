@@ -102,6 +102,18 @@ def test_collapse_monitor_fires_on_constant_predictions():
     assert warning is not None and "std" in warning and stats["pred_std"] == 0
     stats, warning = collapse_monitor(gt + 0.001 * torch.randn_like(gt), gt)
     assert warning is None and stats["std_ratio"] == pytest.approx(1, abs=0.05)
+    assert stats["collapse_warning"] == 0.0
+
+
+def test_collapse_monitor_warns_on_a_shrinking_spread_the_hinge_would_miss():
+    """Predictions that vary 0.2x as much as the hands: above the guide's absolute 0.001 m, so only the spread
+    ratio catches it."""
+    gt = torch.randn(32, 21, 3) * 0.03
+    pred = gt.mean(0, keepdim=True) + 0.2 * (gt - gt.mean(0, keepdim=True))
+    stats, warning = collapse_monitor(pred, gt)
+    assert stats["pred_std"] > 0.001 and stats["std_ratio"] == pytest.approx(0.2, rel=1e-6)
+    assert warning is not None and "collapsing" in warning and stats["collapse_warning"] == 1.0
+    assert collapse_monitor(pred, gt, ratio_threshold=0.1)[1] is None
 
 
 def test_toolkit_pa_allows_reflections_exactly_like_scipy_and_proper_pa_does_not():

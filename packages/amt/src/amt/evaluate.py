@@ -135,10 +135,10 @@ def predict(model: AMTModel | None, loader, device, precision: str = "fp32", bas
     return res
 
 
-def metrics_from_predictions(p: dict, threshold: float = 0.001) -> dict:
+def metrics_from_predictions(p: dict, threshold: float = 0.001, ratio_threshold: float = 0.25) -> dict:
     m = hand_metrics(p["pred_mm"], p["gt_mm"], p["pred_uv"], p["gt_uv"])
     m["mpjpe_coarse"] = hand_metrics(p["coarse_mm"], p["gt_mm"])["mpjpe"]
-    stats, _ = collapse_monitor(p["pred_rel"], p["gt_rel"], threshold)
+    stats, _ = collapse_monitor(p["pred_rel"], p["gt_rel"], threshold, ratio_threshold)
     m.update(stats)
     m["num_frames"] = int(p["pred_mm"].shape[0])
     return m
@@ -269,7 +269,7 @@ def evaluate_checkpoint(checkpoint: str, *, split: str | None = None, config_pat
     baseline = {"mean_rel": extra["amt"]["mean_rel"], "mean_root": extra["amt"]["mean_root"]}
     pb = predict(None, loader, dev, baseline=baseline)
     out = {"checkpoint": str(checkpoint), "split": split, "data_root": str(root), "num_frames": len(ds),
-           "model": metrics_from_predictions(p, cfg.training.collapse_std_threshold),
+           "model": metrics_from_predictions(p, cfg.training.collapse_std_threshold, cfg.training.collapse_ratio_threshold),
            "canonical_hand_source": canon_source,
            # the camera-frame average: a shrunken blob, kept for comparison with older reports, never a denominator
            "mean_pose_camera_frame": metrics_from_predictions(pb, cfg.training.collapse_std_threshold)}

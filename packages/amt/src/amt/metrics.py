@@ -171,12 +171,25 @@ def spread(x_rel: torch.Tensor) -> float:
     return float(x_rel.double().reshape(x_rel.shape[0], -1).std(0, unbiased=False).mean())
 
 
-def collapse_monitor(pred_rel: torch.Tensor, gt_rel: torch.Tensor, threshold: float = 0.001) -> tuple[dict, str | None]:
-    """Prediction spread vs ground-truth spread (metres); a warning string when the guide's alarm fires."""
+def collapse_monitor(pred_rel: torch.Tensor, gt_rel: torch.Tensor, threshold: float = 0.001,
+                     ratio_threshold: float = 0.25) -> tuple[dict, str | None]:
+    """Prediction spread vs ground-truth spread (metres) and a collapse flag, with a warning string.
+
+    The spread ratio (prediction spread / ground-truth spread over the batch) is the signal to watch: ~1 when
+    predictions vary as much as the hands do, falling towards 0 as they collapse to one pose. It warns when the
+    ratio drops below ``ratio_threshold`` (predictions vary less than a quarter as much as the hands: a constant
+    is creeping in) or when the spread itself is below the guide's absolute ``threshold`` (0.001 m). The bounded
+    diversity hinge is 0 in every healthy run by design, so it cannot serve as this alarm.
+    """
     p, g = spread(pred_rel), spread(gt_rel)
-    stats = {"pred_std": p, "gt_std": g, "std_ratio": p / g if g > 0 else float("nan")}
+    ratio = p / g if g > 0 else float("nan")
     warning = None
     if p < threshold:
         warning = (f"hand pose std {p:.5f} < {threshold}: constant predictions (mode collapse). Increase "
                    f"loss_weights.diversity, check model.use_sigma_reparam, or add training.input_noise")
+    elif ratio == ratio and ratio < ratio_threshold:
+        warning = (f"prediction spread is {ratio:.2f}x the ground truth's (< {ratio_threshold}): predictions are "
+                   f"collapsing towards one pose. Increase loss_weights.diversity or training.diversity_target_ratio, "
+                   f"or add training.input_noise")
+    stats = {"pred_std": p, "gt_std": g, "std_ratio": ratio, "collapse_warning": float(warning is not None)}
     return stats, warning
