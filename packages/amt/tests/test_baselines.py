@@ -33,6 +33,14 @@ def test_orient_like_recovers_the_rotation_and_is_root_relative():
     targets = np.einsum("bij,nj->bni", R, hand) + 1.0
     out = orient_like(hand, targets)
     assert np.abs(out - (targets - targets[:, :1])).max() < 1e-9
+    # with articulation noise it is the best rotation about the wrist: no other rotation does better
+    noisy = targets + np.random.default_rng(4).normal(0, 0.005, targets.shape)
+    out = orient_like(hand, noisy)
+    err = np.linalg.norm(out - (noisy - noisy[:, :1]), axis=-1).mean()
+    for Rp in Rotation.random(20, random_state=5).as_matrix():
+        small = Rotation.from_rotvec(Rotation.from_matrix(Rp).as_rotvec() * 0.05).as_matrix()
+        worse = np.einsum("ij,bnj->bni", small, out)
+        assert np.linalg.norm(worse - (noisy - noisy[:, :1]), axis=-1).mean() >= err - 1e-12
 
 
 def test_chirality_flips_under_a_mirror_and_matches_anatomy():

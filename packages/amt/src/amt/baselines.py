@@ -57,15 +57,16 @@ def canonical_hand(joints: np.ndarray, iterations: int = 20) -> np.ndarray:
 
 
 def orient_like(template: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """The root-relative template [21,3] turned by the best proper rotation onto each target [B,21,3] (no scale
-    change): the oracle-orientation prediction, root-relative."""
+    """The root-relative template [21,3] turned about its wrist by the proper rotation that best fits each
+    root-relative target [B,21,3] (no scale change): the oracle-orientation prediction for root-relative MPJPE.
+    The fit is about the wrist, the point root-relative MPJPE pins, so the oracle's error is articulation and
+    hand size only."""
     T = np.asarray(template, dtype=np.float64)
+    T = T - T[WRIST]
     G = np.asarray(targets, dtype=np.float64)
-    Tc = T - T.mean(0)
-    Gc = G - G.mean(1, keepdims=True)
-    R = _proper_rotation(np.broadcast_to(Tc, G.shape), Gc)
-    out = np.broadcast_to(T, G.shape) @ np.swapaxes(R, -1, -2)
-    return out - out[:, :1]
+    G = G - G[:, WRIST:WRIST + 1]
+    R = _proper_rotation(np.broadcast_to(T, G.shape), G)
+    return np.broadcast_to(T, G.shape) @ np.swapaxes(R, -1, -2)
 
 
 def chirality(joints: np.ndarray) -> np.ndarray:
