@@ -3,7 +3,12 @@ import pytest
 import torch
 from PIL import Image
 
+import json
+
+from scipy.io import savemat
+
 from amt.data import SERIALS, SUBJECTS, project, write_intrinsics, write_labels, write_meta
+from amt.synthetic import hand_joints
 
 
 @pytest.fixture(autouse=True)
@@ -56,3 +61,63 @@ def hand_made_tree(root, *, subjects=(0, 2), sequences=5, frames=3, serials=SERI
                     else:
                         write_labels(seq / s / f"labels_{f:06d}.npz", J, project(K_TEST, J), pose_y)
     return root
+
+
+# ---------------------------------------------------------------- real-hand layouts (tiny folders made from synthetic hands)
+
+K_FULL_FRAME = np.array([[900.0, 0, 640.0], [0, 910.0, 360.0], [0, 0, 1]])
+
+
+def posed_hands(n, seed=0, mirror=False):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        J = hand_joints(rng) * ([-1, 1, 1] if mirror else 1)
+        out.append(J @ np.diag([1.0, -1.0, -1.0]) + [rng.uniform(-0.05, 0.05), 0.0, 0.45])  # palm towards camera
+    return np.stack(out)
+
+
+def _make_hand_crops(root, n=6, size=64, seed=0, mirror=False):
+    """Ge et al.'s layout: images/NNNNN.jpg square crops, pose_gt.mat (cm), params.mat (full-frame K, bbox)."""
+    (root / "images").mkdir(parents=True)
+    J = posed_hands(n, seed, mirror)
+    bbox = []
+    for i, j in enumerate(J):
+        uv = project(K_FULL_FRAME, j)
+        c, w = (uv.min(0) + uv.max(0)) / 2, int((uv.max(0) - uv.min(0)).max() * 1.6)
+        x, y = int(c[0] - w / 2), int(c[1] - w / 2)
+        bbox.append([x, y, w, w])
+        Image.new("RGB", (size, size), (120 + 10 * i, 90, 80)).save(root / "images" / f"{i:05d}.jpg")
+    cam = np.tile([K_FULL_FRAME[0, 0], K_FULL_FRAME[1, 1], K_FULL_FRAME[0, 2], K_FULL_FRAME[1, 2]], (n, 1))
+    savemat(root / "pose_gt.mat", {"pose_gt": (J * 100).astype(np.float32)})
+    savemat(root / "params.mat", {"cam_param": cam, "bbox": np.array(bbox, np.int32)})
+    return root, J, np.array(bbox, float)
+
+
+def _make_freihand(root, n=3, copies=2, size=64, seed=1):
+    """FreiHAND's public layout: training_xyz.json, training_K.json, training/rgb/%08d.jpg (copies x n images)."""
+    (root / "training" / "rgb").mkdir(parents=True)
+    J = posed_hands(n, seed)
+    K = [[[250.0, 0, size / 2], [0, 250.0, size / 2], [0, 0, 1]] for _ in range(n)]
+    (root / "training_xyz.json").write_text(json.dumps(J.tolist()))
+    (root / "training_K.json").write_text(json.dumps(K))
+    for i in range(n * copies):
+        Image.new("RGB", (size, size), (100, 80 + 20 * i, 70)).save(root / "training" / "rgb" / f"{i:08d}.jpg")
+    return root, J, np.array(K)
+
+
+@pytest.fixture
+def make_hand_crops():
+    """(root, n=6, size=64, seed=0, mirror=False) -> (root, joints [n,21,3] m, bbox [n,4]) in Ge et al.'s layout."""
+    return _make_hand_crops
+
+
+@pytest.fixture
+def make_freihand():
+    """(root, n=3, copies=2, size=64, seed=1) -> (root, joints, K) in FreiHAND's public layout."""
+    return _make_freihand
+
+
+@pytest.fixture
+def k_full_frame():
+    return K_FULL_FRAME

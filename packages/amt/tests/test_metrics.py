@@ -32,8 +32,11 @@ def test_procrustes_recovers_a_similarity_exactly():
     R = Rotation.random(4, random_state=2).as_matrix()
     pred = 0.7 * np.einsum("bij,bnj->bni", R, gt) + np.array([10.0, -5.0, 300.0])
     assert pa_mpjpe(torch.tensor(pred), torch.tensor(gt)) < 1e-8
-    # a reflection is not a rotation: the aligned error stays large
-    assert pa_mpjpe(torch.tensor(gt * [-1, 1, 1]), torch.tensor(gt)) > 1.0
+    # a reflection is not a rotation: the proper-rotation value stays large; the toolkit's allows it
+    from amt.metrics import pa_mpjpe_proper
+
+    assert pa_mpjpe_proper(torch.tensor(gt * [-1, 1, 1]), torch.tensor(gt)) > 1.0
+    assert pa_mpjpe(torch.tensor(gt * [-1, 1, 1]), torch.tensor(gt)) < 1e-6
 
 
 def umeyama_svd(pred, gt):
@@ -99,3 +102,34 @@ def test_collapse_monitor_fires_on_constant_predictions():
     assert warning is not None and "std" in warning and stats["pred_std"] == 0
     stats, warning = collapse_monitor(gt + 0.001 * torch.randn_like(gt), gt)
     assert warning is None and stats["std_ratio"] == pytest.approx(1, abs=0.05)
+    assert stats["collapse_warning"] == 0.0
+
+
+def test_collapse_monitor_warns_on_a_shrinking_spread_the_hinge_would_miss():
+    """Predictions that vary 0.2x as much as the hands: above the guide's absolute 0.001 m, so only the spread
+    ratio catches it."""
+    gt = torch.randn(32, 21, 3) * 0.03
+    pred = gt.mean(0, keepdim=True) + 0.2 * (gt - gt.mean(0, keepdim=True))
+    stats, warning = collapse_monitor(pred, gt)
+    assert stats["pred_std"] > 0.001 and stats["std_ratio"] == pytest.approx(0.2, rel=1e-6)
+    assert warning is not None and "collapsing" in warning and stats["collapse_warning"] == 1.0
+    assert collapse_monitor(pred, gt, ratio_threshold=0.1)[1] is None
+
+
+def test_toolkit_pa_allows_reflections_exactly_like_scipy_and_proper_pa_does_not():
+    """pa_mpjpe is the toolkit's align_w_scale (scipy orthogonal_procrustes): on near-mirrored predictions the
+    best orthogonal map is a reflection, so it differs from the reflection-fixed value, which stays large."""
+    from amt.metrics import pa_mpjpe_proper, procrustes_align_toolkit
+
+    rng = np.random.default_rng(5)
+    gt = rng.normal(0, 40, (16, 21, 3))
+    pred = gt * [-1, 1, 1] + rng.normal(0, 3, gt.shape)       # mirror images: reflections fit best
+    ours = procrustes_align_toolkit(torch.tensor(pred), torch.tensor(gt)).numpy()
+    ref = np.stack([toolkit_align_w_scale(g, p) for g, p in zip(gt, pred)])
+    assert np.abs(ours - ref).max() < 1e-6
+    ref_pa = np.linalg.norm(ref - gt, axis=-1).mean()
+    assert pa_mpjpe(torch.tensor(pred), torch.tensor(gt)) == pytest.approx(ref_pa, rel=1e-9)
+    assert pa_mpjpe_proper(torch.tensor(pred), torch.tensor(gt)) > 3 * ref_pa
+    m = hand_metrics(torch.tensor(pred), torch.tensor(gt))
+    assert m["pa_mpjpe"] == pytest.approx(ref_pa, rel=1e-9) and m["pa_mpjpe_proper"] > 3 * ref_pa
+    assert m["auc_pa"] > m["auc_pa_proper"]

@@ -1,8 +1,13 @@
 import os
 from pathlib import Path
 
-import nbformat
-from nbclient import NotebookClient
+import pytest
+
+# The notebook test needs the Jupyter stack, which is not a dependency of `amt` itself: when amt is installed
+# alone with trainkit it is skipped with this reason instead of failing at import.
+nbformat = pytest.importorskip("nbformat", reason="nbformat not installed (Jupyter stack is optional for amt)")
+NotebookClient = pytest.importorskip("nbclient", reason="nbclient not installed").NotebookClient
+pytest.importorskip("ipykernel", reason="ipykernel not installed (no python3 kernel to run the notebook)")
 
 NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "train_advanced_manipulation.ipynb"
 
@@ -17,6 +22,7 @@ def test_notebook_runs_end_to_end(synthetic_root, monkeypatch, tmp_path):
                       "## 4. Training loop", "## 5. Evaluation"]
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "labelled frames" in outputs and "mean pose" in outputs and "final loss" in outputs
+    assert "labelled frames" in outputs and "canonical hand" in outputs and "final loss" in outputs
+    assert "spread ratio" in outputs and "stages: ['hand_pretrain', 'joint']" in outputs
     images = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
     assert images >= 3  # data crops, loss curve, prediction overlays

@@ -131,7 +131,7 @@ def test_resume_matches_uninterrupted_run(synthetic_root, tmp_path, monkeypatch)
     assert lr7 == pytest.approx(ext.training.learning_rate * fresh(6), rel=1e-6) and lr7 > 10 * ext.training.min_lr
 
 
-def test_evaluate_writes_the_toolkit_result_file(synthetic_root, tmp_path):
+def test_evaluate_writes_the_toolkit_result_file(synthetic_root, tmp_path, make_hand_crops):
     from amt.evaluate import evaluate_checkpoint
 
     train(config_for_run(None, _tiny_cfg(synthetic_root, tmp_path / "run", **{"training.num_epochs": 1})),
@@ -139,7 +139,12 @@ def test_evaluate_writes_the_toolkit_result_file(synthetic_root, tmp_path):
     res = tmp_path / "res.txt"
     r = evaluate_checkpoint(str(tmp_path / "run" / "checkpoints" / "best.pth"), split="s0_test", results=str(res),
                             device="cpu", log=lambda m: None)
-    assert set(r["model"]) >= {"mpjpe", "pa_mpjpe", "mpjpe_abs", "auc_pa", "pck_5px"} and r["mean_pose_baseline"]["mpjpe"] > 0
+    assert set(r["model"]) >= {"mpjpe", "pa_mpjpe", "pa_mpjpe_proper", "mpjpe_abs", "auc_pa", "pck_5px"}
+    assert r["mean_pose_camera_frame"]["mpjpe"] > 0 and r["canonical_hand_source"].startswith("checkpoint")
+    # the canonical hand is a real baseline: far better than the camera-frame blob on PA
+    assert r["canonical_hand"]["pa_mpjpe"] < 0.8 * r["mean_pose_camera_frame"]["pa_mpjpe"]
+    assert r["ratio_to_canonical"]["pa_mpjpe"] == pytest.approx(r["model"]["pa_mpjpe"] / r["canonical_hand"]["pa_mpjpe"])
+    assert 0.0 <= r["frames_beating_canonical"]["pa_mpjpe"] <= 1.0
     rows = [line.split(",") for line in res.read_text().splitlines()]
     index = DexYCBIndex(synthetic_root, "s0_test")
     assert all(len(row) == 64 for row in rows)  # index + 21 x 3 numbers
@@ -152,6 +157,41 @@ def test_evaluate_writes_the_toolkit_result_file(synthetic_root, tmp_path):
                            axis=1).mean() for row in rows]
     assert np.mean(errs) == pytest.approx(r["model"]["mpjpe_abs"], rel=1e-3)
     assert any(f.mano_side == "left" for f in index.frames)  # (s0_test of this data has left hands)
+
+    # the same checkpoint on a folder in the real hand-crop layout: one line per frame, frame index then 63 mm
+    crops, J, _ = make_hand_crops(tmp_path / "crops", n=5)
+    res2 = tmp_path / "res_real.txt"
+    r2 = evaluate_checkpoint(str(tmp_path / "run" / "checkpoints" / "best.pth"), results=str(res2), device="cpu",
+                             cli_values={"data.root": str(crops)}, log=lambda m: None)
+    rows = [line.split(",") for line in res2.read_text().splitlines()]
+    assert r2["num_frames"] == 5 and [int(row[0]) for row in rows] == list(range(5)) and all(len(x) == 64 for x in rows)
+    errs = [np.linalg.norm(np.array(row[1:], float).reshape(21, 3) - J[int(row[0])] * 1000, axis=1).mean() for row in rows]
+    assert np.mean(errs) == pytest.approx(r2["model"]["mpjpe_abs"], rel=1e-3)
+
+    # `amt predict` on the same crops, unlabelled: JSON joints whose projections are the listed 2-D points
+    import json
+
+    from click.testing import CliRunner
+
+    from amt.cli import main
+
+    intr = tmp_path / "K.json"
+    intr.write_text(json.dumps({"fx": 300, "fy": 300, "cx": 31.5, "cy": 31.5}))
+    out = tmp_path / "pred"
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "best.pth"),
+                                    "--images", str(crops / "images"), "--out", str(out), "--intrinsics", str(intr),
+                                    "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "joints.json").read_text())
+    assert [d["file"] for d in doc["images"]] == [f"{i:05d}.jpg" for i in range(5)]
+    for d in doc["images"]:
+        J, uv = np.array(d["joints_3d_mm"]), np.array(d["joints_2d_px"])
+        p = J @ np.array(d["K"]).T
+        assert J.shape == (21, 3) and np.allclose(p[:, :2] / p[:, 2:], uv, atol=0.02)
+        assert (out / "overlays" / d["file"].replace(".jpg", ".png")).is_file()
+    bad = CliRunner().invoke(main, ["predict", "--checkpoint", "x.pth", "--images", str(crops / "images"), "--out",
+                                    str(out)])
+    assert bad.exit_code == 2 and "--fov / --intrinsics" in bad.output
 
 
 def test_checkpoint_files_every_save_freq_epochs_are_all_kept(tmp_path):

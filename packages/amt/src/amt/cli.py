@@ -1,4 +1,4 @@
-"""`amt`: train, evaluate, make-synthetic, visualize, info.
+"""`amt`: train, evaluate, predict, make-synthetic, visualize, info.
 
 Thin: parse flags, build the config, call one function. User mistakes print one ``error:`` line, exit 2.
 """
@@ -58,7 +58,8 @@ def default_config(config_path: str | None, values: dict | None = None, override
 
 @main.command()
 @click.option("--data_root", "--data-root", "data_root", default=None,
-              help="DexYCB root (DEX_YCB_DIR layout). Default: the synthetic default, generated on first use.")
+              help="DexYCB root (DEX_YCB_DIR layout), a real hand-crop folder (images/, pose_gt.mat, params.mat) or "
+                   "FreiHAND (training_xyz.json, training_K.json, rgb/). Default: the synthetic default.")
 @click.option("--split", default=None, help="Toolkit setup s0..s3 (train/val/test of it), e.g. s1 or s0_train.")
 @click.option("--resume", default=None, help="checkpoints/latest.pth of a run, or 'auto' (the run's newest).")
 @click.option("--output_dir", "--output-dir", "output_dir", default=None, help="Run directory [runs/<experiment_name>].")
@@ -102,7 +103,8 @@ def _eval_split(split: str | None) -> str | None:
 @main.command()
 @click.option("--checkpoint", required=True, help="best.pth / latest.pth from `amt train`.")
 @click.option("--split", default=None, help="Split to evaluate, e.g. s0_test [the config's data.test_split].")
-@click.option("--data_root", "--data-root", "data_root", default=None, help="DexYCB root [the checkpoint's].")
+@click.option("--data_root", "--data-root", "data_root", default=None,
+              help="Data root in any layout amt reads (DexYCB, hand crops, FreiHAND) [the checkpoint's].")
 @click.option("--results", default=None, help="Write the toolkit's HPE result file (index + 63 numbers in mm per frame).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--batch_size", "--batch-size", "batch_size", type=int, default=None, help="Evaluation batch size.")
@@ -159,18 +161,22 @@ def visualize(ctx, out, checkpoint, data_root, split, num, augment, config_path,
     """Hand crops with skeletons: ground truth (dashed) and, with --checkpoint, predictions (solid)."""
     from trainkit.device import resolve_device
 
-    from .evaluate import load_for_inference, make_dataset, make_loader, predict, resolve_root
+    from .evaluate import (load_for_inference, make_dataset, make_loader, model_right_sign, predict, resolve_root,
+                           training_canonical_hand)
     from .plots import overlay_figure
 
     split = _eval_split(split)
     cli_values = {"data.root": data_root} if data_root is not None else None
     dev = resolve_device(device)
+    say = lambda m: click.echo(m, err=True)  # noqa: E731
+    right_sign = 1.0
     if checkpoint:
-        model, cfg, _ = load_for_inference(checkpoint, dev, resolve_config_path(config_path), overrides, cli_values)
+        model, cfg, extra = load_for_inference(checkpoint, dev, resolve_config_path(config_path), overrides, cli_values)
+        right_sign = model_right_sign(training_canonical_hand(cfg, extra, say)[0])
     else:
         model, cfg = None, load_config(Config, resolve_config_path(config_path), overrides, cli_values)
-    root = resolve_root(cfg, lambda m: click.echo(m, err=True))
-    ds = make_dataset(cfg, root, split or cfg.data.val_split, augment=augment, limit=num)
+    root = resolve_root(cfg, say)
+    ds = make_dataset(cfg, root, split or cfg.data.val_split, augment=augment, limit=num, log=say, right_sign=right_sign)
     if model is None:
         items = [ds[i] for i in range(len(ds))]
         fig = overlay_figure([it["image"].numpy() for it in items], [it["joints_2d"].numpy() for it in items])
@@ -183,6 +189,26 @@ def visualize(ctx, out, checkpoint, data_root, split, num, augment, config_path,
 
 
 @main.command()
+@click.option("--checkpoint", required=True, help="best.pth / latest.pth from `amt train`.")
+@click.option("--images", required=True, help="Folder of unlabelled hand crops (JPEG/PNG), one hand per image.")
+@click.option("--out", required=True, help="Folder for joints.json and overlays/<image>.png (created).")
+@click.option("--fov", type=float, default=None, help="Horizontal field of view in degrees (principal point at the centre).")
+@click.option("--intrinsics", default=None,
+              help='JSON: {"fx","fy","cx","cy"} or a 3x3 list for all images, or {"<file name>": either} per image.')
+@click.option("--hand", type=click.Choice(["right", "left"]), default="right", show_default=True,
+              help="Anatomical hand in the images (mirrored for the model when it differs from its training hands).")
+@click.option("--device", default="auto", show_default=True)
+@handle_user_errors
+def predict(checkpoint, images, out, fov, intrinsics, hand, device):
+    """Run a trained model on a folder of hand crops: camera-frame joints (mm) as JSON, skeleton overlays as PNG."""
+    from .predict import predict_folder
+
+    path = predict_folder(checkpoint, images, out, fov=fov, intrinsics=intrinsics, hand=hand, device=device,
+                          log=lambda m: click.echo(m, err=True))
+    click.echo(f"wrote {path}")
+
+
+@main.command()
 @click.option("--data_root", "--data-root", "data_root", default=None)
 @click.option("--no_data", is_flag=True, help="Skip the dataset summary (no synthetic generation).")
 @common_options
@@ -190,8 +216,8 @@ def visualize(ctx, out, checkpoint, data_root, split, num, augment, config_path,
 @handle_user_errors
 def info(ctx, no_data, config_path, overrides, precision, **_):
     """Resolved config, dataset frames per split, model parameters per component."""
-    from .data import DexYCBIndex
     from .evaluate import build_model, resolve_root
+    from .realdata import make_index
     from .model import parameter_table
 
     cfg = build_config(ctx, config_path, overrides, None, precision)
@@ -208,7 +234,7 @@ def info(ctx, no_data, config_path, overrides, precision, **_):
     if not no_data:
         root = resolve_root(cfg, lambda m: click.echo(m, err=True))
         for split in (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split):
-            idx = DexYCBIndex(root, split)
+            idx = make_index(root, split)
             click.echo(f"  {split}: {len(idx)} labelled frames ({idx.num_empty} without a hand dropped) "
                        f"from {len(idx.intrinsics)} cameras at {root}")
             if cfg.data.root is not None and idx.incompleteness():

@@ -86,6 +86,7 @@ class TrainingConfig:
     diversity_target_ratio: float = 0.5   # diversity loss penalises prediction spread below this x GT spread
     input_noise: float = 0.0          # std of Gaussian noise added to normalised inputs (guide's troubleshooting)
     collapse_std_threshold: float = 0.001  # metres: the guide's "hand pose std < 0.001" warning
+    collapse_ratio_threshold: float = 0.25  # warn when prediction spread < this x ground-truth spread (collapse)
     image_freq: int = 1               # epochs between skeleton-overlay images
     device: str = "auto"
     seed: int = 0

@@ -204,6 +204,10 @@ class DexYCBIndex:
     def __len__(self) -> int:
         return len(self.frames)
 
+    def read(self, frame: Frame) -> dict:
+        """The frame's labels (see :func:`read_labels`)."""
+        return read_labels(Path(frame.label))
+
     def incompleteness(self) -> str | None:
         """None for the full release's layout; otherwise one line saying what differs and what it changes."""
         short = {k: v for k, v in self.sequence_counts.items() if v != SEQUENCES_PER_SUBJECT}
@@ -331,7 +335,7 @@ class HandCropDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         fr = self.index.frames[i]
-        lab = read_labels(Path(fr.label))
+        lab = self.index.read(fr)
         K = self.index.intrinsics[fr.serial]
         J = lab["joint_3d"]
         rot, scale, shift = 0.0, 1.0, (0.0, 0.0)

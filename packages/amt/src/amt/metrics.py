@@ -4,7 +4,9 @@ Conventions: joints in millimetres for reported numbers; MPJPE = mean over keypo
 Euclidean error (all 21 visible, so it equals the plain mean); PCK uses ``<=``; AUC = trapezoid of the
 per-keypoint PCK curve over 100 thresholds in [0, 50] mm divided by 50, averaged over keypoints (toolkit
 ``EvalUtil.get_measures``). Root-relative: subtract each set's own joint 0 (wrist). Procrustes: similarity
-alignment (rotation with reflection fix, uniform scale, translation) of the prediction onto the ground truth.
+alignment (orthogonal map, uniform scale, translation) of the prediction onto the ground truth, in two forms:
+``pa_mpjpe`` is the toolkit's (``align_w_scale``: scipy ``orthogonal_procrustes``, which allows a reflection),
+``pa_mpjpe_proper`` the literature's Umeyama with the reflection fix (a proper rotation).
 """
 from __future__ import annotations
 
@@ -73,6 +75,21 @@ def procrustes_align(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return scale[:, None, None] * (X0 @ R.transpose(1, 2)) + my
 
 
+def procrustes_align_toolkit(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """The dex-ycb-toolkit's / FreiHAND's ``align_w_scale``, batched in float64: both sets centred and scaled to
+    unit Frobenius norm, the orthogonal map of scipy's ``orthogonal_procrustes`` (U V^T of the SVD of
+    gt0^T pred0, so a reflection is allowed when it fits better), scale = sum of the singular values."""
+    X, Y = pred.double(), gt.double()
+    t1, t2 = Y.mean(1, keepdim=True), X.mean(1, keepdim=True)
+    Y0, X0 = Y - t1, X - t2
+    s1 = Y0.flatten(1).norm(dim=1)[:, None, None] + 1e-8
+    s2 = X0.flatten(1).norm(dim=1)[:, None, None] + 1e-8
+    Y0, X0 = Y0 / s1, X0 / s2
+    U, S, Vh = torch.linalg.svd(Y0.transpose(1, 2) @ X0)
+    R = U @ Vh                                                   # maps gt onto pred: gt0 R ~ pred0
+    return (X0 @ R.transpose(1, 2)) * S.sum(-1)[:, None, None] * s1 + t1
+
+
 def joint_errors(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """Per-joint Euclidean errors [B,N]."""
     return (pred.double() - gt.double()).norm(dim=-1)
@@ -87,7 +104,21 @@ def mpjpe(pred, gt) -> float:
 
 
 def pa_mpjpe(pred, gt) -> float:
+    """The toolkit's PA-MPJPE (reflections allowed)."""
+    return float(joint_errors(procrustes_align_toolkit(pred, gt), gt).mean(0).mean())
+
+
+def pa_mpjpe_proper(pred, gt) -> float:
+    """PA-MPJPE with a proper rotation (Umeyama with the reflection fix)."""
     return float(joint_errors(procrustes_align(pred, gt), gt).mean(0).mean())
+
+
+def frame_errors(pred_mm: torch.Tensor, gt_mm: torch.Tensor) -> dict:
+    """Per-frame mean joint errors [B] (numpy): root-relative, toolkit PA and proper-rotation PA."""
+    e = {"mpjpe": joint_errors(root_relative(pred_mm), root_relative(gt_mm)),
+         "pa_mpjpe": joint_errors(procrustes_align_toolkit(pred_mm, gt_mm), gt_mm),
+         "pa_mpjpe_proper": joint_errors(procrustes_align(pred_mm, gt_mm), gt_mm)}
+    return {k: v.mean(1).cpu().numpy() for k, v in e.items()}
 
 
 def pck_curve(errors: torch.Tensor, thresholds: np.ndarray) -> np.ndarray:
@@ -118,11 +149,12 @@ def hand_metrics(pred_mm: torch.Tensor, gt_mm: torch.Tensor, pred_uv: torch.Tens
     """
     e_abs = joint_errors(pred_mm, gt_mm)
     e_rr = joint_errors(root_relative(pred_mm), root_relative(gt_mm))
-    e_pa = joint_errors(procrustes_align(pred_mm, gt_mm), gt_mm)
+    e_pa = joint_errors(procrustes_align_toolkit(pred_mm, gt_mm), gt_mm)
+    e_pp = joint_errors(procrustes_align(pred_mm, gt_mm), gt_mm)
     out = {
         "mpjpe": float(e_rr.mean(0).mean()), "mpjpe_abs": float(e_abs.mean(0).mean()),
-        "pa_mpjpe": float(e_pa.mean(0).mean()),
-        "auc_rr": auc(e_rr), "auc_abs": auc(e_abs), "auc_pa": auc(e_pa),
+        "pa_mpjpe": float(e_pa.mean(0).mean()), "pa_mpjpe_proper": float(e_pp.mean(0).mean()),
+        "auc_rr": auc(e_rr), "auc_abs": auc(e_abs), "auc_pa": auc(e_pa), "auc_pa_proper": auc(e_pp),
     }
     for t in pck_3d_mm:
         out[f"pck3d_{t}mm"] = pck(e_rr, t)
@@ -139,12 +171,25 @@ def spread(x_rel: torch.Tensor) -> float:
     return float(x_rel.double().reshape(x_rel.shape[0], -1).std(0, unbiased=False).mean())
 
 
-def collapse_monitor(pred_rel: torch.Tensor, gt_rel: torch.Tensor, threshold: float = 0.001) -> tuple[dict, str | None]:
-    """Prediction spread vs ground-truth spread (metres); a warning string when the guide's alarm fires."""
+def collapse_monitor(pred_rel: torch.Tensor, gt_rel: torch.Tensor, threshold: float = 0.001,
+                     ratio_threshold: float = 0.25) -> tuple[dict, str | None]:
+    """Prediction spread vs ground-truth spread (metres) and a collapse flag, with a warning string.
+
+    The spread ratio (prediction spread / ground-truth spread over the batch) is the signal to watch: ~1 when
+    predictions vary as much as the hands do, falling towards 0 as they collapse to one pose. It warns when the
+    ratio drops below ``ratio_threshold`` (predictions vary less than a quarter as much as the hands: a constant
+    is creeping in) or when the spread itself is below the guide's absolute ``threshold`` (0.001 m). The bounded
+    diversity hinge is 0 in every healthy run by design, so it cannot serve as this alarm.
+    """
     p, g = spread(pred_rel), spread(gt_rel)
-    stats = {"pred_std": p, "gt_std": g, "std_ratio": p / g if g > 0 else float("nan")}
+    ratio = p / g if g > 0 else float("nan")
     warning = None
     if p < threshold:
         warning = (f"hand pose std {p:.5f} < {threshold}: constant predictions (mode collapse). Increase "
                    f"loss_weights.diversity, check model.use_sigma_reparam, or add training.input_noise")
+    elif ratio == ratio and ratio < ratio_threshold:
+        warning = (f"prediction spread is {ratio:.2f}x the ground truth's (< {ratio_threshold}): predictions are "
+                   f"collapsing towards one pose. Increase loss_weights.diversity or training.diversity_target_ratio, "
+                   f"or add training.input_noise")
+    stats = {"pred_std": p, "gt_std": g, "std_ratio": ratio, "collapse_warning": float(warning is not None)}
     return stats, warning

@@ -317,7 +317,7 @@ def train(cfg: Config, log=print, allow_rewind: bool = False) -> dict:
         step, start_epoch, micro = int(rest["step"]), int(rest["epoch"]), int(extra.get("micro", 0))
         # this rank's running sums of an epoch interrupted mid-way (rank_extra: each rank gets its own back)
         partial = (rest.get("rank_extra") or {}).get("epoch_partial")
-        baseline = {k: extra["amt"][k] for k in ("mean_rel", "mean_root")}
+        baseline = {k: extra["amt"][k] for k in ("mean_rel", "mean_root", "canonical_hand") if k in extra["amt"]}
         where = (f"{sampler.consumed} crops into epoch {start_epoch + 1}" if partial is not None
                  else f"epoch {start_epoch}")
         if start_epoch > t.num_epochs or (start_epoch == t.num_epochs and partial is None):
@@ -359,7 +359,7 @@ def train(cfg: Config, log=print, allow_rewind: bool = False) -> dict:
     def validate(epoch: int) -> dict:
         ema.module.refresh_sigma()  # the averaged weights' own spectral norms (also what best.pth then holds)
         p = predict(ema.module, val_loader, device, cfg.precision, keep_images=8)
-        m = metrics_from_predictions(p, t.collapse_std_threshold)
+        m = metrics_from_predictions(p, t.collapse_std_threshold, t.collapse_ratio_threshold)
         scalars = {f"val/{k}": v for k, v in m.items() if isinstance(v, float)}
         if info.is_main and epoch % t.image_freq == 0:
             fig = overlay_figure([x.numpy() for x in p["images"]], [x.numpy() for x in p["gt_uv_crop"]],
@@ -421,7 +421,8 @@ def train(cfg: Config, log=print, allow_rewind: bool = False) -> dict:
                 n += 1
                 if res.boundary and step % t.log_freq == 0:
                     final = (out["refined"][-1] if out["refined"] else out["joints_rel"]).detach().float()
-                    stats, warning = collapse_monitor(final, b["joints_rel"], t.collapse_std_threshold)
+                    stats, warning = collapse_monitor(final, b["joints_rel"], t.collapse_std_threshold,
+                                                      t.collapse_ratio_threshold)
                     scalars = {"train/loss": float(loss.detach()), **{f"train/{k}": float(v) for k, v in terms.items()},
                                "train/grad_norm": float(res.grad_norm) if res.grad_norm is not None else 0.0,
                                **{f"train/{k}": v for k, v in stats.items()}}
@@ -459,6 +460,9 @@ def train(cfg: Config, log=print, allow_rewind: bool = False) -> dict:
                 f"({epoch_time:.0f}s) | val mpjpe {metrics.get('val/mpjpe', float('nan')):.2f} mm, pa "
                 f"{metrics.get('val/pa_mpjpe', float('nan')):.2f} mm, pck@5px {metrics.get('val/pck_5px', float('nan')):.3f},"
                 f" spread {metrics.get('val/std_ratio', float('nan')):.2f}x GT")
+            if info.is_main and metrics.get("val/collapse_warning"):
+                say(f"WARNING epoch {ep}: validation predictions spread {metrics.get('val/std_ratio', 0):.2f}x the "
+                    f"ground truth's (< {t.collapse_ratio_threshold}): mode collapse")
             save(ep, metrics)
             if t.stop_after_epoch and ep >= t.stop_after_epoch and not is_last:
                 say(f"stopping after epoch {ep} (training.stop_after_epoch); continue with --resume "
