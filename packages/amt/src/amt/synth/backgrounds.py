@@ -56,8 +56,9 @@ def photo_background(rng: np.random.Generator, w: int, h: int) -> np.ndarray | N
         im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if rng.random() < 0.4:  # the scene behind a hand is often out of focus
         im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.8, 3.0)))
-    a = np.asarray(im, dtype=np.float32)
-    grey = a.mean(2, keepdims=True)
-    a = grey + rng.uniform(0.5, 1.2) * (a - grey)           # saturation
-    a = a * rng.uniform(0.8, 1.2, 3) * rng.uniform(0.6, 1.2)  # white balance, exposure
-    return np.clip(a, 0, 255).astype(np.uint8)
+    # saturation, white balance and exposure as one colour matrix, applied by PIL in C (clipped to 0..255)
+    sat = rng.uniform(0.5, 1.2)
+    gain = rng.uniform(0.8, 1.2, 3) * rng.uniform(0.6, 1.2)
+    M = gain[:, None] * (sat * np.eye(3) + (1 - sat) / 3)
+    matrix = tuple(float(x) for row in M for x in (*row, 0.0))
+    return np.asarray(im.convert("RGB", matrix=matrix))

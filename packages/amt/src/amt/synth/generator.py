@@ -102,7 +102,7 @@ def render_view(K: np.ndarray, R: np.ndarray, t: np.ndarray, Jw: np.ndarray | No
                 ambient: float, rng: np.random.Generator, scale: float = 1.0) -> Image.Image:
     """One camera's 640x480 view of a world-frame hand (or None) and sphere."""
     bg = photo_background(rng, IMAGE_W, IMAGE_H)
-    img = (np.asarray(_background(rng)) if bg is None else bg).astype(np.float32)
+    img = np.array(_background(rng)) if bg is None else bg.copy()  # uint8; only the hand/object boxes are shaded
     light = R @ light_w
     # hand (soft-min skin) and object (one sphere) are cast separately, then merged by depth
     layers = []
@@ -138,7 +138,7 @@ def render_view(K: np.ndarray, R: np.ndarray, t: np.ndarray, Jw: np.ndarray | No
         region[front] = np.clip(rgb[front] * 255, 0, 255)
         zbuf[sl][front] = d[front]
     hit = np.isfinite(zbuf)
-    im = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    im = Image.fromarray(img)
     if hit.any():  # soften the aliased silhouettes (the camera's optics would)
         ys, xs = np.nonzero(hit)
         box = (max(0, xs.min() - 3), max(0, ys.min() - 3), min(IMAGE_W, xs.max() + 4), min(IMAGE_H, ys.max() + 4))
