@@ -150,3 +150,17 @@ def test_cache_hook_selects_generator_3(tmp_path, monkeypatch):
     cfg.data.synthetic.generator_version = 7
     with pytest.raises(UserError, match="generator_version"):
         validate(cfg)
+
+
+def test_make_synthetic_cli_selects_generator_3(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from amt.cli import main
+
+    calls = []
+    monkeypatch.setattr("amt.synth.generator.make_synthetic_v3", lambda out, **kw: calls.append(kw) or out)
+    r = CliRunner().invoke(main, ["make-synthetic", "--out", str(tmp_path / "x"), "--generator_version", "3",
+                                  "--sequences_per_subject", "1", "--frames_per_sequence", "2"])
+    assert r.exit_code == 0 and calls and calls[0]["frames_per_sequence"] == 2
+    r = CliRunner().invoke(main, ["make-synthetic", "--out", str(tmp_path / "y"), "--generator_version", "4"])
+    assert r.exit_code == 2 and "generator_version" in r.output
