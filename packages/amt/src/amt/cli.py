@@ -135,10 +135,15 @@ def evaluate(ctx, checkpoint, split, data_root, results, as_json, batch_size, co
 @click.option("--frames_per_sequence", type=int, default=8, show_default=True, help="Frame 0 of each has no hand.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out whole.")
+@click.option("--generator_version", type=click.Choice(["2", "3"]), default="2", show_default=True,
+              help="2: coloured stick hands; 3: skinned, shaded hands over photographs, 8 views per frame.")
 @handle_user_errors
-def make_synthetic(out, sequences_per_subject, frames_per_sequence, seed, overwrite):
+def make_synthetic(out, sequences_per_subject, frames_per_sequence, seed, overwrite, generator_version):
     """Write the synthetic hand dataset in the DexYCB on-disk layout."""
     from .synthetic import make_synthetic as run
+
+    if generator_version == "3":
+        from .synth.generator import make_synthetic_v3 as run
 
     root = run(out, sequences_per_subject=sequences_per_subject, frames_per_sequence=frames_per_sequence, seed=seed,
                overwrite=overwrite, log=lambda m: click.echo(m, err=True))

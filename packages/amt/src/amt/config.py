@@ -20,6 +20,7 @@ class SyntheticConfig:
     sequences_per_subject: int = 5
     frames_per_sequence: int = 8
     seed: int = 0
+    generator_version: int = 2        # 2: coloured stick hands (amt.synthetic); 3: skinned hands over photos (amt.synth)
 
 
 @dataclass
@@ -191,6 +192,8 @@ def validate(cfg: Config) -> None:
                    ("training.stop_after_epoch", t.stop_after_epoch), ("training.threads", t.threads)):
         if v is not None and v <= 0:
             _bad(key, v, "a positive integer (or leave it unset)")
+    if d.synthetic.generator_version not in (2, 3):
+        _bad("data.synthetic.generator_version", d.synthetic.generator_version, "2 or 3")
     if d.synthetic.frames_per_sequence < 2:
         _bad("data.synthetic.frames_per_sequence", d.synthetic.frames_per_sequence, "an integer >= 2 (frame 0 has no hand)")
     if m.dropout >= 1:

@@ -26,7 +26,8 @@ def resolve_root(cfg: Config, log=print) -> Path:
     d = cfg.data
     if d.root is None:
         s = d.synthetic
-        return ensure_synthetic(s.sequences_per_subject, s.frames_per_sequence, s.seed, log=log)
+        return ensure_synthetic(s.sequences_per_subject, s.frames_per_sequence, s.seed, log=log,
+                                generator_version=s.generator_version)
     return Path(d.root)
 
 

@@ -366,14 +366,20 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "amt"
 
 
-def ensure_synthetic(sequences_per_subject: int, frames_per_sequence: int, seed: int, log=print) -> Path:
-    """The default dataset in the cache, generated on first use."""
-    root = default_cache_dir() / f"synthetic_dexycb_v{GENERATOR_VERSION}_q{sequences_per_subject}_f{frames_per_sequence}_s{seed}"
+def ensure_synthetic(sequences_per_subject: int, frames_per_sequence: int, seed: int, log=print,
+                     generator_version: int = GENERATOR_VERSION) -> Path:
+    """The default dataset in the cache, generated on first use (``generator_version`` 3: :mod:`amt.synth`)."""
+    make = make_synthetic
+    if generator_version == 3:
+        from .synth.generator import make_synthetic_v3 as make
+    elif generator_version != GENERATOR_VERSION:
+        raise UserError(f"generator_version={generator_version}", "data.synthetic.generator_version", "2 or 3")
+    root = default_cache_dir() / f"synthetic_dexycb_v{generator_version}_q{sequences_per_subject}_f{frames_per_sequence}_s{seed}"
     if not (root / "calibration").is_dir():
         log(f"generating the synthetic DexYCB-layout dataset into {root} (first use)")
         try:
-            make_synthetic(root, sequences_per_subject=sequences_per_subject, frames_per_sequence=frames_per_sequence,
-                           seed=seed, overwrite=True, keep_complete=True, log=log)
+            make(root, sequences_per_subject=sequences_per_subject, frames_per_sequence=frames_per_sequence,
+                 seed=seed, overwrite=True, keep_complete=True, log=log)
         except OSError:
             if not (root / "calibration").is_dir():  # a concurrent first run may have won the rename
                 raise
