@@ -311,3 +311,34 @@ def test_malformed_processed_datasets_are_one_line_errors(tiny_data, tmp_path):
             ProcessedDataset(root)
     with pytest.raises(UserError, match="at least 11"):
         _cfg("data.image_size=[16,9]")
+
+
+def test_per_channel_sensitivity_is_zero_for_a_channel_the_model_cannot_see(tiny_data):
+    from worldmodel.evaluate import rollout_metrics
+
+    torch.manual_seed(0)
+    m = build_model(_cfg("model.dynamics.dropout=0.0"), (32, 18), 6).eval()
+    torch.nn.init.normal_(m.dynamics.head.weight, std=0.3)   # an untrained head copies the latent
+    with torch.no_grad():
+        m.dynamics.a_in[0].weight[:, 0] = 0.0                  # blind to channel 0 (speed)
+    data = ProcessedDataset(tiny_data)
+    res = rollout_metrics(m, data, context=1, horizon=3, frame_skip=1, max_sequences=4, device="cpu",
+                          per_channel=True)
+    per = res["action_sensitivity"]["per_channel"]
+    assert list(per) == data.index["action_names"] == ["speed", "yaw_rate", "accel", "curvature"]
+    assert all(per["speed"][f"delta_psnr@{h}"] == 0.0 for h in (1, 2, 3))
+    assert any(abs(per[name]["delta_psnr@3"]) > 1e-4 for name in ("yaw_rate", "accel", "curvature"))
+    # without the flag (validation during training) the extra rollouts are not run
+    plain = rollout_metrics(m, data, context=1, horizon=2, frame_skip=1, max_sequences=4, device="cpu")
+    assert "per_channel" not in plain["action_sensitivity"]
+
+
+def test_a_checkpoint_config_from_before_generator_versions_keeps_version_1():
+    from worldmodel.config import upgrade_saved_config
+
+    old = config_to_dict(_cfg())
+    del old["data"]["synthetic_version"]
+    new = upgrade_saved_config(old)
+    assert new["data"]["synthetic_version"] == 1 and "synthetic_version" not in old["data"]
+    assert load_config(Config, None, [], base=new).data.synthetic_version == 1
+    assert upgrade_saved_config(config_to_dict(_cfg()))["data"]["synthetic_version"] == 2

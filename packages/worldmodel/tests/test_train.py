@@ -73,6 +73,8 @@ def test_tiny_model_learns_and_every_guide_tag_is_logged(tiny_cfg, tmp_path):
     assert bad.exit_code == 2 and "action channels" in bad.output
     assert {"psnr@1", "ssim@1", "psnr@3"} <= set(res["model"]) and "psnr@3" in res["copy_last_frame"]
     assert "delta_psnr@3" in res["action_sensitivity"]
+    per = res["action_sensitivity"]["per_channel"]
+    assert set(per) == {"speed", "yaw_rate", "accel", "curvature"} and "delta_psnr@3" in per["speed"]
     # rollout: PNG strips + GIFs, refuses a non-empty folder without --overwrite
     target = tmp_path / "roll"
     args = ["rollout", "--checkpoint", str(run / "checkpoints" / "latest.pt"), "--data-root", cfg.data.data_root,

@@ -191,17 +191,20 @@ def rollout(checkpoint, data_root, out, num_sequences, horizon, steer_offset, ov
 @click.option("--num-scenes", "num_scenes", type=int, default=None, help="Synthetic: episodes [40].")
 @click.option("--num-frames", "num_frames", type=int, default=None, help="Synthetic: frames per episode [60].")
 @click.option("--seed", type=int, default=None, help="Synthetic: generator seed [0].")
+@click.option("--synthetic-version", "synthetic_version", type=int, default=None,
+              help="Synthetic: generator version, 2 (speed and braking visible) or 1 (the pre-session-19 world) [2].")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder whole.")
 @config_options
 @click.pass_context
 @handle_user_errors
 def prepare_dataset(ctx, config_path, overrides, dataset, data_root, out, version, image_size, allow_pickle,
-                    num_scenes, num_frames, seed, overwrite):
+                    num_scenes, num_frames, seed, synthetic_version, overwrite):
     """Turn raw data into the processed training format (the guide's scripts/prepare_dataset.py)."""
     from .sources import prepare
 
     cli = {"dataset": "data.dataset", "version": "data.version", "num_scenes": "data.synthetic_scenes",
-           "num_frames": "data.synthetic_frames", "seed": "data.synthetic_seed"}
+           "num_frames": "data.synthetic_frames", "seed": "data.synthetic_seed",
+           "synthetic_version": "data.synthetic_version"}
     values = explicit_cli_values(ctx, cli)
     if image_size is not None:
         try:

@@ -26,7 +26,7 @@ from trainkit.progress import progress
 from trainkit.step import OptimizerStep
 from trainkit.tracking import Tracker
 
-from .config import RUN_DEFINING_KEYS, Config, effective_lrs, get
+from .config import RUN_DEFINING_KEYS, Config, effective_lrs, get, upgrade_saved_config
 from .data import DrivingAugmentation, ProcessedDataset, WindowDataset, collate
 from .evaluate import build_model, image_grid, precision_for, validate
 from .losses import build_perceptual, compute_losses
@@ -78,7 +78,7 @@ def resolve_run_config(config_path, overrides, cli_values: dict, allow_config_ch
     saved = state.get("config")
     if not isinstance(saved, dict) or "model" not in saved:
         raise UserError("not a worldmodel checkpoint", str(path), "a file written by `worldmodel train`")
-    saved = copy.deepcopy(saved)
+    saved = upgrade_saved_config(copy.deepcopy(saved))
     for dotted, fresh in PER_INVOCATION.items():
         section, key = dotted.split(".")
         saved.setdefault(section, {})[key] = fresh
@@ -148,10 +148,10 @@ def resolve_data_root(cfg: Config, log, is_main: bool = True) -> Path:
     root = None
     if is_main:
         root = ensure_synthetic(d.synthetic_scenes, d.synthetic_frames, d.image_size, d.synthetic_seed,
-                                d.val_fraction, log=log)
+                                d.val_fraction, log=log, version=d.synthetic_version)
     barrier()
     return root or ensure_synthetic(d.synthetic_scenes, d.synthetic_frames, d.image_size, d.synthetic_seed,
-                                    d.val_fraction, log=log)
+                                    d.val_fraction, log=log, version=d.synthetic_version)
 
 
 def curriculum_subset(order_by_difficulty: np.ndarray | None, epoch: int, cfg: Config) -> np.ndarray | None:
