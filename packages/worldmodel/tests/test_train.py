@@ -83,6 +83,26 @@ def test_tiny_model_learns_and_every_guide_tag_is_logged(tiny_cfg, tmp_path):
     assert len(list(target.glob("*.png"))) == 1 and len(list(target.glob("*.gif"))) == 1
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 2 and "not empty" in again.output
+    # drive the model from an action file: a GIF of context + one frame per row (and an MP4 with PyAV)
+    acts = tmp_path / "drive.csv"
+    acts.write_text("speed,yaw_rate,accel,curvature\n10,0,0,0\n8,0,-5,0\n8,0.3,0,0.0375\n")
+    drive = ["rollout", "--checkpoint", str(run / "checkpoints" / "latest.pt"), "--data-root", cfg.data.data_root,
+             "--num-sequences", "1", "--actions", str(acts), "--reference-every", "2"]
+    res = CliRunner().invoke(main, [*drive, "--out", str(tmp_path / "drive")])
+    assert res.exit_code == 0, res.output
+    import imageio.v2 as imageio
+
+    gif = list((tmp_path / "drive").glob("*_drive.gif"))
+    assert len(gif) == 1 and len(imageio.mimread(gif[0])) == 4
+    try:
+        import av  # noqa: F401
+        assert len(list((tmp_path / "drive").glob("*_drive.mp4"))) == 1
+    except ImportError:
+        pass
+    acts.write_text("speed,yaw_rate,accel,curvature\n10,0,0,0\n8,0,fast,0\n")
+    bad = CliRunner().invoke(main, [*drive, "--out", str(tmp_path / "drive_bad")])
+    assert bad.exit_code == 2 and "line 3" in bad.output and "accel='fast'" in bad.output
+    assert not (tmp_path / "drive_bad").exists() and "Traceback" not in bad.output
 
 
 def test_resume_mid_epoch_equals_an_uninterrupted_run(tiny_cfg, tmp_path):

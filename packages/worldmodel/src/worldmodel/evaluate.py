@@ -77,7 +77,7 @@ def _batches(indices: list[int], size: int):
 @torch.no_grad()
 def rollout_metrics(model: WorldModel, data: ProcessedDataset, *, context: int, horizon: int, frame_skip: int,
                     max_sequences: int, device, precision: str = "fp32", batch_size: int = 16,
-                    per_channel: bool = False) -> dict:
+                    per_channel: bool = False, reference_every: int | None = None) -> dict:
     """``{"model": {psnr@h, ssim@h}, "copy_last_frame": {...}, "action_sensitivity": {...}}`` on val scenes.
 
     Action sensitivity: PSNR with the window's true future actions minus PSNR with a foreign window's (from
@@ -102,8 +102,8 @@ def rollout_metrics(model: WorldModel, data: ProcessedDataset, *, context: int, 
         foreign[:, :context - 1] = actions[:, :context - 1]
         ctx, future = frames[:, :context], frames[:, context:]
         with autocast(device, precision):
-            pred = model.rollout(ctx, actions, horizon).float()
-            pred_f = model.rollout(ctx, foreign, horizon).float()
+            pred = model.rollout(ctx, actions, horizon, reference_every).float()
+            pred_f = model.rollout(ctx, foreign, horizon, reference_every).float()
         last = ctx[:, -1:].expand_as(future)
         for h in range(horizon):
             gt = future[:, h]
@@ -114,7 +114,7 @@ def rollout_metrics(model: WorldModel, data: ProcessedDataset, *, context: int, 
             swapped = actions.clone()
             swapped[:, context - 1:, c] = foreign[:, context - 1:, c]
             with autocast(device, precision):
-                pred_c = model.rollout(ctx, swapped, horizon).float()
+                pred_c = model.rollout(ctx, swapped, horizon, reference_every).float()
             for h in range(horizon):
                 sums[f"ch{c}_psnr"][h] += float(psnr_per_image(pred_c[:, h], future[:, h]).sum())
     model.train(was_training)
@@ -135,6 +135,8 @@ def rollout_metrics(model: WorldModel, data: ProcessedDataset, *, context: int, 
             for c, name in enumerate(names)}
     res["model"]["num_sequences"] = n
     res["model"]["context_frames"] = context
+    if reference_every is not None:
+        res["model"]["reference_every"] = reference_every
     return res
 
 
@@ -230,7 +232,7 @@ def check_compatible(data: ProcessedDataset, extra: dict, where: str) -> None:
 
 
 def evaluate_checkpoint(checkpoint: str, data_root: str, horizon: int | None, device, context: int | None = None,
-                        max_sequences: int | None = None) -> dict:
+                        max_sequences: int | None = None, reference_every: int | None = None) -> dict:
     model, cfg, extra = load_for_inference(checkpoint, device)
     data = ProcessedDataset(data_root)
     check_compatible(data, extra, f"--data-root {data_root}")
@@ -241,7 +243,7 @@ def evaluate_checkpoint(checkpoint: str, data_root: str, horizon: int | None, de
             raise UserError(f"{name.lstrip('-')}={v}", name, "a positive integer")
     res = rollout_metrics(model, data, context=C, horizon=H, frame_skip=cfg.data.frame_skip,
                           max_sequences=cfg.eval.max_sequences if max_sequences is None else max_sequences,
-                          device=device, per_channel=True)
+                          device=device, per_channel=True, reference_every=reference_every)
     return res
 
 
@@ -271,7 +273,8 @@ def to_json(res: dict) -> str:
 
 
 def write_rollouts(checkpoint: str, data_root: str, out: str, *, num_sequences: int, horizon: int | None,
-                   steer_offset: float, device, overwrite: bool, fps: float = 5.0) -> list[Path]:
+                   steer_offset: float, device, overwrite: bool, fps: float = 5.0,
+                   reference_every: int | None = None) -> list[Path]:
     """PNG strips (GT / rollout / rollout with steering offset) and an animated GIF per sequence."""
     import imageio.v2 as imageio
 
@@ -302,10 +305,10 @@ def write_rollouts(checkpoint: str, data_root: str, out: str, *, num_sequences: 
             k, v = names.index("curvature"), names.index("speed")
             speed = actions[:, C - 1:, v] * float(data.action_std[v]) + float(data.action_mean[v])
             edited[:, C - 1:, k] += steer_offset / speed.clamp_min(1.0) / float(data.action_std[k])
-        pred = model.rollout(frames[:, :C], actions, H)[0]
+        pred = model.rollout(frames[:, :C], actions, H, reference_every)[0]
         rows = [frames[0, C:], pred]
         if steer_offset:
-            rows.append(model.rollout(frames[:, :C], edited, H)[0])
+            rows.append(model.rollout(frames[:, :C], edited, H, reference_every)[0])
         grid = image_grid(rows)
         name = f"{windows.scene_names[i]}_w{i:05d}"
         imageio.imwrite(out_dir / f"{name}.png", grid)
