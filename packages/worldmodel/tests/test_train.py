@@ -48,8 +48,12 @@ def test_tiny_model_learns_and_every_guide_tag_is_logged(tiny_cfg, tmp_path):
                 "train/temporal_loss", "train/psnr", "train/ssim", "val/loss", "val/psnr", "val/ssim", "lr",
                 "lr/encoder", "lr/dynamics", "lr/decoder", "val/action_sensitivity@2"):
         assert tag in tags["scalars"], tag
-    for tag in ("train/reconstruction", "train/prediction", "val/samples"):
+    for tag in ("train/reconstruction", "train/prediction", "val/samples", "val/open_loop"):
         assert tag in tags["images"], tag
+    # the open-loop video: an animated GIF (what add_video writes), one per evaluation, 3 panels wide
+    vids = ea.Images("val/open_loop")
+    assert [v.step for v in vids] == [20, 40] and vids[0].encoded_image_string[:4] == b"GIF8"
+    assert vids[0].width == 3 * 32 + 4
     for tag in ("weights/encoder", "weights/dynamics", "weights/decoder", "gradients/encoder", "gradients/decoder"):
         assert tag in tags["histograms"], tag
     # the evaluation at step 20 is not a save step: no periodic file for it (best.pt only if it improved)
@@ -234,3 +238,26 @@ def test_bare_train_is_the_cpu_quick_start_and_nothing_else_is():
     assert quick_start_config(None, {"data.data_root": "data/processed/nuscenes"}) is None
     assert quick_start_config(None, {"training.resume": "auto"}) is None
     assert quick_start_config(None, {}, ["data.data_root=somewhere"]) is None
+
+
+def test_open_loop_video_reaches_wandb_as_a_video(tmp_path):
+    import numpy as np
+    import wandb
+
+    from trainkit.tracking import Tracker
+    from worldmodel.videos import log_video
+
+    logged = []
+
+    class FakeRun:
+        def log(self, data, step):
+            logged.append((data, step))
+
+    tracker = Tracker(tmp_path / "run", enabled=True, tensorboard=False)
+    tracker._wandb_run = FakeRun()
+    frames = (np.random.default_rng(0).random((5, 20, 30, 3)) * 255).astype(np.uint8)
+    log_video(tracker, "val/open_loop", frames, 7)
+    tracker.close()
+    (data, step), = logged
+    assert step == 7 and isinstance(data["val/open_loop"], wandb.Video)
+    assert (tmp_path / "run" / "samples" / "val_open_loop_00000007.gif").read_bytes()[:4] == b"GIF8"

@@ -33,6 +33,7 @@ from .losses import build_perceptual, compute_losses
 from .metrics import psnr_per_image, ssim_per_image
 from .model import WorldModel, parameter_counts, to_unit
 from .synthetic import ensure_synthetic
+from .videos import log_video, open_loop_video
 
 MODULES = ("encoder", "dynamics", "decoder")
 
@@ -457,7 +458,8 @@ def train(cfg: Config, resume_path: Path | None = None, log=print) -> dict:
 def log_images(tracker: Tracker, model: WorldModel, out: dict, frames: torch.Tensor, val_set: WindowDataset,
                num_samples: int, device, precision: str, step: int) -> None:
     """train/reconstruction (GT over reconstruction), train/prediction (GT next frames over 1-step predictions)
-    from the last training batch; val/samples (GT / reconstructed / predicted) for fixed validation windows."""
+    from the last training batch; val/samples (GT / reconstructed / predicted) for fixed validation windows;
+    val/open_loop: a video of open-loop rollouts of those windows."""
     k = min(2, frames.shape[0])
     rows = []
     for i in range(k):
@@ -479,6 +481,14 @@ def log_images(tracker: Tracker, model: WorldModel, out: dict, frames: torch.Ten
         rows += [batch["frames"][i], to_unit(vo["reconstructed"][i].float()).cpu(),
                  torch.cat([blank, to_unit(vo["predicted"][i].float()).cpu()])]
     tracker.log_image("val/samples", image_grid(rows), step)
+    # open-loop prediction video (ground truth | rollout from 1 context frame | copy-last) of up to 4 of the
+    # same windows: TensorBoard video summary + wandb.Video (videos.py)
+    n = min(4, len(idx))
+    model.eval()
+    with torch.no_grad(), autocast(device, precision):
+        video = open_loop_video(model, batch["frames"][:n].to(device), batch["actions"][:n].to(device), context=1)
+    model.train()
+    log_video(tracker, "val/open_loop", video, step)
 
 
 __all__ = ["train", "resolve_run_config", "build_optimizer", "param_groups", "lr_factor", "effective_warmup"]
