@@ -65,7 +65,8 @@ def read_action_csv(path: str | Path, names: list[str]) -> np.ndarray:
     for k, row in enumerate(rows[1:]):
         line = f"{flag} line {k + 2}"
         if len(row) != len(header):
-            raise UserError(f"{len(row)} values for {len(header)} columns", line, f"{len(header)} comma-separated numbers")
+            raise UserError(f"{len(row)} values for {len(header)} columns", line,
+                            f"{len(header)} comma-separated numbers")
         for j, col in enumerate(order):
             try:
                 value = float(row[col])
@@ -75,6 +76,11 @@ def read_action_csv(path: str | Path, names: list[str]) -> np.ndarray:
                 raise UserError(f"{names[j]}={value}", line, "a finite number")
             out[k, j] = value
     return out
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[3, H, W] in [0, 1] -> HWC uint8."""
+    return (x.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
 def _font():
@@ -163,10 +169,9 @@ def drive(checkpoint: str, data_root: str, out: str, actions_file: str, *, num_s
         # the context keeps its own observed actions (positions 0..C-2); the file drives positions C-1 onward
         acts = torch.cat([item["actions"].to(device)[:, :C - 1], normed[None]], 1)
         pred = model.rollout(frames, acts, H, reference_every)[0]
-        to_np = lambda x: (x.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)  # noqa: E731
-        video = [annotate(to_np(frames[0, -1]), "context (observed)", None, names, units, ranges)]
+        video = [annotate(_to_uint8(frames[0, -1]), "context (observed)", None, names, units, ranges)]
         for k in range(H):
-            video.append(annotate(to_np(pred[k]), f"step {k + 1}/{H} (model)", physical[k], names, units, ranges))
+            video.append(annotate(_to_uint8(pred[k]), f"step {k + 1}/{H} (model)", physical[k], names, units, ranges))
         name = f"{windows.scene_names[i]}_w{i:05d}_drive"
         written += write_video(video, out_dir / name, fps, log)
     (out_dir / "README.txt").write_text(
