@@ -87,6 +87,14 @@ def test_tiny_model_learns_and_every_guide_tag_is_logged(tiny_cfg, tmp_path):
     assert len(list(target.glob("*.png"))) == 1 and len(list(target.glob("*.gif"))) == 1
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 2 and "not empty" in again.output
+    # a checkpoint from before generator versions (no data.synthetic_version) is read as version 1
+    from worldmodel.evaluate import load_for_inference
+
+    state = load_checkpoint(run / "checkpoints" / "latest.pt")
+    del state["config"]["data"]["synthetic_version"]
+    torch.save(state, tmp_path / "old.pt")
+    assert load_for_inference(tmp_path / "old.pt", "cpu")[1].data.synthetic_version == 1
+    assert load_for_inference(run / "checkpoints" / "latest.pt", "cpu")[1].data.synthetic_version == 2
     # drive the model from an action file: a GIF of context + one frame per row (and an MP4 with PyAV)
     acts = tmp_path / "drive.csv"
     acts.write_text("speed,yaw_rate,accel,curvature\n10,0,0,0\n8,0,-5,0\n8,0.3,0,0.0375\n")
