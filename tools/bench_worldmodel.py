@@ -151,7 +151,7 @@ def main():
     device = resolve_device(args.device)
     d = cfg.data
     root = d.data_root or ensure_synthetic(d.synthetic_scenes, d.synthetic_frames, d.image_size, d.synthetic_seed,
-                                          d.val_fraction, log=lambda *a: None)
+                                          d.val_fraction, log=lambda *a: None, version=d.synthetic_version)
     data = ProcessedDataset(root)
     half = "fp16" if device.type == "cuda" else "bf16"
     res = {"config": args.config, "device": str(device), "threads": args.threads,

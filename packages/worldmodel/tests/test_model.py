@@ -311,3 +311,72 @@ def test_malformed_processed_datasets_are_one_line_errors(tiny_data, tmp_path):
             ProcessedDataset(root)
     with pytest.raises(UserError, match="at least 11"):
         _cfg("data.image_size=[16,9]")
+
+
+def test_per_channel_sensitivity_is_zero_for_a_channel_the_model_cannot_see(tiny_data):
+    from worldmodel.evaluate import rollout_metrics
+
+    torch.manual_seed(0)
+    m = build_model(_cfg("model.dynamics.dropout=0.0"), (32, 18), 6).eval()
+    torch.nn.init.normal_(m.dynamics.head.weight, std=0.3)   # an untrained head copies the latent
+    with torch.no_grad():
+        m.dynamics.a_in[0].weight[:, 0] = 0.0                  # blind to channel 0 (speed)
+    data = ProcessedDataset(tiny_data)
+    res = rollout_metrics(m, data, context=1, horizon=3, frame_skip=1, max_sequences=4, device="cpu",
+                          per_channel=True)
+    per = res["action_sensitivity"]["per_channel"]
+    assert list(per) == data.index["action_names"] == ["speed", "yaw_rate", "accel", "curvature"]
+    assert all(per["speed"][f"delta_psnr@{h}"] == 0.0 for h in (1, 2, 3))
+    assert any(abs(per[name]["delta_psnr@3"]) > 1e-4 for name in ("yaw_rate", "accel", "curvature"))
+    # without the flag (validation during training) the extra rollouts are not run
+    plain = rollout_metrics(m, data, context=1, horizon=2, frame_skip=1, max_sequences=4, device="cpu")
+    assert "per_channel" not in plain["action_sensitivity"]
+
+
+def test_a_checkpoint_config_from_before_generator_versions_keeps_version_1():
+    from worldmodel.config import upgrade_saved_config
+
+    old = config_to_dict(_cfg())
+    del old["data"]["synthetic_version"]
+    new = upgrade_saved_config(old)
+    assert new["data"]["synthetic_version"] == 1 and "synthetic_version" not in old["data"]
+    assert load_config(Config, None, [], base=new).data.synthetic_version == 1
+    assert upgrade_saved_config(config_to_dict(_cfg()))["data"]["synthetic_version"] == 2
+
+
+def test_reference_every_k_moves_the_reference_to_the_predicted_frame_after_every_k_steps():
+    torch.manual_seed(0)
+    m = build_model(_cfg("model.dynamics.dropout=0.0"), (32, 18), 4).eval()
+    torch.nn.init.normal_(m.dynamics.head.weight, std=0.1)
+    torch.nn.init.normal_(m.decoder.to_rgb.weight, std=0.05)   # a flow/mask that is not the identity
+    ctx, acts = torch.rand(2, 1, 3, 18, 32), torch.randn(2, 8, 4)
+    ctx_mode = m.rollout(ctx, acts, 6, reference_every=0)
+    assert torch.equal(ctx_mode, m.rollout(ctx, acts, 6))     # the recipe's default (rollout_reference context)
+    every2 = m.rollout(ctx, acts, 6, reference_every=2)
+    assert torch.equal(every2[:, :2], ctx_mode[:, :2]) and not torch.allclose(every2[:, 2:], ctx_mode[:, 2:])
+    m.rollout_reference = "predicted"
+    assert torch.equal(m.rollout(ctx, acts, 6), m.rollout(ctx, acts, 6, reference_every=1))
+
+
+def test_action_csv_columns_by_name_and_one_line_errors(tmp_path):
+    from worldmodel.drive import read_action_csv
+
+    names = ["speed", "yaw_rate", "accel", "curvature"]
+    good = tmp_path / "a.csv"
+    good.write_text("yaw_rate, speed,accel,curvature\n0.1,10,0,0.01\n\n-0.2,5,-4,-0.04\n")
+    arr = read_action_csv(good, names)
+    assert arr.shape == (2, 4) and arr[1].tolist() == pytest.approx([5, -0.2, -4, -0.04])
+    cases = {"speed,yaw,accel\n1,2,3\n": ("line 1", "unknown column(s) yaw; missing yaw_rate, curvature"),
+             "speed,yaw_rate,accel,curvature\n1,2,3,4\n1,x,3,4\n": ("line 3", "yaw_rate='x' is not a number"),
+             "speed,yaw_rate,accel,curvature\n1,2,3\n": ("line 2", "3 values for 4 columns"),
+             "speed,yaw_rate,accel,curvature\n1,nan,3,4\n": ("line 2", "yaw_rate=nan"),
+             "speed,yaw_rate,accel,curvature\n": ("", "no action rows"),
+             "speed,speed,yaw_rate,accel,curvature\n1,1,2,3,4\n": ("line 1", "repeated speed")}
+    for text, (where, what) in cases.items():
+        bad = tmp_path / "bad.csv"
+        bad.write_text(text)
+        with pytest.raises(UserError) as err:
+            read_action_csv(bad, names)
+        assert what in str(err.value) and where in str(err.value), str(err.value)
+    with pytest.raises(UserError, match="not found"):
+        read_action_csv(tmp_path / "missing.csv", names)

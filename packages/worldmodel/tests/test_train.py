@@ -48,8 +48,12 @@ def test_tiny_model_learns_and_every_guide_tag_is_logged(tiny_cfg, tmp_path):
                 "train/temporal_loss", "train/psnr", "train/ssim", "val/loss", "val/psnr", "val/ssim", "lr",
                 "lr/encoder", "lr/dynamics", "lr/decoder", "val/action_sensitivity@2"):
         assert tag in tags["scalars"], tag
-    for tag in ("train/reconstruction", "train/prediction", "val/samples"):
+    for tag in ("train/reconstruction", "train/prediction", "val/samples", "val/open_loop"):
         assert tag in tags["images"], tag
+    # the open-loop video: an animated GIF (what add_video writes), one per evaluation, 3 panels wide
+    vids = ea.Images("val/open_loop")
+    assert [v.step for v in vids] == [20, 40] and vids[0].encoded_image_string[:4] == b"GIF8"
+    assert vids[0].width == 3 * 32 + 4
     for tag in ("weights/encoder", "weights/dynamics", "weights/decoder", "gradients/encoder", "gradients/decoder"):
         assert tag in tags["histograms"], tag
     # the evaluation at step 20 is not a save step: no periodic file for it (best.pt only if it improved)
@@ -73,6 +77,8 @@ def test_tiny_model_learns_and_every_guide_tag_is_logged(tiny_cfg, tmp_path):
     assert bad.exit_code == 2 and "action channels" in bad.output
     assert {"psnr@1", "ssim@1", "psnr@3"} <= set(res["model"]) and "psnr@3" in res["copy_last_frame"]
     assert "delta_psnr@3" in res["action_sensitivity"]
+    per = res["action_sensitivity"]["per_channel"]
+    assert set(per) == {"speed", "yaw_rate", "accel", "curvature"} and "delta_psnr@3" in per["speed"]
     # rollout: PNG strips + GIFs, refuses a non-empty folder without --overwrite
     target = tmp_path / "roll"
     args = ["rollout", "--checkpoint", str(run / "checkpoints" / "latest.pt"), "--data-root", cfg.data.data_root,
@@ -81,6 +87,34 @@ def test_tiny_model_learns_and_every_guide_tag_is_logged(tiny_cfg, tmp_path):
     assert len(list(target.glob("*.png"))) == 1 and len(list(target.glob("*.gif"))) == 1
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 2 and "not empty" in again.output
+    # a checkpoint from before generator versions (no data.synthetic_version) is read as version 1
+    from worldmodel.evaluate import load_for_inference
+
+    state = load_checkpoint(run / "checkpoints" / "latest.pt")
+    del state["config"]["data"]["synthetic_version"]
+    torch.save(state, tmp_path / "old.pt")
+    assert load_for_inference(tmp_path / "old.pt", "cpu")[1].data.synthetic_version == 1
+    assert load_for_inference(run / "checkpoints" / "latest.pt", "cpu")[1].data.synthetic_version == 2
+    # drive the model from an action file: a GIF of context + one frame per row (and an MP4 with PyAV)
+    acts = tmp_path / "drive.csv"
+    acts.write_text("speed,yaw_rate,accel,curvature\n10,0,0,0\n8,0,-5,0\n8,0.3,0,0.0375\n")
+    drive = ["rollout", "--checkpoint", str(run / "checkpoints" / "latest.pt"), "--data-root", cfg.data.data_root,
+             "--num-sequences", "1", "--actions", str(acts), "--reference-every", "2"]
+    res = CliRunner().invoke(main, [*drive, "--out", str(tmp_path / "drive")])
+    assert res.exit_code == 0, res.output
+    import imageio.v2 as imageio
+
+    gif = list((tmp_path / "drive").glob("*_drive.gif"))
+    assert len(gif) == 1 and len(imageio.mimread(gif[0])) == 4
+    try:
+        import av  # noqa: F401
+        assert len(list((tmp_path / "drive").glob("*_drive.mp4"))) == 1
+    except ImportError:
+        pass
+    acts.write_text("speed,yaw_rate,accel,curvature\n10,0,0,0\n8,0,fast,0\n")
+    bad = CliRunner().invoke(main, [*drive, "--out", str(tmp_path / "drive_bad")])
+    assert bad.exit_code == 2 and "line 3" in bad.output and "accel='fast'" in bad.output
+    assert not (tmp_path / "drive_bad").exists() and "Traceback" not in bad.output
 
 
 def test_resume_mid_epoch_equals_an_uninterrupted_run(tiny_cfg, tmp_path):
@@ -226,3 +260,26 @@ def test_stop_at_an_eval_step_is_resumable_and_val_recon_loss_is_per_batch(tiny_
     val = [r for r in rows if "val/recon_loss" in r and r["step"] == 4][0]["val/recon_loss"]
     train_loss = [r for r in rows if "train/recon_loss" in r and r["step"] == 4][0]["train/recon_loss"]
     assert val > train_loss / 3, (val, train_loss)   # same model, same kind of frames: same order of magnitude
+
+
+def test_open_loop_video_reaches_wandb_as_a_video(tmp_path):
+    import numpy as np
+    import wandb
+
+    from trainkit.tracking import Tracker
+    from worldmodel.videos import log_video
+
+    logged = []
+
+    class FakeRun:
+        def log(self, data, step):
+            logged.append((data, step))
+
+    tracker = Tracker(tmp_path / "run", enabled=True, tensorboard=False)
+    tracker._wandb_run = FakeRun()
+    frames = (np.random.default_rng(0).random((5, 20, 30, 3)) * 255).astype(np.uint8)
+    log_video(tracker, "val/open_loop", frames, 7)
+    tracker.close()
+    (data, step), = logged
+    assert step == 7 and isinstance(data["val/open_loop"], wandb.Video)
+    assert (tmp_path / "run" / "samples" / "val_open_loop_00000007.gif").read_bytes()[:4] == b"GIF8"

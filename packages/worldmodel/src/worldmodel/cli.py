@@ -134,10 +134,14 @@ def find_lr(ctx, config_path, overrides, data_root, min_lr, max_lr, num_iter, ou
 @click.option("--context", type=int, default=None, help="Ground-truth context frames [the checkpoint's].")
 @click.option("--max-sequences", "max_sequences", type=int, default=None,
               help="Validation windows to score, 0 = all [the checkpoint's eval.max_sequences].")
+@click.option("--reference-every", "reference_every", type=int, default=None,
+              help="Long rollouts: render from the frame just predicted after every K steps, so new content can "
+                   "enter (0 = from the last context frame throughout) [the checkpoint's "
+                   "model.decoder.rollout_reference: context = 0, predicted = 1].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--device", default="auto", show_default=True)
 @handle_user_errors
-def evaluate(checkpoint, data_root, horizon, context, max_sequences, as_json, device):
+def evaluate(checkpoint, data_root, horizon, context, max_sequences, reference_every, as_json, device):
     """Model vs copy-last-frame at horizons 1..H, and action sensitivity (true vs foreign actions)."""
     from trainkit.device import resolve_device
 
@@ -146,8 +150,10 @@ def evaluate(checkpoint, data_root, horizon, context, max_sequences, as_json, de
     _positive("--horizon", horizon)
     _positive("--context", context)
     _positive("--max-sequences", max_sequences, allow_zero=True)
+    _positive("--reference-every", reference_every, allow_zero=True)
     root = data_root or _checkpoint_data_root(checkpoint)
-    res = evaluate_checkpoint(checkpoint, root, horizon, resolve_device(device), context, max_sequences)
+    res = evaluate_checkpoint(checkpoint, root, horizon, resolve_device(device), context, max_sequences,
+                              reference_every)
     click.echo(to_json(res) if as_json else format_table(res))
 
 
@@ -167,18 +173,37 @@ def _checkpoint_data_root(checkpoint: str) -> str:
 @click.option("--horizon", type=int, default=None, help="Rollout steps [max(eval.horizon, 8)].")
 @click.option("--steer-offset", "steer_offset", type=float, default=0.0, show_default=True,
               help="Add this to the steering channel (its physical unit, e.g. rad/s of yaw rate) for a third row.")
+@click.option("--actions", "actions_file", default=None, metavar="FILE.csv",
+              help="Drive the model: one row per step, a header naming the dataset's action channels (physical "
+                   "units). Writes a GIF (and MP4 with PyAV) per sequence with the actions drawn on it.")
+@click.option("--reference-every", "reference_every", type=int, default=None,
+              help="Render from the frame just predicted after every K steps (long rollouts; 0 = the last "
+                   "context frame throughout) [the checkpoint's model.decoder.rollout_reference].")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder whole.")
 @click.option("--device", default="auto", show_default=True)
 @handle_user_errors
-def rollout(checkpoint, data_root, out, num_sequences, horizon, steer_offset, overwrite, device):
-    """Open-loop rollouts as PNG strips and animated GIFs (GT / rollout / rollout with edited steering)."""
+def rollout(checkpoint, data_root, out, num_sequences, horizon, steer_offset, actions_file, reference_every,
+            overwrite, device):
+    """Open-loop rollouts as PNG strips and animated GIFs (GT / rollout / rollout with edited steering), or,
+    with --actions, driven by per-step actions from a CSV file."""
     from trainkit.device import resolve_device
 
     from .evaluate import write_rollouts
 
+    _positive("--reference-every", reference_every, allow_zero=True)
+    if actions_file is not None and steer_offset:
+        raise UserError("--steer-offset with --actions", "--steer-offset", "one of the two (the file sets steering)")
     root = data_root or _checkpoint_data_root(checkpoint)
+    if actions_file is not None:
+        from .drive import drive
+
+        files = drive(checkpoint, root, out, actions_file, num_sequences=num_sequences, horizon=horizon,
+                      device=resolve_device(device), overwrite=overwrite, reference_every=reference_every, log=_log)
+        click.echo(f"wrote {len(files)} files to {out}")
+        return
     files = write_rollouts(checkpoint, root, out, num_sequences=num_sequences, horizon=horizon,
-                           steer_offset=steer_offset, device=resolve_device(device), overwrite=overwrite)
+                           steer_offset=steer_offset, device=resolve_device(device), overwrite=overwrite,
+                           reference_every=reference_every)
     click.echo(f"wrote {len(files)} files to {out}")
 
 
@@ -194,17 +219,20 @@ def rollout(checkpoint, data_root, out, num_sequences, horizon, steer_offset, ov
 @click.option("--num-scenes", "num_scenes", type=int, default=None, help="Synthetic: episodes [40].")
 @click.option("--num-frames", "num_frames", type=int, default=None, help="Synthetic: frames per episode [60].")
 @click.option("--seed", type=int, default=None, help="Synthetic: generator seed [0].")
+@click.option("--synthetic-version", "synthetic_version", type=int, default=None,
+              help="Synthetic: generator version, 2 (speed and braking visible) or 1 (the pre-session-19 world) [2].")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder whole.")
 @config_options
 @click.pass_context
 @handle_user_errors
 def prepare_dataset(ctx, config_path, overrides, dataset, data_root, out, version, image_size, allow_pickle,
-                    num_scenes, num_frames, seed, overwrite):
+                    num_scenes, num_frames, seed, synthetic_version, overwrite):
     """Turn raw data into the processed training format (the guide's scripts/prepare_dataset.py)."""
     from .sources import prepare
 
     cli = {"dataset": "data.dataset", "version": "data.version", "num_scenes": "data.synthetic_scenes",
-           "num_frames": "data.synthetic_frames", "seed": "data.synthetic_seed"}
+           "num_frames": "data.synthetic_frames", "seed": "data.synthetic_seed",
+           "synthetic_version": "data.synthetic_version"}
     values = explicit_cli_values(ctx, cli)
     if image_size is not None:
         try:

@@ -131,6 +131,8 @@ class DataConfig:
     synthetic_scenes: int = 40
     synthetic_frames: int = 60
     synthetic_seed: int = 0
+    synthetic_version: int = 2           # generator version: 2 shows speed and braking; 1 = the world before
+                                         # session 19 (checkpoints without this key were trained on 1)
     # nuScenes
     version: str = "v1.0-mini"
     action_smoothing: int = 3            # centred moving-average window over derived ego actions (1 = off)
@@ -258,6 +260,8 @@ def validate(cfg: Config) -> None:
         _bad("data.augmentation.brightness", [aug.brightness, aug.contrast], "brightness and contrast in [0, 1)")
     if len(aug.crop_scale) != 2 or not 0.0 < aug.crop_scale[0] <= aug.crop_scale[1] <= 1.0:
         _bad("data.augmentation.crop_scale", aug.crop_scale, "[low, high] with 0 < low <= high <= 1")
+    if d.synthetic_version not in (1, 2):
+        _bad("data.synthetic_version", d.synthetic_version, "1 or 2 (the synthetic generator's version)")
     if t.backend not in (None, "nccl", "gloo"):
         _bad("training.backend", t.backend, "nccl or gloo")
 
@@ -267,7 +271,7 @@ def validate(cfg: Config) -> None:
 RUN_DEFINING_KEYS = (
     "model", "data.data_root", "data.image_size", "data.val_fraction", "eval.max_sequences", "eval.horizon",
     "eval.context_frames", "data.sequence_length", "data.frame_skip", "data.window_stride",
-    "data.synthetic_scenes", "data.synthetic_frames", "data.synthetic_seed", "data.curriculum",
+    "data.synthetic_scenes", "data.synthetic_frames", "data.synthetic_seed", "data.synthetic_version", "data.curriculum",
     "data.augmentation",
     "training.batch_size", "training.gradient_accumulation", "training.num_epochs", "training.max_steps",
     "training.seed", "optimizer", "scheduler", "loss",
@@ -291,6 +295,15 @@ TRAIN_FLAGS = {
     "quiet": "training.quiet",
     "threads": "training.threads",
 }
+
+
+def upgrade_saved_config(saved: dict) -> dict:
+    """A checkpoint's config dict as this version reads it: a run saved before ``data.synthetic_version``
+    existed was trained on generator version 1, so it keeps version 1 (not today's default) on resume/evaluate."""
+    data = saved.get("data")
+    if isinstance(data, dict) and "synthetic_version" not in data:
+        saved = {**saved, "data": {**data, "synthetic_version": 1}}
+    return saved
 
 
 def configs_root() -> Path:

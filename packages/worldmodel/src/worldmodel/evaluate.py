@@ -14,7 +14,7 @@ from trainkit.config import load_config
 from trainkit.device import autocast
 from trainkit.errors import UserError
 
-from .config import Config
+from .config import Config, upgrade_saved_config
 from .data import ProcessedDataset, WindowDataset, collate, prepare_output_dir
 from .losses import compute_losses
 from .metrics import psnr_per_image, ssim_per_image
@@ -76,12 +76,21 @@ def _batches(indices: list[int], size: int):
 
 @torch.no_grad()
 def rollout_metrics(model: WorldModel, data: ProcessedDataset, *, context: int, horizon: int, frame_skip: int,
-                    max_sequences: int, device, precision: str = "fp32", batch_size: int = 16) -> dict:
-    """``{"model": {psnr@h, ssim@h}, "copy_last_frame": {...}, "action_sensitivity": {...}}`` on val scenes."""
+                    max_sequences: int, device, precision: str = "fp32", batch_size: int = 16,
+                    per_channel: bool = False, reference_every: int | None = None) -> dict:
+    """``{"model": {psnr@h, ssim@h}, "copy_last_frame": {...}, "action_sensitivity": {...}}`` on val scenes.
+
+    Action sensitivity: PSNR with the window's true future actions minus PSNR with a foreign window's (from
+    another scene). With ``per_channel``, also ``action_sensitivity.per_channel.<name>.delta_psnr@h``: only that
+    channel is swapped for the foreign window's and the others keep their true values (one extra rollout per
+    channel), so a model that ignores speed shows ~0 there even when steering carries the overall figure."""
     windows = WindowDataset(data, "val", context + horizon, frame_skip, 1)
     idx = eval_indices(len(windows), max_sequences)
     partner = dict(zip(idx, foreign_partner(windows, idx)))
     sums = {k: np.zeros(horizon) for k in ("m_psnr", "m_ssim", "c_psnr", "c_ssim", "f_psnr", "f_ssim")}
+    names = list(data.index["action_names"]) if per_channel else []
+    for c in range(len(names)):
+        sums[f"ch{c}_psnr"] = np.zeros(horizon)
     was_training = model.training
     model.eval()
     for chunk in _batches(idx, batch_size):
@@ -93,14 +102,21 @@ def rollout_metrics(model: WorldModel, data: ProcessedDataset, *, context: int, 
         foreign[:, :context - 1] = actions[:, :context - 1]
         ctx, future = frames[:, :context], frames[:, context:]
         with autocast(device, precision):
-            pred = model.rollout(ctx, actions, horizon).float()
-            pred_f = model.rollout(ctx, foreign, horizon).float()
+            pred = model.rollout(ctx, actions, horizon, reference_every).float()
+            pred_f = model.rollout(ctx, foreign, horizon, reference_every).float()
         last = ctx[:, -1:].expand_as(future)
         for h in range(horizon):
             gt = future[:, h]
             for key, img in (("m", pred[:, h]), ("c", last[:, h]), ("f", pred_f[:, h])):
                 sums[f"{key}_psnr"][h] += float(psnr_per_image(img, gt).sum())
                 sums[f"{key}_ssim"][h] += float(ssim_per_image(img, gt).sum())
+        for c in range(len(names)):
+            swapped = actions.clone()
+            swapped[:, context - 1:, c] = foreign[:, context - 1:, c]
+            with autocast(device, precision):
+                pred_c = model.rollout(ctx, swapped, horizon, reference_every).float()
+            for h in range(horizon):
+                sums[f"ch{c}_psnr"][h] += float(psnr_per_image(pred_c[:, h], future[:, h]).sum())
     model.train(was_training)
     n = len(idx)
     res = {"model": {}, "copy_last_frame": {}, "action_sensitivity": {}}
@@ -113,8 +129,14 @@ def rollout_metrics(model: WorldModel, data: ProcessedDataset, *, context: int, 
         res["action_sensitivity"][f"psnr_true@{k}"] = sums["m_psnr"][h] / n
         res["action_sensitivity"][f"psnr_foreign@{k}"] = sums["f_psnr"][h] / n
         res["action_sensitivity"][f"delta_psnr@{k}"] = (sums["m_psnr"][h] - sums["f_psnr"][h]) / n
+    if names:
+        res["action_sensitivity"]["per_channel"] = {
+            name: {f"delta_psnr@{h + 1}": (sums["m_psnr"][h] - sums[f"ch{c}_psnr"][h]) / n for h in range(horizon)}
+            for c, name in enumerate(names)}
     res["model"]["num_sequences"] = n
     res["model"]["context_frames"] = context
+    if reference_every is not None:
+        res["model"]["reference_every"] = reference_every
     return res
 
 
@@ -181,7 +203,7 @@ def load_for_inference(path: str | Path, device, overrides=()) -> tuple[WorldMod
     state = load_checkpoint(path, map_location=device)
     if not isinstance(state.get("extra"), dict) or "image_size" not in state["extra"] or "config" not in state:
         raise UserError("not a worldmodel checkpoint", str(path), "a file written by `worldmodel train`")
-    cfg = load_config(Config, None, overrides, base=state["config"])
+    cfg = load_config(Config, None, overrides, base=upgrade_saved_config(state["config"]))
     extra = state["extra"]
     model = build_model(cfg, tuple(extra["image_size"]), int(extra["max_len"])).to(device)
     try:
@@ -210,7 +232,7 @@ def check_compatible(data: ProcessedDataset, extra: dict, where: str) -> None:
 
 
 def evaluate_checkpoint(checkpoint: str, data_root: str, horizon: int | None, device, context: int | None = None,
-                        max_sequences: int | None = None) -> dict:
+                        max_sequences: int | None = None, reference_every: int | None = None) -> dict:
     model, cfg, extra = load_for_inference(checkpoint, device)
     data = ProcessedDataset(data_root)
     check_compatible(data, extra, f"--data-root {data_root}")
@@ -221,7 +243,7 @@ def evaluate_checkpoint(checkpoint: str, data_root: str, horizon: int | None, de
             raise UserError(f"{name.lstrip('-')}={v}", name, "a positive integer")
     res = rollout_metrics(model, data, context=C, horizon=H, frame_skip=cfg.data.frame_skip,
                           max_sequences=cfg.eval.max_sequences if max_sequences is None else max_sequences,
-                          device=device)
+                          device=device, per_channel=True, reference_every=reference_every)
     return res
 
 
@@ -236,6 +258,13 @@ def format_table(res: dict) -> str:
         lines.append(f"{h:>3} {m[f'psnr@{h}']:>11.2f} {c[f'psnr@{h}']:>10.2f} {m[f'psnr@{h}'] - c[f'psnr@{h}']:>6.2f} "
                      f"{m[f'ssim@{h}']:>11.4f} {c[f'ssim@{h}']:>10.4f} {a[f'psnr_foreign@{h}']:>17.2f} "
                      f"{a[f'delta_psnr@{h}']:>12.2f}")
+    per = res["action_sensitivity"].get("per_channel")
+    if per:
+        lines.append("action sensitivity per channel (PSNR drop in dB when only that channel is a foreign "
+                     "window's)")
+        lines.append(f"{'h':>3} " + " ".join(f"{name:>12}" for name in per))
+        for h in range(1, H + 1):
+            lines.append(f"{h:>3} " + " ".join(f"{per[name][f'delta_psnr@{h}']:>12.2f}" for name in per))
     return "\n".join(lines)
 
 
@@ -244,7 +273,8 @@ def to_json(res: dict) -> str:
 
 
 def write_rollouts(checkpoint: str, data_root: str, out: str, *, num_sequences: int, horizon: int | None,
-                   steer_offset: float, device, overwrite: bool, fps: float = 5.0) -> list[Path]:
+                   steer_offset: float, device, overwrite: bool, fps: float = 5.0,
+                   reference_every: int | None = None) -> list[Path]:
     """PNG strips (GT / rollout / rollout with steering offset) and an animated GIF per sequence."""
     import imageio.v2 as imageio
 
@@ -275,10 +305,10 @@ def write_rollouts(checkpoint: str, data_root: str, out: str, *, num_sequences: 
             k, v = names.index("curvature"), names.index("speed")
             speed = actions[:, C - 1:, v] * float(data.action_std[v]) + float(data.action_mean[v])
             edited[:, C - 1:, k] += steer_offset / speed.clamp_min(1.0) / float(data.action_std[k])
-        pred = model.rollout(frames[:, :C], actions, H)[0]
+        pred = model.rollout(frames[:, :C], actions, H, reference_every)[0]
         rows = [frames[0, C:], pred]
         if steer_offset:
-            rows.append(model.rollout(frames[:, :C], edited, H)[0])
+            rows.append(model.rollout(frames[:, :C], edited, H, reference_every)[0])
         grid = image_grid(rows)
         name = f"{windows.scene_names[i]}_w{i:05d}"
         imageio.imwrite(out_dir / f"{name}.png", grid)

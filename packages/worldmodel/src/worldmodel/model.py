@@ -303,17 +303,22 @@ class WorldModel(nn.Module):
         """Latents only: feed the model its own predictions for ``horizon`` steps."""
         return self.rollout_both(z_context, None, actions, horizon, render=False)[0]
 
-    def rollout_both(self, z_context, ref_last, actions, horizon: int, render: bool = True):
+    def rollout_both(self, z_context, ref_last, actions, horizon: int, render: bool = True,
+                     reference_every: int | None = None):
         """Open-loop: feed the dynamics its own predicted latents for ``horizon`` steps (at most ``max_len``
         latest positions are attended; a sliding window beyond that); ``actions`` covers positions
         0 .. C+horizon-2. With a reference decoder, each predicted latent is rendered from the reference
         ``ref_last`` (the last context frame's, from ``encode``): with ``rollout_reference="predicted"`` the
         reference then moves on to the frame just predicted (re-encoded), so every step is a 1-step
-        rendering, as in training; with ``"context"`` it stays the last context frame. Returns (latents,
+        rendering, as in training; with ``"context"`` it stays the last context frame. ``reference_every`` K
+        overrides that at inference: after every K-th step the reference becomes the frame just predicted
+        (re-encoded), so new content can enter a long rollout while no target is ever more than K steps from its
+        reference (0 = the context frame throughout, 1 = the ``"predicted"`` behaviour). Returns (latents,
         frames in [-1, 1], or None when not ``render``)."""
+        every = reference_every if reference_every is not None else int(self.rollout_reference == "predicted")
         seq = z_context
         zs, frames = [], []
-        for _ in range(horizon):
+        for k in range(horizon):
             lo = max(0, seq.shape[1] - self.dynamics.max_len)
             z_next = self.dynamics(seq[:, lo:], actions[:, lo:seq.shape[1]])[:, -1:]
             zs.append(z_next)
@@ -321,15 +326,17 @@ class WorldModel(nn.Module):
             if render:
                 frame = self.decode(z_next, ref_last)
                 frames.append(frame)
-                if self.decoder.reference and self.rollout_reference == "predicted":
+                if self.decoder.reference and every and (k + 1) % every == 0 and k + 1 < horizon:
                     _, ref_last = self.encode(to_unit(frame), return_features=True)
         return torch.cat(zs, 1), (torch.cat(frames, 1) if render else None)
 
     @torch.no_grad()
-    def rollout(self, context_frames, actions, horizon: int):
-        """Open-loop frames [B, horizon, 3, H, W] in [0, 1] after the context frames."""
+    def rollout(self, context_frames, actions, horizon: int, reference_every: int | None = None):
+        """Open-loop frames [B, horizon, 3, H, W] in [0, 1] after the context frames (``reference_every``: see
+        ``rollout_both``)."""
         z, ref = self.encode(context_frames, return_features=True)
-        _, frames = self.rollout_both(z, self.select_ref(ref, slice(-1, None)), actions, horizon)
+        _, frames = self.rollout_both(z, self.select_ref(ref, slice(-1, None)), actions, horizon,
+                                      reference_every=reference_every)
         return to_unit(frames)
 
 

@@ -40,7 +40,8 @@ def prepare(cfg: Config, *, data_root: str | None, out: str | None, overwrite: b
         from .synthetic import generate
 
         return generate(out, num_scenes=d.synthetic_scenes, num_frames=d.synthetic_frames, image_size=d.image_size,
-                        seed=d.synthetic_seed, val_fraction=d.val_fraction, overwrite=overwrite, log=log)
+                        seed=d.synthetic_seed, val_fraction=d.val_fraction, overwrite=overwrite, log=log,
+                        version=d.synthetic_version)
     if d.dataset == "nuscenes":
         scenes, extra = read_nuscenes(data_root, d.version, tuple(d.image_size), d.action_smoothing, d.use_can_bus,
                                       d.val_fraction, log=log)

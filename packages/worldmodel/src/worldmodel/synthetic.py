@@ -11,7 +11,18 @@ and throttle/brake segments chooses yaw rate and acceleration; the camera (1.4 m
 
 Recorded actions use the same channels and units as the nuScenes path: longitudinal speed (m/s), yaw rate
 (rad/s, + = left), acceleration (m/s^2), curvature (1/m). Frames are rendered at 2x and box-filtered down.
-Deterministic given the seed. Written through ``data.write_processed`` like every real source.
+Deterministic given the seed and the generator version. Written through ``data.write_processed`` like every real
+source.
+
+Generator versions (``data.synthetic_version``; the version is written into ``index.json``):
+
+- **1** (session <= 18): speed 5-12 m/s, gentle throttle/brake (|a| <= 2.5 m/s^2), low-contrast ground texture.
+  At 48x27 the speed barely shows, and a model trained on it ignores the speed and acceleration channels
+  (audit: <= 0.10 dB when only those are swapped). Kept bit-exact so old datasets and runs reproduce.
+- **2** (default): speed 1-20 m/s with hard braking (-6 .. -2 m/s^2), throttle and coasting segments, and ground
+  texture that shows forward motion at low resolution: high-contrast grass bands (3 m period), transverse
+  asphalt patches, wide centre dashes (4 m period) and roadside posts every 5 m. The flow of road and scenery
+  toward the camera is then proportional to the speed, so "what if I brake" changes the predicted frames.
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ ACTION_NAMES = ["speed", "yaw_rate", "accel", "curvature"]
 ACTION_UNITS = ["m/s", "rad/s", "m/s^2", "1/m"]
 STEER_CHANNEL = 1
 MAX_DIST = 80.0
+SYNTHETIC_VERSIONS = (1, 2)
+LATEST_VERSION = 2
 
 
 class Road:
@@ -69,7 +82,9 @@ def _hash01(a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
 
 
 class Renderer:
-    def __init__(self, width: int, height: int, episode_seed: int, rng: np.random.Generator, length: float):
+    def __init__(self, width: int, height: int, episode_seed: int, rng: np.random.Generator, length: float,
+                 version: int = 1):
+        self.version = version
         self.w, self.h = width * 2, height * 2      # supersampled
         self.out_w, self.out_h = width, height
         self.f = self.w / 2.0                         # 90 degree horizontal FOV
@@ -90,6 +105,10 @@ class Renderer:
         n_cars = int(rng.integers(1, 4))
         self.cars = [(rng.uniform(10, 60), rng.choice([-1.75, 1.75]), rng.uniform(5, 12),
                       rng.uniform(0.1, 0.9, 3)) for _ in range(n_cars)]
+        if version >= 2:   # drawn after every v1 draw, so the rest of the scene matches v1 for the same seed
+            n_posts = int(length / 5) + 40
+            self.post_s = np.arange(n_posts) * 5.0 + rng.uniform(0, 1.0)
+            self.post_side = np.where(np.arange(n_posts) % 2 == 0, -1.0, 1.0)
         ys, xs = np.mgrid[0:self.h, 0:self.w].astype(np.float32) + 0.5
         self.ys, self.xs = ys, xs
 
@@ -124,13 +143,21 @@ class Renderer:
         au = np.abs(u)
         col = np.empty((len(z), 3), np.float32)
         noise = _hash01(np.floor(S * 2), np.floor(u * 2), self.seed)
-        grass_col = self.grass * (0.85 + 0.2 * (np.floor(S / 4) % 2))[:, None] + 0.05 * noise[:, None]
-        col[:] = grass_col
         road = au < ROAD_HALF
-        col[road] = (self.asphalt + 0.06 * noise[road])[:, None]
+        if self.version >= 2:
+            # motion cues that survive a 48x27 frame: bands and patches a few metres long, high contrast
+            grass_col = self.grass * (0.65 + 0.6 * (np.floor(S / 1.5) % 2))[:, None] + 0.05 * noise[:, None]
+            col[:] = grass_col
+            patch = _hash01(np.floor(S / 2.0), np.zeros_like(S), self.seed + 1) < 0.4
+            col[road] = (self.asphalt + 0.06 * noise[road] - 0.14 * patch[road])[:, None]
+            centre = (au < 0.2) & ((S % 4.0) < 2.0)
+        else:
+            grass_col = self.grass * (0.85 + 0.2 * (np.floor(S / 4) % 2))[:, None] + 0.05 * noise[:, None]
+            col[:] = grass_col
+            col[road] = (self.asphalt + 0.06 * noise[road])[:, None]
+            centre = (au < 0.08) & ((S % 6.0) < 3.0)
         edge = (au > ROAD_HALF - 0.3) & (au < ROAD_HALF - 0.15)
         col[edge] = 0.92
-        centre = (au < 0.08) & ((S % 6.0) < 3.0)
         col[centre] = 0.95
         curb = (au >= ROAD_HALF) & (au < ROAD_HALF + CURB)
         red = (np.floor(S / 1.0) % 2) == 0
@@ -145,6 +172,11 @@ class Renderer:
             d = so - s
             if 1.5 < d < 60:
                 items.append((d, "obj", side * (ROAD_HALF + off * 0.5 + 1.0), kind))
+        if self.version >= 2:   # white posts just beyond the curb, every 5 m, alternating sides
+            for so, side in zip(self.post_s, self.post_side):
+                d = so - s
+                if 1.5 < d < 40:
+                    items.append((d, "obj", side * (ROAD_HALF + CURB + 0.4), 1))
         for s0, lane, v, colr in self.cars:
             d = s0 + v * t - s
             if 3.0 < d < 60:
@@ -184,14 +216,30 @@ class Renderer:
         return (small * 255 + 0.5).astype(np.uint8)
 
 
+def check_version(version: int, where: str = "data.synthetic_version") -> int:
+    if version not in SYNTHETIC_VERSIONS:
+        from trainkit.errors import UserError
+
+        raise UserError(f"synthetic_version={version}", where, f"one of {list(SYNTHETIC_VERSIONS)}")
+    return int(version)
+
+
 def generate_episode(width: int, height: int, num_frames: int, seed: int, yaw_rate_offset: float = 0.0,
-                     offset_from: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                     offset_from: int = 0, version: int = LATEST_VERSION, speed_scale: float = 1.0,
+                     scale_from: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Frames uint8 [T, H, W, 3] and actions [T, 4] of one episode. ``yaw_rate_offset`` (rad/s) is added to the
-    controller's yaw rate from frame ``offset_from`` on (to check that actions change what the camera sees)."""
+    controller's yaw rate from frame ``offset_from`` on, and the speed is multiplied by ``speed_scale`` from
+    frame ``scale_from`` on (to check that actions change what the camera sees). ``version``: see the module
+    docstring (1 is the original world, bit-exact)."""
+    check_version(version, "version")
     rng = np.random.default_rng(seed)
     v = rng.uniform(5.0, 12.0)
-    length = (v + 8) * num_frames * DT + 20
-    renderer = Renderer(width, height, seed % (2**31), rng, length)
+    v2 = version >= 2
+    length = ((20.0 * max(1.0, speed_scale) + 8) if v2 else (v + 8)) * num_frames * DT + 20
+    renderer = Renderer(width, height, seed % (2**31), rng, length, version=version)
+    if v2:   # drawn after the renderer's draws so the road and scenery match v1 for the same seed
+        v = rng.uniform(1.0, 20.0)
+    v_lo, v_hi = (0.5, 20.0) if v2 else (3.0, 16.0)
     road = renderer.road
     s, e_y, psi = 0.0, rng.uniform(-1.75, 1.75), rng.uniform(-0.05, 0.05)
     target = rng.choice([-1.75, 1.75])
@@ -206,11 +254,17 @@ def generate_episode(width: int, height: int, num_frames: int, seed: int, yaw_ra
         if rng.random() < 0.12:
             steer_noise = rng.uniform(-0.25, 0.25) if rng.random() < 0.6 else 0.0
         if rng.random() < 0.15:
-            accel_cmd = rng.uniform(-2.5, 2.5)
+            if v2:   # hard braking, throttle or coasting
+                kind = rng.random()
+                accel_cmd = rng.uniform(-6.0, -2.0) if kind < 0.4 else rng.uniform(1.0, 3.5) if kind < 0.8 else 0.0
+            else:
+                accel_cmd = rng.uniform(-2.5, 2.5)
         kappa = float(road.curvature(s))
         yaw_rate = v * kappa - 1.2 * psi - 0.25 * (e_y - target) + steer_noise
         yaw_rate = float(np.clip(yaw_rate, -0.5, 0.5)) + (yaw_rate_offset if t >= offset_from else 0.0)
-        accel = accel_cmd if 3.0 < v + accel_cmd * DT < 16.0 else 0.0
+        accel = accel_cmd if v_lo < v + accel_cmd * DT < v_hi else 0.0
+        if speed_scale != 1.0 and t == scale_from:
+            v = v * speed_scale
         v_next = v + accel * DT
         v_mid = 0.5 * (v + v_next)
         ds = v_mid * np.cos(psi) * DT
@@ -225,8 +279,9 @@ def generate_episode(width: int, height: int, num_frames: int, seed: int, yaw_ra
 
 
 def generate(out: str | Path, *, num_scenes: int = 40, num_frames: int = 60, image_size=(64, 36), seed: int = 0,
-             val_fraction: float = 0.2, overwrite: bool = False, log=None) -> Path:
+             val_fraction: float = 0.2, overwrite: bool = False, log=None, version: int = LATEST_VERSION) -> Path:
     """Render ``num_scenes`` episodes into a processed dataset at ``out``; scene-level train/val split."""
+    check_version(version)
     width, height = int(image_size[0]), int(image_size[1])
     final = Path(out)
     if not overwrite or (final.exists() and not final.is_dir()):
@@ -241,7 +296,7 @@ def generate(out: str | Path, *, num_scenes: int = 40, num_frames: int = 60, ima
     scenes = []
     for i in range(num_scenes):
         ep_seed = int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:4], "little")
-        frames, actions = generate_episode(width, height, num_frames, ep_seed)
+        frames, actions = generate_episode(width, height, num_frames, ep_seed, version=version)
         stamps = (1_600_000_000_000_000 + i * 10**9 + np.arange(num_frames) * int(DT * 1e6)).astype(np.int64)
         scenes.append(Scene(f"synthetic-{i:04d}", frames, stamps, actions, "val" if i in val else "train",
                             {"action_source": "simulator"}))
@@ -250,7 +305,7 @@ def generate(out: str | Path, *, num_scenes: int = 40, num_frames: int = 60, ima
     write_processed(out, scenes, source="synthetic", action_names=ACTION_NAMES, action_units=ACTION_UNITS,
                     steer_channel=STEER_CHANNEL,
                     extra={"synthetic": {"seed": seed, "num_scenes": num_scenes, "num_frames": num_frames,
-                                         "fps": 1 / DT}})
+                                         "fps": 1 / DT, "version": version}})
     swap_in(out, final)
     return final
 
@@ -262,16 +317,20 @@ def default_cache_dir() -> Path:
     return Path(base)
 
 
-def ensure_synthetic(num_scenes: int, num_frames: int, image_size, seed: int, val_fraction: float, log=print) -> Path:
-    """The default dataset for these settings, generated into the cache on first use (a folder per setting)."""
+def ensure_synthetic(num_scenes: int, num_frames: int, image_size, seed: int, val_fraction: float, log=print,
+                     version: int = LATEST_VERSION) -> Path:
+    """The default dataset for these settings, generated into the cache on first use (a folder per setting;
+    version 1 keeps its old folder name, so caches made before versions existed are reused)."""
+    check_version(version)
     key = f"s{seed}_n{num_scenes}_t{num_frames}_{image_size[0]}x{image_size[1]}_v{val_fraction}"
+    key += "" if version == 1 else f"_g{version}"
     root = default_cache_dir() / "synthetic" / key
     if (root / "index.json").is_file():
         return root
     tmp = root.with_name(root.name + ".tmp")
     log(f"generating the synthetic driving dataset into {root} (first use)")
     generate(tmp, num_scenes=num_scenes, num_frames=num_frames, image_size=image_size, seed=seed,
-             val_fraction=val_fraction, overwrite=True, log=log)
+             val_fraction=val_fraction, overwrite=True, log=log, version=version)
     if root.exists():  # a concurrent process finished first; keep theirs
         import shutil
 
@@ -281,4 +340,5 @@ def ensure_synthetic(num_scenes: int, num_frames: int, image_size, seed: int, va
     return root
 
 
-__all__ = ["generate", "generate_episode", "ensure_synthetic", "ACTION_NAMES", "ACTION_UNITS"]
+__all__ = ["generate", "generate_episode", "ensure_synthetic", "ACTION_NAMES", "ACTION_UNITS", "LATEST_VERSION",
+           "SYNTHETIC_VERSIONS"]

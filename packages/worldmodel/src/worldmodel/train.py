@@ -27,13 +27,14 @@ from trainkit.progress import progress
 from trainkit.step import OptimizerStep
 from trainkit.tracking import Tracker
 
-from .config import RUN_DEFINING_KEYS, Config, effective_lrs, get
+from .config import RUN_DEFINING_KEYS, Config, effective_lrs, get, upgrade_saved_config
 from .data import DrivingAugmentation, ProcessedDataset, WindowDataset, collate
 from .evaluate import build_model, image_grid, precision_for, validate
 from .losses import build_perceptual, compute_losses
 from .metrics import psnr_per_image, ssim_per_image
 from .model import WorldModel, parameter_counts, to_unit
 from .synthetic import ensure_synthetic
+from .videos import log_video, open_loop_video
 
 MODULES = ("encoder", "dynamics", "decoder")
 
@@ -79,7 +80,7 @@ def resolve_run_config(config_path, overrides, cli_values: dict, allow_config_ch
     saved = state.get("config")
     if not isinstance(saved, dict) or "model" not in saved:
         raise UserError("not a worldmodel checkpoint", str(path), "a file written by `worldmodel train`")
-    saved = copy.deepcopy(saved)
+    saved = upgrade_saved_config(copy.deepcopy(saved))
     for dotted, fresh in PER_INVOCATION.items():
         section, key = dotted.split(".")
         saved.setdefault(section, {})[key] = fresh
@@ -149,10 +150,10 @@ def resolve_data_root(cfg: Config, log, is_main: bool = True) -> Path:
     root = None
     if is_main:
         root = ensure_synthetic(d.synthetic_scenes, d.synthetic_frames, d.image_size, d.synthetic_seed,
-                                d.val_fraction, log=log)
+                                d.val_fraction, log=log, version=d.synthetic_version)
     barrier()
     return root or ensure_synthetic(d.synthetic_scenes, d.synthetic_frames, d.image_size, d.synthetic_seed,
-                                    d.val_fraction, log=log)
+                                    d.val_fraction, log=log, version=d.synthetic_version)
 
 
 def curriculum_subset(order_by_difficulty: np.ndarray | None, epoch: int, cfg: Config) -> np.ndarray | None:
@@ -472,7 +473,8 @@ def train(cfg: Config, resume_path: Path | None = None, log=print, allow_rewind:
 def log_images(tracker: Tracker, model: WorldModel, out: dict, frames: torch.Tensor, val_set: WindowDataset,
                num_samples: int, device, precision: str, step: int) -> None:
     """train/reconstruction (GT over reconstruction), train/prediction (GT next frames over 1-step predictions)
-    from the last training batch; val/samples (GT / reconstructed / predicted) for fixed validation windows."""
+    from the last training batch; val/samples (GT / reconstructed / predicted) for fixed validation windows;
+    val/open_loop: a video of open-loop rollouts of those windows."""
     k = min(2, frames.shape[0])
     rows = []
     for i in range(k):
@@ -494,6 +496,14 @@ def log_images(tracker: Tracker, model: WorldModel, out: dict, frames: torch.Ten
         rows += [batch["frames"][i], to_unit(vo["reconstructed"][i].float()).cpu(),
                  torch.cat([blank, to_unit(vo["predicted"][i].float()).cpu()])]
     tracker.log_image("val/samples", image_grid(rows), step)
+    # open-loop prediction video (ground truth | rollout from 1 context frame | copy-last) of up to 4 of the
+    # same windows: TensorBoard video summary + wandb.Video (videos.py)
+    n = min(4, len(idx))
+    model.eval()
+    with torch.no_grad(), autocast(device, precision):
+        video = open_loop_video(model, batch["frames"][:n].to(device), batch["actions"][:n].to(device), context=1)
+    model.train()
+    log_video(tracker, "val/open_loop", video, step)
 
 
 __all__ = ["train", "resolve_run_config", "build_optimizer", "param_groups", "lr_factor", "effective_warmup"]
