@@ -64,3 +64,17 @@ def test_resume_with_another_val_subset_restarts_best_ranking(tiny_data, tmp_pat
     assert best["epoch"] == 2
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert sum("progress/c2st" in r for r in rows) == 2  # one estimate per epoch, in the tracked scalars
+
+
+def test_config_by_name_balabit(tmp_path):
+    from action_ddim.config import Config, named_config
+    from trainkit.config import load_config
+    from trainkit.errors import UserError
+
+    cfg = load_config(Config, named_config("balabit"))
+    assert cfg.data.increment_scale == 20.0 and cfg.train.fidelity_every == 2 and cfg.data.data_dir is None
+    try:
+        named_config("no_such_recipe")
+        raise AssertionError("accepted an unknown config name")
+    except UserError as e:
+        assert "balabit" in str(e) and "fidelity" in str(e)  # the error lists the shipped names
