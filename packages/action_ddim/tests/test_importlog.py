@@ -67,9 +67,9 @@ def test_split_on_long_gaps_windows_and_normalisation(tmp_path):
     press = np.concatenate([ds.raw(0), ds.raw(1)])[:, 2]
     assert np.flatnonzero(press).tolist() == list(range(12, 24))  # pressed from 0.4 s to 0.8 s
     assert np.all(np.diff(ds.raw(5)[:, 1]) > 0)  # the second segment starts a new window
-    # Screen inferred from the extent: max x + 1 = 401, max y + 1 = 400.
+    # Screen inferred: the smallest standard screen holding the positions (x <= 400, y <= 399): 640x480.
     meta2 = import_logs([log], tmp_path / "out2", ImportSettings(seq_len=16), log=lambda *_: None)
-    assert meta2["screen"] == [401, 400] and "inferred" in meta2["screen_source"]
+    assert meta2["screen"] == [640, 480] and "inferred" in meta2["screen_source"]
 
 
 def test_cli_touch_log_with_custom_columns(tmp_path):
@@ -92,8 +92,6 @@ def test_cli_touch_log_with_custom_columns(tmp_path):
     ("", ["empty log", "bad.csv"]),
     (HEADER + "\n", ["no data rows", "bad.csv"]),
     ("record timestamp,button,state,x,y\n0,NoButton,Move,1,2\n", ["missing column 'client timestamp'", "bad.csv"]),
-    (HEADER + "\n0.1,0.1,NoButton,Move,1,2\n0.2,0.2,NoButton,Move,1,2\n0.15,0.15,NoButton,Move,1,2\n",
-     ["timestamp 0.15 at row 3 (line 4)", "earlier", "bad.csv"]),
     (HEADER + "\n0.1,0.1,NoButton,Move,1,2\n0.2,0.2,NoButton,Move,abc,2\n", ["x='abc' at row 2 (line 3)", "bad.csv"]),
     (HEADER + "\n0.1,0.1,NoButton,Move,1\n", ["row 1 (line 2) has 5 fields", "bad.csv"]),
 ])
@@ -132,3 +130,78 @@ def test_hand_written_balabit_session(tmp_path):
     assert kinds(first) == ["tap", "drag", "tap", "tap"]  # the right click at 4.34 s falls in the dropped tail
     assert kinds(second) == ["long_press", "swipe"]
     assert seqs[:, 0].max() == pytest.approx(1043 / 1920) and seqs[:, 1].max() == pytest.approx(694 / 1080)
+    # The fixture's wheel rows are at (0, 0), as Balabit logs them: they never move the pointer.
+    assert f["dropped_rows"]["scroll_rows"] == 3 and seqs[:, :2].min() > 0.1
+    assert np.abs(np.diff(seqs[:128, :2], axis=0)).max() < 0.1  # no teleport to the corner and back
+
+
+def _real_like_rows():
+    """A Balabit-like log: moves, a sentinel row, wheel rows at (0, 0), a row back in time."""
+    rows = [_move(round(i * 0.02, 3), 300 + 2 * i, 200 + i) for i in range(200)]
+    rows[50] = (1.0, 1.0, "NoButton", "Move", 65535, 65535)       # the logger's sentinel
+    for i in (80, 81, 82):
+        rows[i] = (rows[i][0], rows[i][1], "Scroll", "Down", 0, 0)  # wheel rows at the origin
+    rows[120] = (1.5, 1.5, "NoButton", "Move", 500, 300)           # earlier than row 119 (2.38 s)
+    rows[150] = (3.0, 3.0, "NoButton", "Move", 5000, 300)          # off a 1920x1080 screen
+    return rows
+
+
+def test_invalid_rows_are_dropped_and_counted_never_clipped(tmp_path):
+    import gzip
+
+    log = tmp_path / "user3" / "session_42.csv.gz"
+    log.parent.mkdir()
+    with gzip.open(log, "wt") as f:  # .csv.gz is read as is
+        f.write("\n".join([HEADER] + [",".join(map(str, r)) for r in _real_like_rows()]) + "\n")
+    meta = import_logs([log], tmp_path / "o", ImportSettings(seq_len=16, screen=(1920, 1080)), log=lambda *_: None)
+    assert meta["dropped_rows"] == {"time_backwards": 1, "sentinel": 1, "off_screen": 1, "scroll_rows": 3,
+                                    "scroll_before_first_position": 0}
+    assert meta["files"][0]["user"] == "user3" and meta["files"][0]["session"] == "session_42"
+    arr = np.load(tmp_path / "o" / meta["files"][0]["output"])
+    # Nothing at a corner or an edge (no clipping), and no step longer than the log's own moves (~0.003).
+    assert arr[:, 0].min() > 0.1 and arr[:, 0].max() < 0.5 and arr[:, 1].max() < 0.5
+    assert np.abs(np.diff(arr[:, :2], axis=0)).max() < 0.01
+    on_disk = json.loads((tmp_path / "o" / "metadata.json").read_text())
+    assert on_disk["dropped_rows"]["sentinel"] == 1 and "sentinel" in on_disk["dropped_rows_why"]
+    # Inferred screen: the sentinel and wheel rows do not count; the off-screen x = 5000 is 1 of 197 (> 0.1 %),
+    # so it widens the inferred screen past every standard size to the extent.
+    meta2 = import_logs([log], tmp_path / "o2", ImportSettings(seq_len=16), log=lambda *_: None)
+    assert meta2["screen"][1] < 1000 and meta2["dropped_rows"]["sentinel"] == 1
+
+
+def test_screen_inference_ignores_rare_outliers():
+    from action_ddim.importlog import Log, infer_screen
+
+    x = np.concatenate([np.linspace(0, 1270, 5000), [1900.0]])  # one stray point in 5001 (< 0.1 %)
+    y = np.linspace(0, 790, len(x))
+    lg = Log(__import__("pathlib").Path("u/s.csv"), np.arange(len(x)) * 0.01, x, y, np.zeros(len(x), bool))
+    w, h, why = infer_screen([lg])
+    assert (w, h) == (1280, 800) and "99.9%" in why
+
+
+def test_user_split_stride_and_sessions_kept_apart(tmp_path):
+    logs = []
+    for user, sess in (("userA", "session_1"), ("userA", "session_2"), ("userB", "session_3")):
+        d = tmp_path / "in" / user
+        d.mkdir(parents=True, exist_ok=True)
+        base = {"session_1": 100, "session_2": 600, "session_3": 1100}[sess]
+        logs.append(_write(d / f"{sess}.csv", [_move(round(i * 0.02, 3), base + i, 100) for i in range(100)]))
+    s = ImportSettings(seq_len=16, screen=(1920, 1080), stride=8, val_users=("userB",))
+    meta = import_logs(logs, tmp_path / "o", s, log=lambda *_: None)
+    assert meta["splits"] == {"train": 2 * 6, "val": 6}  # 60 steps per session: windows at 0, 8, ..., 40
+    tr = ActionDataset(tmp_path / "o" / "train")
+    va = ActionDataset(tmp_path / "o" / "val")
+    assert len(tr) == 12 and len(va) == 6
+    assert np.allclose(tr.raw(1)[0], tr.raw(0)[8])  # stride 8: the next window starts 8 steps later
+    # Sessions never share a window: every window's x stays within its own session's range.
+    for i in range(len(tr)):
+        xs = tr.raw(i)[:, 0] * 1920
+        assert (xs.max() < 600) or (xs.min() >= 600)
+    assert va.raw(0)[0, 0] * 1920 == pytest.approx(1100)
+    with pytest.raises(Exception, match="split import"):  # the root would mix held-out users into training
+        ActionDataset(tmp_path / "o")
+    # By session name, with or without "session_".
+    meta2 = import_logs(logs, tmp_path / "o2", ImportSettings(seq_len=16, screen=(1920, 1080), val_sessions=("2",)),
+                        log=lambda *_: None)
+    assert meta2["splits"] == {"train": 2 * 3, "val": 3}  # stride = seq_len: 60 // 16 windows per session
+    assert "userB" in _error(["--input", str(logs[0]), "--out_dir", str(tmp_path / "o3"), "--val_users", "userB"])

@@ -10,7 +10,7 @@ from trainkit.cli import Group, common_options
 from trainkit.config import explicit_cli_values, load_config
 from trainkit.errors import UserError, handle_user_errors
 
-from .config import TRAIN_FLAGS, Config
+from .config import TRAIN_FLAGS, Config, named_config
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,6 +64,7 @@ def main():
 def train(ctx, config_path, overrides, allow_config_change, allow_rewind, **_):
     """Train the denoiser (the guide's train_diffusion_ddim.py)."""
     cli_values = explicit_cli_values(ctx, TRAIN_FLAGS)
+    config_path = named_config(config_path)  # --config balabit / fidelity / default: the shipped recipes
     # Bad flags are refused here, before the training stack is even imported.
     if not load_config(Config, config_path, overrides, cli_values).train.resume and allow_config_change:
         raise UserError("--allow_config_change without --resume", "--allow_config_change",
@@ -118,7 +119,8 @@ def evaluate(checkpoint, data_dir, num_inference_steps, num_gen_samples, seq_len
         raise UserError("plot must be a .png file", f"--plot {plot_path}", "a path ending in .png")
     m = evaluate_checkpoint(checkpoint, data_dir, num_inference_steps, device, seq_len, num_gen_samples,
                             config_path=config_path, overrides=overrides, precision=precision, real_dir=real_dir,
-                            plot=plot_path, gen_only=gen_only)
+                            plot=plot_path, gen_only=gen_only,
+                            log=None if as_json else click.echo)  # --json: exactly one JSON object
     click.echo(metrics_json(m) if as_json else format_metrics(m))
 
 
@@ -181,20 +183,28 @@ def generate_data(out_dir, num_train, num_val, seq_len, seed, replace):
 
 @main.command("import-log")
 @click.option("--input", "inputs", multiple=True, required=True,
-              help="A CSV pointer log (repeat for several). Default columns: Balabit's "
+              help="A CSV pointer log, .csv or .csv.gz (repeat for several). Default columns: Balabit's "
                    "'record timestamp,client timestamp,button,state,x,y'.")
 @click.option("--out_dir", "--out-dir", "out_dir", required=True, help="Output directory (the dataset format).")
 @click.option("--rate", "rate_hz", type=float, default=None, help="Resampling rate in Hz [30].")
 @click.option("--seq_len", type=int, default=None, help="Steps per sequence (window) [64].")
-@click.option("--screen", default=None, help="Screen WIDTHxHEIGHT in pixels [inferred from the logs' extent].")
+@click.option("--screen", default=None,
+              help="Screen WIDTHxHEIGHT in pixels [inferred: the smallest standard screen holding 99.9%% of positions].")
 @click.option("--split_gap", "split_gap_s", type=float, default=None,
               help="Seconds without an event that split a log into separate sequences [2.0].")
 @click.option("--columns", default=None,
               help="Column names as ROLE=NAME,... for roles time, x, y, button, state "
                    "(e.g. 'time=ts,state=touch,button='); unnamed roles keep the Balabit default.")
+@click.option("--stride", type=int, default=None, help="Steps between window starts [seq_len: no overlap].")
+@click.option("--val_users", default=None,
+              help="Comma-separated users (the folder holding each log, e.g. user7,user9) written to OUT_DIR/val; "
+                   "the rest go to OUT_DIR/train.")
+@click.option("--val_sessions", default=None,
+              help="Comma-separated session names (file names without .csv[.gz], 'session_' optional) for OUT_DIR/val.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out_dir whole.")
 @handle_user_errors
-def import_log(inputs, out_dir, rate_hz, seq_len, screen, split_gap_s, columns, overwrite):
+def import_log(inputs, out_dir, rate_hz, seq_len, screen, split_gap_s, columns, stride, val_users, val_sessions,
+               overwrite):
     """Import pointer event logs (CSV) as training data: resampled, normalised, split, windowed."""
     from .importlog import ImportSettings, import_logs, parse_columns, parse_screen
 
@@ -203,8 +213,13 @@ def import_log(inputs, out_dir, rate_hz, seq_len, screen, split_gap_s, columns, 
                               seq_len=defaults.seq_len if seq_len is None else seq_len,
                               screen=parse_screen(screen),
                               split_gap_s=defaults.split_gap_s if split_gap_s is None else split_gap_s,
-                              columns=parse_columns(columns))
+                              columns=parse_columns(columns), stride=stride,
+                              val_users=_names(val_users), val_sessions=_names(val_sessions))
     import_logs(list(inputs), out_dir, settings, overwrite=overwrite, log=_log)
+
+
+def _names(spec: str | None) -> tuple[str, ...]:
+    return tuple(n.strip() for n in spec.split(",") if n.strip()) if spec else ()
 
 
 if __name__ == "__main__":

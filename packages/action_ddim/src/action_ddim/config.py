@@ -91,6 +91,10 @@ class TrainConfig:
     val_subset: int = 64                 # validation sequences per epoch (0 = all)
     val_full_at_end: bool = True         # final validation on the whole validation set
     num_gen_samples: int = 64            # unconditional samples for val/gen/* (0 = skip)
+    # The epoch line's fidelity estimate (progress/*: C2ST and the speed and path-length W1 ratios) every
+    # N epochs; validated epochs reuse val/gen/*, others draw fidelity_samples samples. 0 = off.
+    fidelity_every: int = 5
+    fidelity_samples: int = 64
     wandb_project: str | None = None     # W&B only when given (offline without a key/network)
     stop_after_epoch: int = 0            # end this invocation (with a checkpoint) after this epoch; 0 = never.
                                          # The LR curve still spans num_epochs, so a later --resume continues it.
@@ -174,6 +178,7 @@ def validate(cfg: Config) -> None:
         raise UserError(f"unknown precision {t.precision!r}", "--precision", "fp32, bf16 or fp16")
     for name, value in (("train.warmup_steps", t.warmup_steps), ("train.val_subset", t.val_subset),
                         ("train.num_gen_samples", t.num_gen_samples), ("train.threads", t.threads),
+                        ("train.fidelity_every", t.fidelity_every), ("train.fidelity_samples", t.fidelity_samples),
                         ("train.grad_clip", t.grad_clip), ("train.weight_decay", t.weight_decay),
                         ("train.stop_after_epoch", t.stop_after_epoch),
                         ("data.data_seed", cfg.data.data_seed)):  # the default dataset's SeedSequence: >= 0
@@ -226,3 +231,15 @@ TRAIN_FLAGS = {
 
 def default_config_path() -> Path:
     return Path(str(resources.files("action_ddim") / "configs" / "default.yaml"))
+
+
+def named_config(path: str | None) -> str | None:
+    """``--config balabit`` (a bare name that is not a file) -> the shipped ``configs/balabit.yaml``."""
+    if path is None or Path(path).exists() or "/" in path or path.endswith((".yaml", ".yml")):
+        return path
+    shipped = Path(str(resources.files("action_ddim") / "configs" / f"{path}.yaml"))
+    if not shipped.is_file():
+        names = sorted(p.stem for p in shipped.parent.glob("*.yaml"))
+        raise UserError(f"no config file or shipped config named {path!r}", "--config",
+                        f"a YAML path or one of {', '.join(names)}")
+    return str(shipped)

@@ -39,6 +39,19 @@ def read_metadata_seq_len(directory: Path) -> int | None:
     return value
 
 
+def check_not_split_root(directory: Path, flag: str) -> None:
+    """`import-log --val_users/--val_sessions` writes train/ and val/ under one folder: reading the folder
+    itself would mix the held-out people into training, so it is refused."""
+    meta = directory / "metadata.json"
+    try:
+        splits = json.loads(meta.read_text()).get("splits") if meta.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return
+    if splits:
+        raise UserError("this folder holds a split import (train/ and val/)", f"{flag} {directory}",
+                        f"one split: {directory / 'train'} or {directory / 'val'}")
+
+
 def validate_actions(arr: np.ndarray, path: Path, seq_len: int) -> None:
     """Raise a UserError naming ``path`` if ``arr`` is not a valid ``[N*seq_len, 3]`` action array."""
     if arr.ndim != 2 or arr.shape[1] != 3:
@@ -91,6 +104,7 @@ class ActionDataset(Dataset):
     def __init__(self, directory: str | Path, seq_len: int | None = None, *, flag: str = "--data_dir",
                  normalizer: "Normalizer | None" = None, validate: bool = True):
         self.directory = Path(directory)
+        check_not_split_root(self.directory, flag)
         self.files = find_action_files(self.directory, flag)
         meta_len = read_metadata_seq_len(self.directory)
         self.seq_len = meta_len if meta_len is not None else seq_len
@@ -113,6 +127,27 @@ class ActionDataset(Dataset):
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
+
+    def sequence_groups(self) -> tuple[np.ndarray, str]:
+        """Who recorded each sequence, for floors held out the way evaluation data is: ``(labels, kind)``.
+
+        ``kind`` is ``"user"`` when metadata.json (import-log) names two or more users, else ``"session"``
+        (one label per file: import-log writes one file per session; the generator, one per split).
+        """
+        by_file: dict[str, str] = {}
+        meta = self.directory / "metadata.json"
+        try:
+            entries = json.loads(meta.read_text()).get("files") if meta.is_file() else None
+            for e in entries or []:
+                if isinstance(e, dict) and e.get("output") and e.get("user"):
+                    by_file[Path(e["output"]).name] = str(e["user"])
+        except (OSError, ValueError, AttributeError):
+            by_file = {}
+        users = [by_file.get(f.name) for f in self.files]
+        kind = "user" if None not in users and len(set(users)) >= 2 else "session"
+        names = users if kind == "user" else [str(f.relative_to(self.directory)) for f in self.files]
+        counts = np.diff(self.offsets).astype(int)
+        return np.repeat(np.array(names, dtype=object), counts), kind
 
     def raw(self, index: int) -> np.ndarray:
         f = int(np.searchsorted(self.offsets, index, side="right") - 1)

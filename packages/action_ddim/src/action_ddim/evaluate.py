@@ -77,6 +77,75 @@ def heldout_draws(heldout: np.ndarray | None, n: int, max_draws: int = FLOOR_DRA
     return [heldout[k * n:(k + 1) * n] for k in range(min(max_draws, len(heldout) // n))]
 
 
+def floor_split(dataset: ActionDataset, n: int, seed: int = 2, max_draws: int = FLOOR_DRAWS
+                ) -> tuple[list[int], list[int], str]:
+    """Split ``dataset`` into (reference, held-out) indices for the real-vs-real floor.
+
+    The floor must come from data held out the same way as the data it is compared with: when the
+    sequences come from two or more users (import-log metadata) or sessions (files), whole groups are
+    held out, so a split by user gets a between-user floor. The held-out part holds up to ``max_draws``
+    draws of ``n`` and never more than half the data. One group only: a seeded random split (a
+    within-group floor, which is lower: it says so). Returns the indices and a one-line description.
+    """
+    labels, kind = dataset.sequence_groups()
+    N = len(labels)
+    want = n * max_draws
+    names = sorted(set(labels))
+    rng = np.random.default_rng(seed)
+    if n > 0 and len(names) >= 2:
+        held: list[str] = []
+        count = 0
+        for g in [names[i] for i in rng.permutation(len(names))]:
+            size = int(np.sum(labels == g))
+            if count >= want or count + size > N // 2 or len(held) == len(names) - 1:
+                continue
+            held.append(g)
+            count += size
+        if count >= n:
+            mask = np.isin(labels, held)
+            heldout = np.flatnonzero(mask)
+            heldout = np.sort(rng.permutation(heldout)[:want]).tolist()
+            rest = np.flatnonzero(~mask).tolist()
+            return rest, heldout, (f"between-{kind} floor: {len(held)} held-out {kind}(s) ({count} sequences) "
+                                   f"against {len(names) - len(held)} other {kind}(s)")
+    perm = rng.permutation(N).tolist()
+    k = n * min(max_draws, (N // 2) // n) if n else 0
+    if not k:
+        return perm, [], f"no floor: fewer than 2 x {n} sequences"
+    return sorted(perm[k:]), sorted(perm[:k]), (f"within-{kind} floor: {k} random sequences held out "
+                                                f"({'one ' + kind + ' only' if len(names) < 2 else 'groups too large'};"
+                                                " lower than a between-user floor)")
+
+
+PROGRESS_KEYS = {"progress/c2st": "gen/c2st_accuracy", "progress/c2st_floor": "gen/c2st_accuracy_floor",
+                 "progress/speed_w1_ratio": "gen/speed_w1_ratio",
+                 "progress/path_length_w1_ratio": "gen/path_length_w1_ratio"}
+
+
+def progress_fidelity(m: dict, prefix: str = "val/") -> dict[str, float]:
+    """The epoch line's fidelity estimate (``progress/*``) from fidelity metrics (missing ones are NaN)."""
+    return {k: float(m.get(prefix + v, float("nan"))) for k, v in PROGRESS_KEYS.items()}
+
+
+@torch.no_grad()
+def quick_fidelity(model, diffusion: Diffusion, dataset: ActionDataset, cfg: Config, device, n: int,
+                   reference: np.ndarray, heldout: np.ndarray | None, rate_hz: float) -> dict[str, float]:
+    """``progress/*`` from ``n`` fresh samples (seeded, so epochs are comparable) against ``reference``."""
+    was_training = model.training
+    model.eval()
+    x = draw_samples(model, diffusion, n, dataset.seq_len, cfg.diffusion.num_inference_steps, cfg.diffusion, device,
+                     seed=1)
+    model.train(was_training)
+    samples = dataset.normalizer.decode(x.float()).cpu().numpy()
+    return progress_fidelity(M.fidelity_metrics(reference, samples, heldout_draws(heldout, n), rate_hz=rate_hz), "")
+
+
+def format_progress(p: dict[str, float], n: int) -> str:
+    """`` | fidelity (64 samples): c2st 0.98 (floor 0.62), W1 speed 12.0x path 9.1x the floor``."""
+    return (f" | fidelity ({n} samples): c2st {p['progress/c2st']:.2f} (floor {p['progress/c2st_floor']:.2f}), "
+            f"W1 speed {p['progress/speed_w1_ratio']:.1f}x path {p['progress/path_length_w1_ratio']:.1f}x the floor")
+
+
 def read_rate_hz(directory) -> float:
     """Sampling rate of a data directory: ``rate_hz`` (import-log) or the generator's ``settings.sample_rate_hz``
     in its metadata.json; the generator's 30 Hz when neither is there."""
@@ -142,7 +211,7 @@ def draw_samples(model, diffusion: Diffusion, num: int, seq_len: int, steps: int
 def evaluate_checkpoint(checkpoint: str, data_dir: str, num_inference_steps: int | None, device_spec: str,
                         seq_len: int | None, num_gen_samples: int | None = None, *, config_path=None, overrides=(),
                         precision: str = "fp32", real_dir: str | None = None, plot: str | None = None,
-                        gen_only: bool = False) -> dict[str, float]:
+                        gen_only: bool = False, log=None) -> dict[str, float]:
     """Every validation metric of a checkpoint on ``data_dir``.
 
     The real-vs-real floors of the generation metrics need real sequences that are not in the reference
@@ -175,11 +244,14 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str, num_inference_steps: int
                             f"--real_dir {real_dir}", f"data with seq_len {ckpt_len}")
         real_perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(2)).tolist()
         heldout = real.raw_batch(sorted(real_perm[:FLOOR_DRAWS * n_gen]))
+        floor_note = f"floor from --real_dir {real_dir}"
     else:
-        k = n_gen * min(FLOOR_DRAWS, (len(ds) // 2) // n_gen) if n_gen else 0
-        heldout = ds.raw_batch(sorted(perm[:k])) if k else None
-        gen_reference = ds.raw_batch(sorted(perm[k:]))
+        ref_idx, held_idx, floor_note = floor_split(ds, n_gen)
+        heldout = ds.raw_batch(held_idx) if held_idx else None
+        gen_reference = ds.raw_batch(ref_idx)
     rate_hz = read_rate_hz(data_dir)
+    if log is not None:
+        log(floor_note)
     with autocast(device, precision):
         if gen_only:
             if not n_gen:

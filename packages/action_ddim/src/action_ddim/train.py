@@ -29,7 +29,8 @@ from trainkit.tracking import Tracker
 from .config import Config
 from .data import ActionDataset, Normalizer, ensure_default_dataset
 from .diffusion import Diffusion
-from .evaluate import FLOOR_DRAWS, read_rate_hz, validate, validation_loss
+from .evaluate import (FLOOR_DRAWS, floor_split, format_progress, progress_fidelity, quick_fidelity, read_rate_hz,
+                       validate, validation_loss)
 from .model import ActionDenoiser, count_parameters
 from .plots import plot_reconstructions, plot_samples, plot_samples_vs_real
 
@@ -99,6 +100,8 @@ MAY_CHANGE = ("data.num_workers",)
 # (an inherited stop_after_epoch would stop every later resume after one epoch).
 PER_INVOCATION = {"train.resume": None, "train.stop_after_epoch": 0}
 CHECKPOINT_NAME = "epoch{epoch:04d}.pt"
+# The fidelity reference during training: at most this many validation sequences outside the floor's.
+GEN_REFERENCE_MAX = 2048
 # What ranks checkpoints for best.pt: val/loss on the fixed per-epoch validation subset, at every validated epoch.
 SELECTION_METRIC = "val/selection_loss"
 
@@ -185,10 +188,23 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None, al
     # A fixed, seeded subset keeps per-epoch validation comparable across epochs and resumes.
     val_order = torch.randperm(len(val_set), generator=make_generator("cpu", 0)).tolist()
     val_subset = val_order[: t.val_subset] if t.val_subset else val_order
-    # Real sequences outside the validation set (a fixed, seeded slice of the training set) give every
-    # generation distance its real-vs-real floor at the same sample count (metrics.fidelity_metrics).
-    floor_order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(1)).tolist()
-    floor_real = train_set.raw_batch(sorted(floor_order[: FLOOR_DRAWS * t.num_gen_samples]))
+    # The real-vs-real floor of every generation distance comes from validation data held out the way
+    # the reference is (whole users or sessions when there are several: audit M4); the samples are
+    # compared with the rest. The training set would give a floor of a different kind (other users for
+    # a user split, the very sequences trained on otherwise). Only a validation set too small to split
+    # falls back to it, and says so.
+    ref_pool, held_idx, floor_note = floor_split(val_set, t.num_gen_samples)
+    if held_idx:
+        floor_real = val_set.raw_batch(held_idx)
+        gen_ref = val_set.raw_batch(ref_pool[:: max(1, len(ref_pool) // GEN_REFERENCE_MAX)][:GEN_REFERENCE_MAX])
+    else:
+        floor_order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(1)).tolist()
+        floor_real = train_set.raw_batch(sorted(floor_order[: FLOOR_DRAWS * t.num_gen_samples]))
+        gen_ref = None
+        floor_note = (f"floor from the training set: the validation set ({len(val_set)}) is too small to hold "
+                      f"{t.num_gen_samples} sequences out")
+        if len(floor_real) < t.num_gen_samples:
+            floor_note = "no floor (too little data); fidelity numbers on so few sequences mean little"
     rate_hz = read_rate_hz(val_dir)
     # The shuffle depends on (seed, epoch) only and its mid-epoch position goes into the checkpoint, so a
     # run stopped mid-epoch resumes at the next micro-batch. Shards per rank under torchrun.
@@ -240,6 +256,12 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None, al
         # Each rank's own running sums of the interrupted epoch (rank_extra; extra keeps rank 0's copy only).
         partial = (rest.get("rank_extra") or {}).get("epoch_partial")
         ckpts.load_manager_state(state)
+        old_subset = (state["config"].get("train") or {}).get("val_subset")
+        if old_subset is not None and old_subset != t.val_subset and ckpts.best_value is not None:
+            # best.pt was ranked on another validation subset; its value is not comparable (audit M3).
+            say(f"resume: val_subset {old_subset} -> {t.val_subset}: best.pt ranking restarts "
+                f"(the old best value {ckpts.best_value:.6g} was measured on another subset)")
+            ckpts.best_value = None
         if info.is_main:
             identity.commit()   # loaded: the folder may change now (a confirmed rewind is archived first)
         step, start_epoch = int(rest["step"]), int(rest["epoch"])
@@ -257,6 +279,7 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None, al
         save_config(cfg, run_dir)  # the resolved config: on resume the checkpoint's, plus allowed changes
     tracker = Tracker(run_dir, config=config_to_dict(cfg), wandb_project=t.wandb_project,
                       resume_step=step if resume is not None else None)
+    say(f"fidelity {floor_note}")
     say(f"run {run_dir} | {len(train_set)} train / {len(val_set)} val sequences of {seq_len} steps | "
         f"{count_parameters(raw_model):,} parameters | device {device} | {steps_per_epoch} steps/epoch")
 
@@ -328,7 +351,7 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None, al
                 v0 = time.time()
                 idx = val_order if (is_last and t.val_full_at_end) else val_subset
                 metrics = validate(ema.module, diffusion, val_set, idx, cfg, device, heldout=floor_real,
-                                   rate_hz=rate_hz)
+                                   gen_reference=gen_ref, rate_hz=rate_hz)
                 scalars.update(metrics)
                 # best.pt is ranked on one fixed subset at every validated epoch (the last epoch validates on
                 # the whole set, whose val/loss is not comparable with the subset's).
@@ -336,13 +359,27 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None, al
                                              validation_loss(ema.module, diffusion, val_set, val_subset, device))
                 scalars["val/time_s"] = time.time() - v0
                 scalars["val/num_sequences"] = len(idx)
+            # The epoch line's honest part: the guide's reconstruction metrics are met by an untrained model
+            # (README "Validation metrics"), so every fidelity_every epochs the line also shows how far samples
+            # are from real data: C2ST and two W1 ratios against the real-vs-real floor.
+            prog, n_prog = {}, 0
+            if info.is_main and t.fidelity_every and (last_epoch % t.fidelity_every == 0 or is_last):
+                if "val/gen/c2st_accuracy" in scalars:
+                    prog, n_prog = progress_fidelity(scalars), t.num_gen_samples
+                elif t.fidelity_samples:
+                    reference = gen_ref if gen_ref is not None else val_set.raw_batch(val_subset)
+                    prog = quick_fidelity(ema.module, diffusion, val_set, cfg, device, t.fidelity_samples, reference,
+                                          floor_real, rate_hz)
+                    n_prog = t.fidelity_samples
+                scalars.update(prog)
             tracker.log_scalars(scalars, step)
             if info.is_main and (last_epoch % t.plot_every == 0 or is_last):
                 make_plots(tracker, ema.module, diffusion, val_set, val_subset, cfg, device, step, last_epoch)
             say(f"epoch {last_epoch}/{t.num_epochs} step {step} loss {epoch_loss:.4f} ({train_time:.1f}s)"
                 + (f" | val/mse {metrics['val/mse']:.5f} coord_mse {metrics['val/coord_mse']:.5f} "
                    f"press_acc {metrics['val/press_accuracy']:.4f} snr {metrics['val/mean_snr_db']:.2f}dB"
-                   if "val/mse" in scalars else ""))
+                   if "val/mse" in scalars else "")
+                + (format_progress(prog, n_prog) if prog else ""))
             pause = bool(t.stop_after_epoch) and last_epoch >= t.stop_after_epoch and not is_last
             # Save on schedule, and also at any validated epoch that beats best.pt, so best.pt is the best of
             # every validated epoch, not only of the saved ones (rank 0 validates; every rank must agree to save).
