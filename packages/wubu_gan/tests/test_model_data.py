@@ -174,7 +174,7 @@ def test_a_short_video_in_a_folder_trains_and_is_named(tmp_path, make_cfg):
 
 
 def test_raft_is_used_only_for_frames_it_can_handle(tmp_path, tiny_video, make_cfg, monkeypatch):
-    import wubu_gan.model as M
+    import wubu_gan.flow as M  # decide_flow looks cached_raft_weights up in its own module
 
     monkeypatch.setattr(M, "cached_raft_weights", lambda net: tmp_path / "raft.pth")
     kind, why = M.decide_flow(make_cfg(tmp_path, tiny_video, use_wubu_motion_branch=True), 64, 64)
