@@ -84,8 +84,11 @@ def test_evaluate_json_and_sample(base_run, tmp_path, tiny_video):
     res = run(["evaluate", "--checkpoint", str(ckpt), "--video_data_path", str(tiny_video), "--max_clips", "6", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    assert set(data) >= {"model", "copy_last_frame"}
-    assert data["model"]["avg_val_lpips"] is None and data["copy_last_frame"]["avg_val_psnr"] > 10
+    assert set(data) >= {"model", "copy_last_frame", "constant_velocity", "reconstruction"}
+    for name in ("model", "copy_last_frame", "constant_velocity"):
+        assert list(data[name]["psnr"]) == ["1", "2", "3", "4", "5"] and len(data[name]["ssim"]) == 5
+    assert data["model"]["avg_val_lpips"] is None and data["copy_last_frame"]["psnr"]["1"] > 10
+    assert data["copy_last_frame"]["psnr"]["1"] > data["copy_last_frame"]["psnr"]["5"]  # further is harder
     res = run(["sample", "--checkpoint", str(ckpt), "--out", str(tmp_path / "s"), "--num_samples", "2"])
     assert res.exit_code == 0 and (tmp_path / "s" / "samples.png").is_file() and (tmp_path / "s" / "samples.gif").is_file()
     res = run(["sample", "--checkpoint", str(ckpt), "--out", str(tmp_path / "s")])

@@ -133,25 +133,36 @@ def train(ctx, config_path, overrides, **_):
 @click.option("--max_clips", type=click.IntRange(min=0), default=0, show_default=True, help="Evenly spaced subset (0 = all).")
 @click.option("--no_lpips", is_flag=True, help="Skip LPIPS even when its weights are cached.")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object {model, copy_last_frame} on stdout.")
+@click.option("--horizon", type=click.IntRange(1, 50), default=5, show_default=True,
+              help="Rollout length: prediction scored at h = 1..horizon (predictions fed back).")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object {model, copy_last_frame, constant_velocity, reconstruction, info} on stdout; "
+                   "each has psnr and ssim per horizon and avg_val_* over all horizons.")
 @handle_user_errors
-def evaluate(checkpoint, video_data_path, max_clips, no_lpips, device, as_json):
-    """PSNR / SSIM / LPIPS (z = mu) of the model and of the copy-last-input-frame baseline, side by side."""
+def evaluate(checkpoint, video_data_path, max_clips, no_lpips, device, horizon, as_json):
+    """Prediction (the encoder sees the input frames only; z = mu; rollout h = 1..horizon) against copy-last-frame
+    and constant-velocity (the last flow applied again); reconstruction (target visible) under its own name."""
     from trainkit.device import resolve_device
 
     from .evaluate import evaluate_checkpoint
 
     res = evaluate_checkpoint(checkpoint, video_data_path, device=resolve_device(device), use_lpips=not no_lpips,
-                              max_clips=max_clips, log=lambda m: None if as_json else click.echo(m))
+                              max_clips=max_clips, log=lambda m: None if as_json else click.echo(m), horizon=horizon)
+    names = ("model", "copy_last_frame", "constant_velocity", "reconstruction")
     if as_json:
-        click.echo(json.dumps({"model": res["model"], "copy_last_frame": res["copy_last_frame"], "info": res["info"]}))
+        click.echo(json.dumps({**{k: res[k] for k in names}, "info": res["info"]}))
         return
+    fmt = lambda v: "null" if v is None else f"{v:.4f}"  # noqa: E731
     click.echo(f"{res['info']['checkpoint']} on {res['info']['data']} ({res['info']['num_clips']} clips)")
-    click.echo(f"{'metric':<22}{'model':>12}{'copy_last_frame':>18}")
-    for k in ("avg_val_psnr", "avg_val_ssim", "avg_val_lpips", "avg_val_recon_mse"):
-        m, b = res["model"][k], res["copy_last_frame"][k]
-        fmt = lambda v: "null" if v is None else f"{v:.4f}"  # noqa: E731
-        click.echo(f"{k:<22}{fmt(m):>12}{fmt(b):>18}")
+    click.echo("prediction (encoder on the input frames only), PSNR dB / SSIM per horizon:")
+    click.echo(f"{'h':<4}" + "".join(f"{n:>26}" for n in names[:3]))
+    for h in res["info"]["horizons"]:
+        click.echo(f"{h:<4}" + "".join(f"{fmt(res[n]['psnr'][str(h)]) + ' / ' + fmt(res[n]['ssim'][str(h)]):>26}"
+                                       for n in names[:3]))
+    r = res["reconstruction"]
+    click.echo(f"reconstruction (encoder sees the target): psnr {fmt(r['avg_val_psnr'])} ssim {fmt(r['avg_val_ssim'])}")
+    m = res["model"]
+    click.echo(f"lpips (all horizons): model {fmt(m['avg_val_lpips'])}")
     if res["info"]["lpips_note"]:
         click.echo(f"note: {res['info']['lpips_note']}")
 

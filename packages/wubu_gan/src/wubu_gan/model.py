@@ -29,6 +29,14 @@ class WuBuGen(nn.Module):
         context = frames[:, :self.num_input_frames] if self.generator.use_context else None
         return self.generator(z, context), mu, logvar
 
+    def predict(self, context: torch.Tensor, context_flow: torch.Tensor | None = None, z: torch.Tensor | None = None):
+        """Prediction: the encoder sees the input frames only (context (B, T_in, C, H, W), context_flow
+        (B, T_in - 1, 2, H, W) or None), never the target or the flow into it; z = mu unless given.
+        forward() is the reconstruction (the encoder reads the whole clip, target included): training's posterior."""
+        mu, logvar = self.encoder(context, context_flow)
+        z = mu if z is None else z
+        return self.generator(z, context if self.generator.use_context else None), mu, logvar
+
 
 def count_parameters(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())

@@ -581,9 +581,10 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
             result = validate(G_raw, val_set, cfg, device, lp_net, max_clips=cfg.max_val_clips)
             last_val = result
             val_history.append(result["model"][primary])
-            scalars = {f"val/{k}": v for k, v in result["model"].items() if k != "num_clips"}
-            scalars.update({f"val/copy_last_frame_{k[8:]}": v for k, v in result["copy_last_frame"].items()
-                            if k.startswith("avg_val_")})
+            # val/avg_val_* is prediction (encoder on the input frames only); the rest under their own names.
+            scalars = {f"val/{k}": v for k, v in result["model"].items() if k.startswith("avg_val_")}
+            for other in ("copy_last_frame", "constant_velocity", "reconstruction"):
+                scalars.update({f"val/{other}_{k[8:]}": v for k, v in result[other].items() if k.startswith("avg_val_")})
             tracker.log_scalars(scalars, step)
             if last_batch is not None:
                 log_recon_images(tracker, "samples/train_recon", *last_batch, cfg, step)
@@ -598,7 +599,8 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                 save("best", epoch + 1, 0, result["model"])
             m, b = result["model"], result["copy_last_frame"]
             say(f"epoch {epoch + 1}/{cfg.epochs} step {step} | val psnr {m['avg_val_psnr']:.2f} dB ssim "
-                f"{m['avg_val_ssim']:.3f} (copy-last {b['avg_val_psnr']:.2f} / {b['avg_val_ssim']:.3f}) | "
+                f"{m['avg_val_ssim']:.3f} (copy-last {b['avg_val_psnr']:.2f} / {b['avg_val_ssim']:.3f}, constant-velocity "
+                f"{result['constant_velocity']['avg_val_psnr']:.2f}) | "
                 f"lambda_kl {lambda_kl:.3g} | saved {path.name}{' (best)' if better else ''}")
     finally:
         tracker.close()
