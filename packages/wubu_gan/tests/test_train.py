@@ -268,3 +268,41 @@ def test_fp16_overflow_in_the_adaptive_weight_is_a_scaler_back_off_not_a_skipped
     assert state["stepper_gen"]["num_overflow"] > 0  # GradScaler backed off instead
     assert not any("non-finite loss" in m for m in logs)
     assert summary["step"] > 0 and all(torch.isfinite(v).all() for v in state["gen"].values() if v.is_floating_point())
+
+
+def test_detect_anomaly_names_the_loss_term_and_the_backward_op_not_our_poisoning(tmp_path, make_cfg, tiny_video,
+                                                                                  monkeypatch):
+    import pytest
+
+    import wubu_gan.train as train_mod
+    from trainkit.errors import UserError
+
+    real_kl = train_mod.kl_divergence
+    calls = {"n": 0}
+
+    def bad_kl_forward(mu, logvar):  # the audit's probe: log of a negative number inside the KL at step 3
+        calls["n"] += 1
+        value = real_kl(mu, logvar)
+        return torch.log(-value.abs() - 1) if calls["n"] == 3 else value
+
+    monkeypatch.setattr(train_mod, "kl_divergence", bad_kl_forward)
+    cfg = make_cfg(tmp_path, tiny_video, detect_anomaly=True, epochs=1)
+    with pytest.raises(UserError) as err:
+        train(cfg, log=lambda m: None)
+    msg = err.value.message
+    assert "non-finite loss term kl at step 2" in msg and "--detect_anomaly" in msg and "Mul" not in msg, msg
+    assert "\n" not in msg
+
+    calls["n"] = 0
+
+    def bad_kl_backward(mu, logvar):  # finite forward, NaN gradient (sqrt at 0 times 0) at step 3
+        calls["n"] += 1
+        value = real_kl(mu, logvar)
+        return value + (mu * 0).sqrt().sum() * 0 if calls["n"] == 3 else value
+
+    monkeypatch.setattr(train_mod, "kl_divergence", bad_kl_backward)
+    cfg = make_cfg(tmp_path / "b", tiny_video, detect_anomaly=True, epochs=1)
+    with pytest.warns(UserWarning), pytest.raises(UserError) as err:
+        train(cfg, log=lambda m: None)
+    msg = err.value.message
+    assert "non-finite gradient in the G backward at step 2" in msg and "SqrtBackward0" in msg, msg

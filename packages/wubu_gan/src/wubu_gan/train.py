@@ -32,6 +32,7 @@ from trainkit.progress import progress
 from trainkit.step import OptimizerStep
 from trainkit.tracking import Tracker
 
+from .anomaly import NonFiniteWatch, backward_anomaly_error, non_finite_loss_error
 from .config import TrainConfig
 from .data import build_datasets
 from .evaluate import fixed_noise, frames_to_grid, move, validate
@@ -257,6 +258,21 @@ def resolve_resume_config(cli_values: dict, config_path, overrides, resume: str,
 
 
 # ------------------------------------------------------------------------------------------ the loop
+def anomaly_backward(step_g, loss_g, step_d, loss_d, step: int):
+    """Both backwards under --detect_anomaly; autograd's NaN report becomes a one-line error."""
+    for which, stepper, loss in (("G", step_g, loss_g), ("D", step_d, loss_d)):
+        try:
+            out = stepper.backward(loss)
+        except RuntimeError as err:
+            mapped = backward_anomaly_error(err, which, step)
+            if mapped is None:
+                raise
+            raise mapped from err
+        if which == "G":
+            out_g = out
+    return out_g, out
+
+
 def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -> dict:
     """Train; returns a summary (last validation metrics, checkpoint paths)."""
     if cfg.threads:
@@ -304,6 +320,7 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
     seed_everything(cfg.seed)
     G_raw = WuBuGen(cfg, flow_kind).to(device)
     D_raw = build_discriminator(cfg).to(device)
+    anomaly_watch = NonFiniteWatch({"G": G_raw, "D": D_raw}) if cfg.detect_anomaly else None
     G = wrap_ddp(G_raw, info)
     D = wrap_ddp(D_raw, info)
     seed_rank_streams(cfg.seed)  # from here on (posterior noise, dropout) every rank draws its own randomness
@@ -468,6 +485,8 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                     break
                 # Both steppers' contexts around forward AND backward: DDP decides at forward time whether to all-reduce
                 # (no_sync inside an accumulation window), and --detect_anomaly records the forward's traceback.
+                if anomaly_watch is not None:
+                    anomaly_watch.reset()
                 with contextlib.ExitStack() as micro:
                     micro.enter_context(step_g.micro_batch())
                     micro.enter_context(step_d.micro_batch())
@@ -502,6 +521,10 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                     loss_g = cfg.lambda_recon * loss_recon + lambda_kl * loss_kl + lambda_gan * loss_adv
                     parts = torch.stack([loss_recon, loss_kl, loss_adv, loss_g, loss_d_real, loss_d_fake, loss_d]).detach()
                     finite = bool(torch.isfinite(parts).all())
+                    if not finite and anomaly_watch is not None:
+                        # --detect_anomaly: no poisoning (autograd would then blame our multiply); stop and name
+                        # the loss term and the first module whose output went non-finite.
+                        raise non_finite_loss_error(parts, step, anomaly_watch)
                     if not finite:
                         # Poison both windows: trainkit skips the whole step for G and D, touching no state.
                         say(f"warning: non-finite loss at step {step} (recon {parts[0]:.4g}, kl {parts[1]:.4g}, "
@@ -531,8 +554,11 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                         for opt, base in ((opt_g, cfg.learning_rate_gen), (opt_d, cfg.learning_rate_disc)):
                             for group in opt.param_groups:
                                 group["lr"] = base * lr_factor()
-                    out_g = step_g.backward(loss_g)
-                    out_d = step_d.backward(loss_d)
+                    if anomaly_watch is None:
+                        out_g = step_g.backward(loss_g)
+                        out_d = step_d.backward(loss_d)
+                    else:
+                        out_g, out_d = anomaly_backward(step_g, loss_g, step_d, loss_d, step)
                 batch_in_epoch += 1
                 last_batch = (frames, recon)
                 if not out_g.boundary:
