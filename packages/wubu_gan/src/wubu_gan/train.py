@@ -38,7 +38,7 @@ from .data import build_datasets
 from .evaluate import fixed_noise, frames_to_grid, move, validate
 from .metrics import lpips_model
 from .model import WuBuGen, build_discriminator, count_parameters, decide_flow, disc_input
-from .qcontrol import QController
+from .qcontrol import QController, exploration_decay
 
 CKPT_PREFIX = "wubugaad_hybridgen_ckpt_v01_"
 FORMAT_VERSION = 1
@@ -93,14 +93,15 @@ def load_optimizer(optimizer, state: dict) -> None:
 
 
 def apply_scales(optimizer, base_lr: float, scales: dict) -> None:
-    """lr = clip(base * lr_scale, 1e-8, 1); momentum (SGD) or beta1 (Adam) = clip(0.9 * momentum_scale, 0, 0.999)."""
+    """lr = clip(base * lr_scale, 1e-8, 1); SGD momentum = clip(0.9 * momentum_scale, 0, 0.999).
+
+    Adam's beta1 is never rewritten: its bias correction (1 - beta1^t) assumes one beta1 for the whole run, and the
+    original's per-step rewrite made the first moment inconsistent. For Adam the momentum action is a no-op."""
     lr = min(1.0, max(1e-8, base_lr * scales.get("lrscale", 1.0)))
     mom = min(0.999, max(0.0, 0.9 * scales.get("momentumscale", 1.0)))
     for g in optimizer.param_groups:
         g["lr"] = lr
-        if "betas" in g:
-            g["betas"] = (mom, g["betas"][1])
-        elif "momentum" in g:
+        if "betas" not in g and "momentum" in g:
             g["momentum"] = mom
 
 
@@ -409,6 +410,12 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
     run_steps = cfg.epochs * steps_per_epoch // max(1, cfg.grad_accum_steps)
     gan_warmup = min(cfg.lambda_gan_warmup_steps, max(1, run_steps // 2)) if cfg.lambda_gan_warmup_steps else 0
     warmup_start = int(state.get("warmup_start", 0)) if cfg.resume else step
+    # Exploration ends within this run: epsilon reaches its floor half-way through (one choice per optimizer step;
+    # the lambda_KL controller chooses every lambda_kl_update_interval steps).
+    for q, choices in ((q_gen, run_steps), (q_disc, run_steps),
+                       (q_lkl, run_steps // max(1, cfg.lambda_kl_update_interval))):
+        if q is not None:
+            q.eps_decay = exploration_decay(choices, eps_min=q.eps_min)
     if gan_warmup and gan_warmup < cfg.lambda_gan_warmup_steps:
         say(f"note: lambda_gan_warmup_steps {cfg.lambda_gan_warmup_steps} is longer than half this run "
             f"({run_steps} steps): ramping over {gan_warmup}")
