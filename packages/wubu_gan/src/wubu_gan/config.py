@@ -128,6 +128,7 @@ class TrainConfig:
     # ---- ours
     optimizer: str = "riemannian_adam"    # or riemannian_sgd (the original's SGD: momentum 0.9, wd 0.01)
     wubu_learnable_curvature: bool = True  # false freezes every level's curvature (ablation of the original)
+    euclidean: bool = False               # every WuBu stack flat (the c -> 0 limit of the same ops): the geometry ablation
     gen_context_skip: bool = True         # generator sees the last input frame and predicts a residual to it
     gen_context_channels: int = 32        # width of that context feature pyramid
     gen_output: str = "warp"              # with gen_context_skip: warp (last frame moved by a predicted flow, blended
@@ -173,7 +174,8 @@ class TrainConfig:
         return {"dims": dims, "curvatures": curv, "use_rotation": getattr(self, f"wubu_{name}_use_rotation"),
                 "phi_curvature": getattr(self, f"wubu_{name}_phi_influence_curvature"),
                 "phi_rotation": getattr(self, f"wubu_{name}_phi_influence_rotation_init"),
-                "dropout": self.wubu_dropout, "learnable_curvature": self.wubu_learnable_curvature}
+                "dropout": self.wubu_dropout, "learnable_curvature": self.wubu_learnable_curvature,
+                "euclidean": self.euclidean}
 
 
 # Keys that define the model's shape or the data: changing them on --resume changes what the run is.
@@ -184,7 +186,7 @@ RUN_DEFINING = ("video_data_path", "validation_video_path", "image_h", "image_w"
                 "disc_apply_spectral_norm", "wubu_s_num_levels", "wubu_s_hyperbolic_dims", "wubu_m_num_levels",
                 "wubu_m_hyperbolic_dims", "wubu_t_num_levels", "wubu_t_hyperbolic_dims", "epochs", "gen_context_skip",
                 "gen_context_channels", "gen_output", "disc_output", "disc_frame_diff", "disc_see_context", "lr_decay_fraction", "lambda_gan_warmup_steps",
-                "lambda_gan_adaptive", "augment_flip", "augment_color", "validation_split_fraction", "val_block_size", "seed", "batch_size", "grad_accum_steps")
+                "lambda_gan_adaptive", "augment_flip", "augment_color", "euclidean", "validation_split_fraction", "val_block_size", "seed", "batch_size", "grad_accum_steps")
 
 
 def _fail(key, value, expected):
