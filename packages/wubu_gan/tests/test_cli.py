@@ -89,10 +89,14 @@ def test_evaluate_json_and_sample(base_run, tmp_path, tiny_video):
         assert list(data[name]["psnr"]) == ["1", "2", "3", "4", "5"] and len(data[name]["ssim"]) == 5
     assert data["model"]["avg_val_lpips"] is None and data["copy_last_frame"]["psnr"]["1"] > 10
     assert data["copy_last_frame"]["psnr"]["1"] > data["copy_last_frame"]["psnr"]["5"]  # further is harder
+    lat = data["latent"]
+    assert lat["kl_nats_per_clip"] >= 0 and lat["diversity"] >= 0 and lat["swap_cost_db"] is not None
     res = run(["sample", "--checkpoint", str(ckpt), "--out", str(tmp_path / "s"), "--num_samples", "2"])
     assert res.exit_code == 0 and (tmp_path / "s" / "samples.png").is_file() and (tmp_path / "s" / "samples.gif").is_file()
     res = run(["sample", "--checkpoint", str(ckpt), "--out", str(tmp_path / "s")])
     assert res.exit_code == 2 and "not empty" in res.output
+    res = run(["sample", "--checkpoint", str(ckpt), "--out", str(tmp_path / "one"), "--num_samples", "3", "--one_context"])
+    assert res.exit_code == 0 and "diversity" in res.output and "nan" not in res.output, res.output
 
 
 def test_sample_replace_never_deletes_a_run_and_bad_out_paths_are_one_line_errors(base_run, tmp_path):

@@ -306,3 +306,16 @@ def test_detect_anomaly_names_the_loss_term_and_the_backward_op_not_our_poisonin
         train(cfg, log=lambda m: None)
     msg = err.value.message
     assert "non-finite gradient in the G backward at step 2" in msg and "SqrtBackward0" in msg, msg
+
+
+def test_free_bits_floor_each_dimensions_kl_and_stop_its_gradient():
+    from wubu_gan.train import kl_divergence, kl_free_bits
+
+    mu = torch.zeros(4, 3)
+    mu[:, 0] = 2.0  # dim 0: KL 2 nats; dims 1, 2: 0 (collapsed)
+    mu.requires_grad_(True)
+    logvar = torch.zeros(4, 3)
+    fb = kl_free_bits(mu, logvar, 0.5)
+    assert abs(float(fb) - (2.0 + 0.5 + 0.5)) < 1e-6 and abs(float(kl_divergence(mu, logvar)) - 2.0) < 1e-6
+    fb.backward()
+    assert mu.grad[:, 0].abs().sum() > 0 and mu.grad[:, 1:].abs().sum() == 0

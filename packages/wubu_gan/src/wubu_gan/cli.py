@@ -150,7 +150,7 @@ def evaluate(checkpoint, video_data_path, max_clips, no_lpips, device, horizon, 
                               max_clips=max_clips, log=lambda m: None if as_json else click.echo(m), horizon=horizon)
     names = ("model", "copy_last_frame", "constant_velocity", "reconstruction")
     if as_json:
-        click.echo(json.dumps({**{k: res[k] for k in names}, "info": res["info"]}))
+        click.echo(json.dumps({**{k: res[k] for k in names}, "latent": res["latent"], "info": res["info"]}))
         return
     fmt = lambda v: "null" if v is None else f"{v:.4f}"  # noqa: E731
     click.echo(f"{res['info']['checkpoint']} on {res['info']['data']} ({res['info']['num_clips']} clips)")
@@ -161,8 +161,11 @@ def evaluate(checkpoint, video_data_path, max_clips, no_lpips, device, horizon, 
                                        for n in names[:3]))
     r = res["reconstruction"]
     click.echo(f"reconstruction (encoder sees the target): psnr {fmt(r['avg_val_psnr'])} ssim {fmt(r['avg_val_ssim'])}")
-    m = res["model"]
+    m, lat = res["model"], res["latent"]
     click.echo(f"lpips (all horizons): model {fmt(m['avg_val_lpips'])}")
+    click.echo(f"latent: KL {fmt(lat['kl_nats_per_clip'])} nats/clip, swap cost {fmt(lat['swap_cost_db'])} dB, "
+               f"prior-sample psnr {fmt(lat['prior_psnr'])} vs posterior {fmt(lat['posterior_psnr'])}, "
+               f"diversity {fmt(lat['diversity'])} (std across {lat['num_z']} z, [0, 1])")
     if res["info"]["lpips_note"]:
         click.echo(f"note: {res['info']['lpips_note']}")
 
@@ -175,15 +178,18 @@ def evaluate(checkpoint, video_data_path, max_clips, no_lpips, device, horizon, 
 @click.option("--seed", type=int, default=None, help="Default: the run's seed (the same fixed noise as training).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--replace", is_flag=True, help="Replace a non-empty --out folder.")
+@click.option("--one_context", is_flag=True,
+              help="Every row continues the same input frames with its own z ~ N(0, I): the futures z can draw.")
 @handle_user_errors
-def sample(checkpoint, out, num_samples, seed, device, replace):
+def sample(checkpoint, out, num_samples, seed, device, replace, one_context):
     """Fixed-noise generations as a PNG grid and a GIF."""
     from trainkit.device import resolve_device
 
     from .evaluate import sample_checkpoint
 
-    res = sample_checkpoint(checkpoint, out, num_samples, seed, resolve_device(device), replace)
-    click.echo(f"{res['num_samples']} samples x {res['frames']} frames -> {res['png']}, {res['gif']}")
+    res = sample_checkpoint(checkpoint, out, num_samples, seed, resolve_device(device), replace, one_context)
+    click.echo(f"{res['num_samples']} samples x {res['frames']} frames -> {res['png']}, {res['gif']}; "
+               f"diversity {res['diversity']:.4f} (per-pixel std across samples' predictions, [0, 1])")
 
 
 @main.command("make-demo-video")

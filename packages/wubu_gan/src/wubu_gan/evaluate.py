@@ -152,6 +152,50 @@ def validate(G, dataset: VideoClips, cfg: TrainConfig, device, lpips_net=None, m
     return {name: scores.summary(name, n) for name in scores.acc}
 
 
+@torch.no_grad()
+def latent_report(G, dataset: VideoClips, cfg: TrainConfig, device, max_clips: int = 200, batch_size: int = 8,
+                  num_z: int = 4, seed: int = 0) -> dict:
+    """Does the latent carry the clip? On the clip's own predicted frames (reconstruction path):
+
+    - kl_nats_per_clip: KL(q(z | clip) || N(0, I)), summed over latent dims (collapse: ~0);
+    - swap_cost_db: PSNR with z = mu of the clip minus PSNR with z = mu of another clip (batch rolled by one);
+    - prior_psnr / posterior_psnr: prediction with z ~ N(0, I) (encoder unused) against z = mu(clip);
+    - diversity: mean over contexts of the per-pixel std across ``num_z`` prior samples, on [0, 1]."""
+    was_training = G.training
+    G.eval()
+    Tin, P = cfg.num_input_frames, cfg.num_predict_frames
+    idx = _subset(dataset, max_clips)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    kl, own, swap, prior, spread = [], [], [], [], []
+    gen_fn = G.generator
+    for i in range(0, len(idx), batch_size):
+        items = [dataset[j] for j in idx[i:i + batch_size]]
+        batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+        frames, flow = move(batch, device)
+        clip = frames[:, :Tin + P]
+        mu, logvar = G.encoder(clip, flow[:, :Tin + P - 1] if flow is not None else None)
+        kl.append((-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(1).cpu())
+        ctx = frames[:, :Tin] if gen_fn.use_context else None
+        target = to_unit(frames[:, Tin:Tin + P].flatten(0, 1).float())
+        score = lambda pred: psnr_per_frame(to_unit(pred.flatten(0, 1).float()), target).cpu()  # noqa: E731
+        own.append(score(gen_fn(mu, ctx)))
+        if mu.shape[0] > 1:
+            swap.append(score(gen_fn(mu.roll(1, 0), ctx)))
+        samples = []
+        for _ in range(num_z):
+            z = torch.randn(mu.shape, generator=gen).to(device)
+            pred = gen_fn(z, ctx)
+            prior.append(score(pred))
+            samples.append(to_unit(pred.float()))
+        spread.append(torch.stack(samples).std(0).flatten(1).mean(1).cpu())
+    G.train(was_training)
+    mean = lambda xs: float(torch.cat(xs).double().mean()) if xs else None  # noqa: E731
+    own_db, swap_db = mean(own), mean(swap)
+    return {"kl_nats_per_clip": mean(kl), "posterior_psnr": own_db, "swapped_latent_psnr": swap_db,
+            "swap_cost_db": None if swap_db is None else own_db - swap_db, "prior_psnr": mean(prior),
+            "diversity": mean(spread), "num_z": num_z, "num_clips": len(idx)}
+
+
 def load_generator(path, device) -> tuple[WuBuGen, TrainConfig, dict]:
     """The VAE (encoder + generator) and its config from a `wubu-gan train` checkpoint."""
     state = load_checkpoint(path, map_location=device)
@@ -201,6 +245,7 @@ def evaluate_checkpoint(path, video_path=None, device="cpu", use_lpips=True, max
         raise UserError(f"no clip of {T} frames (T_in {Tin} + horizon {horizon}) fits", where, "a longer video or a smaller --horizon")
     net, reason = lpips_model(device, (cfg.image_h, cfg.image_w)) if use_lpips else (None, "LPIPS not requested")
     result = validate(G, dataset, cfg, device, net, max_clips=max_clips, horizon=horizon)
+    result["latent"] = latent_report(G, dataset, cfg, device, max_clips=min(max_clips or 200, 200))
     result["info"] = {"checkpoint": str(path), "data": where, "num_clips": result["model"]["num_clips"],
                       "step": state.get("step"), "lpips_note": reason, "horizons": list(range(1, horizon + 1)),
                       "model": "prediction: encoder on the input frames only, z = mu, predictions fed back for h > "
@@ -233,7 +278,7 @@ SAMPLE_FILES = ("samples.png", "samples.gif")
 
 @torch.no_grad()
 def sample_checkpoint(path, out_dir, num_samples: int | None = None, seed: int | None = None, device="cpu",
-                      replace: bool = False) -> dict:
+                      replace: bool = False, one_context: bool = False) -> dict:
     """Fixed-noise generations: ``samples.png`` (rows = samples, columns = frames) and ``samples.gif``.
 
     ``--out`` must be a new or empty folder, or (with ``replace``) a folder holding only an earlier sample
@@ -263,9 +308,12 @@ def sample_checkpoint(path, out_dir, num_samples: int | None = None, seed: int |
     if G.generator.use_context:  # continue the last input frames of evenly spaced validation clips
         _, val_set = build_datasets(cfg, log=lambda *a: None, generate_demo=False)
         idx = np.linspace(0, len(val_set) - 1, num_samples).round().astype(int).tolist()
+        if one_context:  # one context, num_samples latents: what z changes about the future
+            idx = [idx[len(idx) // 2]] * num_samples
         clips = torch.stack([val_set[i]["frames"] for i in idx]).to(device)
         context = clips[:, :cfg.num_input_frames]
     videos = G.generator(z, context)
+    diversity = float(to_unit(videos.float()).std(0).mean()) if num_samples > 1 and one_context else float("nan")
     if context is not None:  # first columns: the input frames each sample continues
         videos = torch.cat([context, videos], 1)
     grid = frames_to_grid(videos)
@@ -283,4 +331,4 @@ def sample_checkpoint(path, out_dir, num_samples: int | None = None, seed: int |
         if tmp.exists():
             shutil.rmtree(tmp)
     return {"png": str(out / "samples.png"), "gif": str(out / "samples.gif"), "num_samples": num_samples,
-            "frames": int(videos.shape[1])}
+            "frames": int(videos.shape[1]), "diversity": diversity}

@@ -111,6 +111,14 @@ def current_momentum(optimizer) -> float:
 
 
 # ------------------------------------------------------------------------------------------ losses
+def kl_free_bits(mu: torch.Tensor, logvar: torch.Tensor, free_bits: float) -> torch.Tensor:
+    """The KL term with free bits (Kingma et al. 2016): each latent dimension's batch-mean KL counts as at least
+    ``free_bits`` nats, so no gradient pushes a dimension below that floor and the posterior cannot collapse onto
+    the prior (after phase 2a the plain KL sat at ~1 nat per clip). Logged losses keep the plain KL."""
+    per_dim = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean(0)
+    return per_dim.clamp_min(free_bits).sum()
+
+
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(q(z|x) || N(0, I)), summed over latent dims, averaged over the batch (logvar is clamped by the encoder)."""
     return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
@@ -525,7 +533,8 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                                                              G_raw.generator.final.weight, scaler_g, adaptive_ratio,
                                                              lambda_gan)
                         lambda_gan = lambda_gan * adaptive_ratio
-                    loss_g = cfg.lambda_recon * loss_recon + lambda_kl * loss_kl + lambda_gan * loss_adv
+                    kl_term = kl_free_bits(mu.float(), logvar.float(), cfg.kl_free_bits) if cfg.kl_free_bits > 0 else loss_kl
+                    loss_g = cfg.lambda_recon * loss_recon + lambda_kl * kl_term + lambda_gan * loss_adv
                     parts = torch.stack([loss_recon, loss_kl, loss_adv, loss_g, loss_d_real, loss_d_fake, loss_d]).detach()
                     finite = bool(torch.isfinite(parts).all())
                     if not finite and anomaly_watch is not None:
