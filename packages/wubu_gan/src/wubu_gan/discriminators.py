@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .film import BoxEmbedding, FiLM
+from .film import FiLM, RegionCondition
 from .flow import RegionSampler
 from .gaad import gaad_boxes
 
@@ -24,9 +24,10 @@ class SpatioTemporalDisc(nn.Module):
         sn, self.film_on = cfg.disc_apply_spectral_norm, cfg.disc_use_gaad_film_condition
         n_blocks = max(1, int(math.log2(min(H, W) / 4)))
         kt = min(cfg.disc_temporal_kernel_size, T)
-        if self.film_on:
+        if self.film_on:  # per-sample condition: GAAD region conditions of the clip's frames, averaged
             boxes = gaad_boxes(H, W, cfg.gaad_num_regions, cfg.gaad_decomposition_type, cfg.gaad_min_size_px)
-            self.box_embed = BoxEmbedding(boxes, H, W, cfg.disc_gaad_condition_dim_disc)
+            self.cond_sampler = RegionSampler(boxes, H, W, 4, 4)
+            self.region_cond = RegionCondition(boxes, H, W, C, cfg.disc_gaad_condition_dim_disc)
         self.convs, self.norms, self.films = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         ch_in, t = C, T
         for i in range(n_blocks):
@@ -60,7 +61,11 @@ class SpatioTemporalDisc(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T_d, C, H, W) -> logits (B,), or (B, cells) with --disc_output patch; T_d = disc_frames(cfg)."""
         x = frames.permute(0, 2, 1, 3, 4)
-        cond = self.box_embed().expand(x.shape[0], -1) if self.film_on else None
+        cond = None
+        if self.film_on:
+            b, t = frames.shape[:2]
+            crops = self.cond_sampler(frames.reshape(b * t, *frames.shape[2:]).float())   # (B*T, R, C, 4, 4)
+            cond = self.region_cond(crops).reshape(b, t * crops.shape[1], -1).mean(1).to(x.dtype)
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             x = norm(conv(x))
             if self.film_on:
@@ -84,11 +89,11 @@ class RegionalDisc(nn.Module):
         self.register_buffer("boxes", boxes, persistent=False)
         self.patch = cfg.disc_patch_size
         self.sampler = RegionSampler(boxes, H, W, self.patch, self.patch)
-        if self.film_on:
-            self.box_embed = BoxEmbedding(boxes, H, W, cfg.disc_gaad_condition_dim_disc)
         self.convs, self.films = nn.ModuleList(), nn.ModuleList()
         self.context_frames = cfg.num_input_frames if cfg.disc_see_context else 0
         ch_in = disc_channels(cfg) * (1 + self.context_frames)
+        if self.film_on:  # per-sample, per-region: each crop is modulated by its own box and content
+            self.region_cond = RegionCondition(boxes, H, W, ch_in, cfg.disc_gaad_condition_dim_disc)
         for ch in cfg.disc_cnn_channels_2d:
             self.convs.append(_sn(nn.Conv2d(ch_in, ch, 4, 2, 1), sn))
             if self.film_on:
@@ -104,8 +109,9 @@ class RegionalDisc(nn.Module):
             frames = torch.cat([ctx.flatten(1, 2).unsqueeze(1).expand(-1, pred.shape[1], -1, -1, -1), pred], 2)
         b, t = frames.shape[:2]
         imgs = frames.reshape(b * t, *frames.shape[2:])
-        x = self.sampler(imgs).flatten(0, 1)  # (B*T*R, C, patch, patch)
-        cond = self.box_embed().expand(x.shape[0], -1) if self.film_on else None
+        crops = self.sampler(imgs)  # (B*T, R, C, patch, patch)
+        cond = self.region_cond(crops.float()).flatten(0, 1).to(crops.dtype) if self.film_on else None
+        x = crops.flatten(0, 1)  # (B*T*R, C, patch, patch)
         for i, conv in enumerate(self.convs):
             x = conv(x)
             if self.film_on:
