@@ -40,6 +40,9 @@ def test_every_guide_tag_and_image_reads_back(base_run):
     for tag in GUIDE_IMAGES:
         assert tag in tags["images"], tag
     assert "val/avg_val_lpips" not in tags["scalars"]  # null without weights, never a number
+    video = acc.Images("samples/val_rollout_video")  # an animated GIF, what add_video writes
+    assert video and video[-1].encoded_image_string[:6] == b"GIF89a"
+    assert {"val/constant_velocity_psnr", "val/reconstruction_psnr"} <= set(tags["scalars"])
 
 
 def test_checkpoints_named_as_the_original_and_weights_only(base_run):

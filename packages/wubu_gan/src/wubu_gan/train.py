@@ -39,6 +39,7 @@ from .evaluate import fixed_noise, frames_to_grid, move, validate
 from .metrics import lpips_model
 from .model import WuBuGen, build_discriminator, count_parameters, decide_flow, disc_input
 from .qcontrol import QController, exploration_decay
+from .videolog import log_video, val_rollout_videos
 
 CKPT_PREFIX = "wubugaad_hybridgen_ckpt_v01_"
 FORMAT_VERSION = 1
@@ -631,6 +632,9 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
             if last_batch is not None:
                 log_recon_images(tracker, "samples/train_recon", *last_batch, cfg, step)
             log_val_images(tracker, G_raw, val_set, cfg, device, step)
+            videos = val_rollout_videos(G_raw, val_set, cfg, device) if info.rank == 0 else None
+            if videos is not None:  # rows: truth, prediction (input frames, then the h = 1..5 rollout)
+                log_video(tracker, "samples/val_rollout_video", videos, step)
             log_fixed_noise(tracker, G_raw, z_fixed, ctx_fixed, step)
             value = result["model"][primary]
             better = best_value is None or (value > best_value if HIGHER_IS_BETTER[primary] else value < best_value)
