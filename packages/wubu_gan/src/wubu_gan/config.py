@@ -265,7 +265,7 @@ def resolve_config_path(name_or_path: str | None) -> Path | None:
     if shipped.is_file() and str(path.parent) in (".", ""):
         return shipped
     raise UserError("config file not found", f"--config {name_or_path}",
-                    f"a YAML file, or a shipped config name: {', '.join(PHASES)}")
+                    f"a YAML file, or a shipped config name: {', '.join(('cpu',) + PHASES)}")
 
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
