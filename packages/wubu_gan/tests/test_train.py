@@ -23,9 +23,11 @@ def test_tiny_vae_gan_lowers_reconstruction_loss(base_run):
     rows = _rows(base_run["dir"])
     assert all(math.isfinite(r["train/loss_recon"]) for r in rows if "train/loss_recon" in r)
     # The context generator starts near copy-last-frame, so the training loss starts low; learning shows on the
-    # fixed validation subset (z = mu): on an idle machine 0.0135 -> 0.0089 -> 0.0075 over the 3 epochs.
+    # fixed validation subset: before session 19 (reconstruction, live weights) 0.0135 -> 0.0089 -> 0.0075 over
+    # the 3 epochs; now (prediction: encoder on the context only, generator EMA) 0.0092 -> 0.0097 -> 0.0080.
+    # At 16x16 and 30 steps this is still above copy-last's 0.0070: the test checks learning, not quality.
     val = [r["val/avg_val_recon_mse"] for r in rows if "val/avg_val_recon_mse" in r]
-    assert len(val) == 3 and val[-1] < 0.8 * val[0], val
+    assert len(val) == 3 and val[-1] < 0.9 * val[0], val
 
 
 def test_every_guide_tag_and_image_reads_back(base_run):
@@ -53,6 +55,14 @@ def test_checkpoints_named_as_the_original_and_weights_only(base_run):
     for key in ("gen", "disc", "opt_gen", "opt_disc", "q_gen", "q_disc", "q_lkl", "lambda_kl", "step", "rng", "config"):
         assert key in state, key
     assert state["q_gen"]["q"] and isinstance(state["config"], dict)
+    # the generator EMA is saved, lags the live weights, and is what evaluate/sample load
+    from wubu_gan.evaluate import load_generator
+
+    ema, live = state["gen_ema"], state["gen"]
+    assert state["gen_ema_updates"] == state["step"]
+    assert any(not torch.equal(ema[k], live[k]) for k in live if live[k].is_floating_point())
+    G, _, _ = load_generator(base_run["dir"] / f"{CKPT_PREFIX}best.pt", "cpu")
+    assert all(torch.equal(v, ema[k]) for k, v in G.state_dict().items())
 
 
 def test_resumed_run_matches_the_uninterrupted_one(base_run, tmp_path):

@@ -128,6 +128,7 @@ class TrainConfig:
     # ---- ours
     optimizer: str = "riemannian_adam"    # or riemannian_sgd (the original's SGD: momentum 0.9, wd 0.01)
     wubu_learnable_curvature: bool = True  # false freezes every level's curvature (ablation of the original)
+    gen_ema_decay: float = 0.999          # generator EMA (with warm-up) used for validation/evaluate/sample; 0 = off
     kl_free_bits: float = 0.0             # nats per latent dim the KL term never pushes below (0 = plain KL)
     euclidean: bool = False               # every WuBu stack flat (the c -> 0 limit of the same ops): the geometry ablation
     gen_context_skip: bool = True         # generator sees the last input frame and predicts a residual to it
@@ -210,9 +211,11 @@ def validate(c: TrainConfig) -> None:
     for key in ("num_workers", "lambda_kl", "lambda_gan", "risgd_max_grad_norm", "global_max_grad_norm",
                 "lambda_kl_update_interval", "wandb_log_train_recon_interval", "wandb_log_fixed_noise_samples_interval",
                 "num_val_samples_to_log", "threads", "max_val_clips", "gaad_min_size_px", "lambda_gan_warmup_steps",
-                "keep_last_checkpoints", "kl_free_bits"):
+                "keep_last_checkpoints", "kl_free_bits", "gen_ema_decay"):
         if getattr(c, key) < 0:
             _fail(key, getattr(c, key), "a value >= 0")
+    if not 0 <= c.gen_ema_decay < 1:
+        _fail("gen_ema_decay", c.gen_ema_decay, "0 (off) or a decay in (0, 1)")
     if not 0 < c.min_lambda_kl_q_control <= c.max_lambda_kl_q_control:
         _fail("min_lambda_kl_q_control", c.min_lambda_kl_q_control, "0 < min_lambda_kl_q_control <= max_lambda_kl_q_control")
     if not 0.0 <= c.wubu_dropout < 1.0:

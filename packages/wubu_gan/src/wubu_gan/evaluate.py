@@ -213,7 +213,8 @@ def load_generator(path, device) -> tuple[WuBuGen, TrainConfig, dict]:
                         str(path), "the RAFT weight file in torch.hub's checkpoints folder")
     G = WuBuGen(cfg, flow_kind).to(device)
     try:
-        G.load_state_dict(state["gen"])
+        # The generator EMA when the run kept one (what validation scored and the best checkpoint was chosen by).
+        G.load_state_dict(state["gen_ema"] if state.get("gen_ema") is not None else state["gen"])
     except RuntimeError as err:
         raise UserError("checkpoint weights do not match its config", str(path), " ".join(str(err).split())[:200])
     G.eval()

@@ -27,6 +27,7 @@ from trainkit.config import resolve_resume_config as resolve_saved_config
 from trainkit.data import ResumableSampler
 from trainkit.distributed import (GracefulStop, all_reduce_mean, barrier, cleanup, init_distributed, seed_rank_streams,
                                   wrap_ddp)
+from trainkit.ema import EMA
 from trainkit.errors import UserError
 from trainkit.progress import progress
 from trainkit.step import OptimizerStep
@@ -412,6 +413,12 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
     say(f"run {ckpt_dir} | {len(train_set)} train / {len(val_set)} val clips of {cfg.total_frames} frames "
         f"({cfg.image_h}x{cfg.image_w}) | G {count_parameters(G_raw):,} / D {count_parameters(D_raw):,} parameters | "
         f"device {device} {precision} | {steps_per_epoch} batches/epoch")
+    # Generator EMA (StyleGAN's G_ema): validation, images, videos, `evaluate` and `sample` use it. Built after
+    # resume / new-phase loading, so it starts from the weights this run continues.
+    ema = EMA(G_raw, decay=cfg.gen_ema_decay) if cfg.gen_ema_decay > 0 else None
+    if ema is not None and cfg.resume and state.get("gen_ema") is not None:
+        ema.load_state_dict({"module": state["gen_ema"], "num_updates": state.get("gen_ema_updates", 0)})
+    G_eval = ema.module if ema is not None else G_raw
     z_fixed = fixed_noise(cfg.demo_num_samples, cfg.latent_dim, cfg.seed, device)
     ctx_fixed = fixed_context(G_raw, val_set, cfg.demo_num_samples, device)
     # Adversarial warm-up: lambda_GAN ramps in linearly once reconstruction has had its steps. Counted from this
@@ -462,6 +469,8 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
             "config": config_to_dict(cfg), "flow_kind": flow_kind,
             "val_history": [float(v) for v in val_history], "warmup_start": warmup_start,
             "log_window": {"sum": log_sum.tolist(), "n": log_n}, "adaptive_ratio": adaptive_ratio,
+            "gen_ema": plain_state(ema.module.state_dict()) if ema is not None else None,
+            "gen_ema_updates": ema.num_updates if ema is not None else 0,
         }
         path = ckpt_path(ckpt_dir, tag)
         if info.is_main:
@@ -582,6 +591,8 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                     continue
                 window = {}
                 step += 1
+                if ema is not None:
+                    ema.update(G_raw)
                 if step % cfg.log_interval == 0 or step == 1:
                     # Interval means (rank 0's micro-batches); an interval with no finite batch logs no losses.
                     scalars = {}
@@ -609,7 +620,7 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                 if cfg.wandb_log_train_recon_interval and step % cfg.wandb_log_train_recon_interval == 0:
                     log_recon_images(tracker, "samples/train_recon", frames, recon, cfg, step)
                 if cfg.wandb_log_fixed_noise_samples_interval and step % cfg.wandb_log_fixed_noise_samples_interval == 0:
-                    log_fixed_noise(tracker, G_raw, z_fixed, ctx_fixed, step)
+                    log_fixed_noise(tracker, G_eval, z_fixed, ctx_fixed, step)
                 if step % cfg.save_interval == 0:
                     save(f"step{step}", epoch, batch_in_epoch)
                 if stop.should_stop():
@@ -621,7 +632,7 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
                 break
             # ---- end of epoch: validation (every rank computes it, so the lambda_KL controller agrees), images, checkpoints
             batch_in_epoch = 0
-            result = validate(G_raw, val_set, cfg, device, lp_net, max_clips=cfg.max_val_clips)
+            result = validate(G_eval, val_set, cfg, device, lp_net, max_clips=cfg.max_val_clips)
             last_val = result
             val_history.append(result["model"][primary])
             # val/avg_val_* is prediction (encoder on the input frames only); the rest under their own names.
@@ -631,11 +642,11 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset()) -
             tracker.log_scalars(scalars, step)
             if last_batch is not None:
                 log_recon_images(tracker, "samples/train_recon", *last_batch, cfg, step)
-            log_val_images(tracker, G_raw, val_set, cfg, device, step)
-            videos = val_rollout_videos(G_raw, val_set, cfg, device) if info.rank == 0 else None
+            log_val_images(tracker, G_eval, val_set, cfg, device, step)
+            videos = val_rollout_videos(G_eval, val_set, cfg, device) if info.rank == 0 else None
             if videos is not None:  # rows: truth, prediction (input frames, then the h = 1..5 rollout)
                 log_video(tracker, "samples/val_rollout_video", videos, step)
-            log_fixed_noise(tracker, G_raw, z_fixed, ctx_fixed, step)
+            log_fixed_noise(tracker, G_eval, z_fixed, ctx_fixed, step)
             value = result["model"][primary]
             better = best_value is None or (value > best_value if HIGHER_IS_BETTER[primary] else value < best_value)
             if better:
