@@ -269,7 +269,7 @@ def frames_to_grid(videos: torch.Tensor, pad: int = 2) -> np.ndarray:
 
 
 def fixed_noise(n: int, latent_dim: int, seed: int, device) -> torch.Tensor:
-    from .devices import make_generator
+    from trainkit.device import make_generator
 
     return torch.randn(n, latent_dim, generator=make_generator(device, seed), device=device)
 
