@@ -100,6 +100,8 @@ def test_evaluate_json_and_sample(base_run, tmp_path, tiny_video):
     assert res.exit_code == 2 and "not empty" in res.output
     res = run(["sample", "--checkpoint", str(ckpt), "--out", str(tmp_path / "one"), "--num_samples", "3", "--one_context"])
     assert res.exit_code == 0 and "diversity" in res.output and "nan" not in res.output, res.output
+    res = run(["sample", "--checkpoint", str(ckpt), "--out", str(tmp_path / "interp"), "--num_samples", "3", "--interpolate"])
+    assert res.exit_code == 0 and (tmp_path / "interp" / "samples.gif").is_file(), res.output
 
 
 def test_sample_replace_never_deletes_a_run_and_bad_out_paths_are_one_line_errors(base_run, tmp_path):

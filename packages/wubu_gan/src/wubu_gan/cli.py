@@ -190,14 +190,18 @@ def evaluate(checkpoint, video_data_path, max_clips, no_lpips, device, horizon, 
 @click.option("--replace", is_flag=True, help="Replace a non-empty --out folder.")
 @click.option("--one_context", is_flag=True,
               help="Every row continues the same input frames with its own z ~ N(0, I): the futures z can draw.")
+@click.option("--interpolate", is_flag=True,
+              help="Rows interpolate z from the first validation clip's mu to the last one's, for the first's context.")
 @handle_user_errors
-def sample(checkpoint, out, num_samples, seed, device, replace, one_context):
+def sample(checkpoint, out, num_samples, seed, device, replace, one_context, interpolate):
     """Fixed-noise generations as a PNG grid and a GIF."""
     from trainkit.device import resolve_device
 
     from .evaluate import sample_checkpoint
 
-    res = sample_checkpoint(checkpoint, out, num_samples, seed, resolve_device(device), replace, one_context)
+    if one_context and interpolate:
+        raise UserError("--one_context and --interpolate exclude each other", "sample", "one of them")
+    res = sample_checkpoint(checkpoint, out, num_samples, seed, resolve_device(device), replace, one_context, interpolate)
     click.echo(f"{res['num_samples']} samples x {res['frames']} frames -> {res['png']}, {res['gif']}; "
                f"diversity {res['diversity']:.4f} (per-pixel std across samples' predictions, [0, 1])")
 

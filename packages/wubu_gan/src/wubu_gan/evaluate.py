@@ -279,7 +279,7 @@ SAMPLE_FILES = ("samples.png", "samples.gif")
 
 @torch.no_grad()
 def sample_checkpoint(path, out_dir, num_samples: int | None = None, seed: int | None = None, device="cpu",
-                      replace: bool = False, one_context: bool = False) -> dict:
+                      replace: bool = False, one_context: bool = False, interpolate: bool = False) -> dict:
     """Fixed-noise generations: ``samples.png`` (rows = samples, columns = frames) and ``samples.gif``.
 
     ``--out`` must be a new or empty folder, or (with ``replace``) a folder holding only an earlier sample
@@ -313,8 +313,17 @@ def sample_checkpoint(path, out_dir, num_samples: int | None = None, seed: int |
             idx = [idx[len(idx) // 2]] * num_samples
         clips = torch.stack([val_set[i]["frames"] for i in idx]).to(device)
         context = clips[:, :cfg.num_input_frames]
+    if interpolate:  # rows: z from mu(first validation clip) to mu(last one), all continuing the first's context
+        _, val_set = build_datasets(cfg, log=lambda *a: None, generate_demo=False)
+        ends = [val_set[0], val_set[len(val_set) - 1]]
+        clips = torch.stack([e["frames"] for e in ends]).to(device)
+        flow = torch.stack([e["flow"] for e in ends]).to(device) if "flow" in ends[0] else None
+        mu, _ = G.encoder(clips, flow)
+        t = torch.linspace(0, 1, num_samples, device=device)[:, None]
+        z = (1 - t) * mu[:1] + t * mu[1:]
+        context = clips[:1, :cfg.num_input_frames].expand(num_samples, -1, -1, -1, -1) if G.generator.use_context else None
     videos = G.generator(z, context)
-    diversity = float(to_unit(videos.float()).std(0).mean()) if num_samples > 1 and one_context else float("nan")
+    diversity = float(to_unit(videos.float()).std(0).mean()) if num_samples > 1 and (one_context or interpolate) else float("nan")
     if context is not None:  # first columns: the input frames each sample continues
         videos = torch.cat([context, videos], 1)
     grid = frames_to_grid(videos)
