@@ -1,4 +1,4 @@
-"""Summarise a quality_cpu.sh run folder: per phase, model vs copy-last-frame on every evaluated set (mean +- std
+"""Summarise a quality_cpu.sh run folder: per phase, model (h = 1 prediction) vs copy-last-frame on every evaluated set (mean +- std
 over the sets, worst set), and the fraction of logged training steps with D_total in the guide's healthy band
 (0.3-0.65), and with D in the guide's whole healthy picture (that band and D_real, D_fake both below 0.7). Each
 logged value is the mean over its logging interval (train.py)."""
@@ -15,10 +15,14 @@ def summarise(phase_dir: Path) -> dict:
     for f in sorted(phase_dir.glob("eval_*.json")):
         r = json.loads(f.read_text())
         m, b = r["model"], r["copy_last_frame"]
-        sets[f.stem[5:]] = {"model_psnr": m["avg_val_psnr"], "model_ssim": m["avg_val_ssim"],
-                            "copy_last_psnr": b["avg_val_psnr"], "copy_last_ssim": b["avg_val_ssim"],
-                            "delta_psnr": m["avg_val_psnr"] - b["avg_val_psnr"],
-                            "delta_ssim": m["avg_val_ssim"] - b["avg_val_ssim"], "clips": m["num_clips"]}
+        # h = 1 prediction (evaluate's avg_val_* averages every horizon of its rollout); older JSON: avg_val_*
+        h1 = lambda x, k: x[k]["1"] if isinstance(x.get(k), dict) else x[f"avg_val_{k}"]  # noqa: E731
+        sets[f.stem[5:]] = {"model_psnr": h1(m, "psnr"), "model_ssim": h1(m, "ssim"),
+                            "copy_last_psnr": h1(b, "psnr"), "copy_last_ssim": h1(b, "ssim"),
+                            "delta_psnr": h1(m, "psnr") - h1(b, "psnr"),
+                            "delta_ssim": h1(m, "ssim") - h1(b, "ssim"), "clips": m["num_clips"]}
+        if "constant_velocity" in r:
+            sets[f.stem[5:]]["delta_psnr_vs_constant_velocity"] = h1(m, "psnr") - h1(r["constant_velocity"], "psnr")
     out = {"sets": sets}
     for key in ("model_psnr", "model_ssim", "delta_psnr", "delta_ssim"):
         vals = [s[key] for s in sets.values()]

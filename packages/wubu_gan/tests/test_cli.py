@@ -20,15 +20,18 @@ def run(args):
 def test_bad_inputs_give_one_line_errors(args, needle):
     res = run(args)
     assert res.exit_code == 2
-    lines = res.output.strip().splitlines()
+    # stderr: exactly the one error line (no traceback); stdout may carry the run's notes before it (bare
+    # `train` announces the CPU recipe and its motion branch).
+    lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], res.output
+    assert "Traceback" not in res.output
 
 
 def test_unreadable_and_too_short_videos(tmp_path, tiny_video):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video at all")
     res = run(["train", "--video_data_path", str(bad), "--checkpoint_dir", str(tmp_path / "r")])
-    assert res.exit_code == 2 and "cannot decode video" in res.output and len(res.output.strip().splitlines()) == 1
+    assert res.exit_code == 2 and "cannot decode video" in res.output and len(res.stderr.strip().splitlines()) == 1
     res = run(["train", "--video_data_path", str(tiny_video), "--num_input_frames", "200",
                "--checkpoint_dir", str(tmp_path / "r2")])
     assert res.exit_code == 2 and "too few frames" in res.output
@@ -84,12 +87,21 @@ def test_evaluate_json_and_sample(base_run, tmp_path, tiny_video):
     res = run(["evaluate", "--checkpoint", str(ckpt), "--video_data_path", str(tiny_video), "--max_clips", "6", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    assert set(data) >= {"model", "copy_last_frame"}
-    assert data["model"]["avg_val_lpips"] is None and data["copy_last_frame"]["avg_val_psnr"] > 10
+    assert set(data) >= {"model", "copy_last_frame", "constant_velocity", "reconstruction"}
+    for name in ("model", "copy_last_frame", "constant_velocity"):
+        assert list(data[name]["psnr"]) == ["1", "2", "3", "4", "5"] and len(data[name]["ssim"]) == 5
+    assert data["model"]["avg_val_lpips"] is None and data["copy_last_frame"]["psnr"]["1"] > 10
+    assert data["copy_last_frame"]["psnr"]["1"] > data["copy_last_frame"]["psnr"]["5"]  # further is harder
+    lat = data["latent"]
+    assert lat["kl_nats_per_clip"] >= 0 and lat["diversity"] >= 0 and lat["swap_cost_db"] is not None
     res = run(["sample", "--checkpoint", str(ckpt), "--out", str(tmp_path / "s"), "--num_samples", "2"])
     assert res.exit_code == 0 and (tmp_path / "s" / "samples.png").is_file() and (tmp_path / "s" / "samples.gif").is_file()
     res = run(["sample", "--checkpoint", str(ckpt), "--out", str(tmp_path / "s")])
     assert res.exit_code == 2 and "not empty" in res.output
+    res = run(["sample", "--checkpoint", str(ckpt), "--out", str(tmp_path / "one"), "--num_samples", "3", "--one_context"])
+    assert res.exit_code == 0 and "diversity" in res.output and "nan" not in res.output, res.output
+    res = run(["sample", "--checkpoint", str(ckpt), "--out", str(tmp_path / "interp"), "--num_samples", "3", "--interpolate"])
+    assert res.exit_code == 0 and (tmp_path / "interp" / "samples.gif").is_file(), res.output
 
 
 def test_sample_replace_never_deletes_a_run_and_bad_out_paths_are_one_line_errors(base_run, tmp_path):
@@ -163,3 +175,17 @@ def test_evaluate_never_generates_a_stand_in_demo_video(base_run, tmp_path, monk
     res = run(["evaluate", "--checkpoint", str(tmp_path / "moved.pt")])
     assert res.exit_code == 2 and "path not found" in res.output
     assert not (tmp_path / "demo_video_data_dir").exists()
+
+
+def test_bare_train_runs_the_cpu_recipe_and_phase1_is_one_flag_away(monkeypatch):
+    import wubu_gan.train as T
+
+    seen = []
+    monkeypatch.setattr(T, "train", lambda cfg, log=print, explicit_keys=frozenset(): seen.append(cfg) or {})
+    res = run(["train"])
+    assert res.exit_code == 0, res.output
+    assert "CPU recipe" in res.output
+    cfg = seen[-1]
+    assert (cfg.image_h, cfg.latent_dim, cfg.epochs, cfg.lambda_kl_update_interval) == (32, 128, 8, 0)
+    assert run(["train", "--config", "phase1"]).exit_code == 0 and seen[-1].image_h == 64
+    assert run(["train", "--image_h", "16"]).exit_code == 0 and seen[-1].image_h == 16  # flags still win

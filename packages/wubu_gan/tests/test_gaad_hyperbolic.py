@@ -133,3 +133,40 @@ def test_cached_region_matrices_equal_roi_align_and_carry_gradients():
         (gr,) = torch.autograd.grad(ref.square().sum(), x)
         (gg,) = torch.autograd.grad(got.square().sum(), x)
         assert torch.allclose(gg, gr, atol=1e-3, rtol=1e-3)
+
+
+def _scale_curvatures(module, factor):
+    with torch.no_grad():
+        for mod in module.modules():
+            if getattr(mod, "ball", None) is not None:
+                c = torch.nn.functional.softplus(mod.ball.isp_c) * factor
+                mod.ball.isp_c.copy_(torch.log(torch.expm1(c)))
+
+
+CURVATURE_X4_MIN_CHANGE = 0.05  # relative change of the encoder's mu when every curvature is multiplied by 4
+
+
+def test_curvature_changes_the_function_and_euclidean_is_one_flag(tmp_path, tiny_video, make_cfg):
+    """The audit's probe: with log0(exp0(.)) round trips, c x4 changed mu by 4e-5 (relative). Now c enters through
+    Mobius differences and distances to boundary points; x4 must change mu by >= 5 %, and c's gradient must be
+    within 1e-3 of the scale's (it was 1e-5)."""
+    from wubu_gan.encoder import Encoder
+
+    torch.manual_seed(0)
+    cfg = make_cfg(tmp_path, tiny_video, image_h=32, image_w=32, wubu_s_hyperbolic_dims=[32, 16])
+    enc = Encoder(cfg).eval()
+    frames = torch.rand(4, 4, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        mu, _ = enc(frames)
+        _scale_curvatures(enc, 4.0)
+        mu4, _ = enc(frames)
+        _scale_curvatures(enc, 0.25)
+    change = float((mu4 - mu).norm() / mu.norm())
+    assert change >= CURVATURE_X4_MIN_CHANGE, change
+    stack = WuBuStack(32, 16, [16, 8], [1.0, 0.8])
+    stack(torch.randn(32, 32)).pow(2).sum().backward()
+    for level in stack.levels:
+        assert level.ball.isp_c.grad.abs() >= 1e-3 * level.log_scale.grad.abs(), (level.ball.isp_c.grad, level.log_scale.grad)
+    flat = Encoder(make_cfg(tmp_path, tiny_video, image_h=32, image_w=32, euclidean=True))
+    assert not any("isp_c" in n for n, _ in flat.named_parameters())  # --euclidean: no ball anywhere
+    assert torch.isfinite(flat(frames)[0]).all()

@@ -174,7 +174,7 @@ def test_a_short_video_in_a_folder_trains_and_is_named(tmp_path, make_cfg):
 
 
 def test_raft_is_used_only_for_frames_it_can_handle(tmp_path, tiny_video, make_cfg, monkeypatch):
-    import wubu_gan.model as M
+    import wubu_gan.flow as M  # decide_flow looks cached_raft_weights up in its own module
 
     monkeypatch.setattr(M, "cached_raft_weights", lambda net: tmp_path / "raft.pth")
     kind, why = M.decide_flow(make_cfg(tmp_path, tiny_video, use_wubu_motion_branch=True), 64, 64)
@@ -262,3 +262,28 @@ def test_augmentation_mirrors_flow_with_the_frames_and_permutes_colours():
     c, same_flow = augment_clips(frames, flow, False, True, torch.Generator().manual_seed(2))
     assert torch.equal(same_flow, flow) and not torch.equal(c, frames)
     assert torch.equal(c.sort(2).values, frames.sort(2).values)  # a permutation of each pixel's channels
+
+
+def test_phase3_film_in_d_is_per_sample_and_per_region_and_changes_d(tmp_path, tiny_video, make_cfg):
+    """Audit M2: D's FiLM condition was one constant vector (box embedding averaged over boxes), i.e. a plain
+    affine. Now each sample (and, in the regional D, each region) gets its own condition from its content."""
+    from wubu_gan.discriminators import disc_frames
+
+    for dtype in ("spatio_temporal_cnn", "regional_cnn"):
+        torch.manual_seed(0)
+        cfg = make_cfg(tmp_path, tiny_video, discriminator_type=dtype, disc_use_gaad_film_condition=True,
+                       disc_patch_size=8, disc_cnn_channels_2d=[8, 16])
+        D = build_discriminator(cfg).eval()
+        x = torch.rand(3, disc_frames(cfg), 3, 16, 16) * 2 - 1
+        seen = []
+        D.region_cond.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+        with torch.no_grad():
+            before = D(x)
+        cond = seen[0].reshape(3, -1, seen[0].shape[-1])                     # (B, T*R, dim), sample-major
+        assert not torch.allclose(cond[0], cond[1])                          # per sample
+        assert not torch.allclose(cond[0, 0], cond[0, 1])                    # per region
+        with torch.no_grad():
+            for film in D.films:  # a trained FiLM (at init it is the identity)
+                film.to_gb.weight.normal_(0, 0.3)
+            after = D(x)
+        assert not torch.allclose(before, after, atol=1e-4), dtype

@@ -23,9 +23,11 @@ def test_tiny_vae_gan_lowers_reconstruction_loss(base_run):
     rows = _rows(base_run["dir"])
     assert all(math.isfinite(r["train/loss_recon"]) for r in rows if "train/loss_recon" in r)
     # The context generator starts near copy-last-frame, so the training loss starts low; learning shows on the
-    # fixed validation subset (z = mu): on an idle machine 0.0135 -> 0.0089 -> 0.0075 over the 3 epochs.
+    # fixed validation subset: before session 19 (reconstruction, live weights) 0.0135 -> 0.0089 -> 0.0075 over
+    # the 3 epochs; now (prediction: encoder on the context only, generator EMA) 0.0092 -> 0.0097 -> 0.0080.
+    # At 16x16 and 30 steps this is still above copy-last's 0.0070: the test checks learning, not quality.
     val = [r["val/avg_val_recon_mse"] for r in rows if "val/avg_val_recon_mse" in r]
-    assert len(val) == 3 and val[-1] < 0.8 * val[0], val
+    assert len(val) == 3 and val[-1] < 0.9 * val[0], val
 
 
 def test_every_guide_tag_and_image_reads_back(base_run):
@@ -40,6 +42,9 @@ def test_every_guide_tag_and_image_reads_back(base_run):
     for tag in GUIDE_IMAGES:
         assert tag in tags["images"], tag
     assert "val/avg_val_lpips" not in tags["scalars"]  # null without weights, never a number
+    video = acc.Images("samples/val_rollout_video")  # an animated GIF, what add_video writes
+    assert video and video[-1].encoded_image_string[:6] == b"GIF89a"
+    assert {"val/constant_velocity_psnr", "val/reconstruction_psnr"} <= set(tags["scalars"])
 
 
 def test_checkpoints_named_as_the_original_and_weights_only(base_run):
@@ -50,6 +55,14 @@ def test_checkpoints_named_as_the_original_and_weights_only(base_run):
     for key in ("gen", "disc", "opt_gen", "opt_disc", "q_gen", "q_disc", "q_lkl", "lambda_kl", "step", "rng", "config"):
         assert key in state, key
     assert state["q_gen"]["q"] and isinstance(state["config"], dict)
+    # the generator EMA is saved, lags the live weights, and is what evaluate/sample load
+    from wubu_gan.evaluate import load_generator
+
+    ema, live = state["gen_ema"], state["gen"]
+    assert state["gen_ema_updates"] == state["step"]
+    assert any(not torch.equal(ema[k], live[k]) for k in live if live[k].is_floating_point())
+    G, _, _ = load_generator(base_run["dir"] / f"{CKPT_PREFIX}best.pt", "cpu")
+    assert all(torch.equal(v, ema[k]) for k, v in G.state_dict().items())
 
 
 def test_resumed_run_matches_the_uninterrupted_one(base_run, tmp_path):
@@ -268,3 +281,54 @@ def test_fp16_overflow_in_the_adaptive_weight_is_a_scaler_back_off_not_a_skipped
     assert state["stepper_gen"]["num_overflow"] > 0  # GradScaler backed off instead
     assert not any("non-finite loss" in m for m in logs)
     assert summary["step"] > 0 and all(torch.isfinite(v).all() for v in state["gen"].values() if v.is_floating_point())
+
+
+def test_detect_anomaly_names_the_loss_term_and_the_backward_op_not_our_poisoning(tmp_path, make_cfg, tiny_video,
+                                                                                  monkeypatch):
+    import pytest
+
+    import wubu_gan.train as train_mod
+    from trainkit.errors import UserError
+
+    real_kl = train_mod.kl_divergence
+    calls = {"n": 0}
+
+    def bad_kl_forward(mu, logvar):  # the audit's probe: log of a negative number inside the KL at step 3
+        calls["n"] += 1
+        value = real_kl(mu, logvar)
+        return torch.log(-value.abs() - 1) if calls["n"] == 3 else value
+
+    monkeypatch.setattr(train_mod, "kl_divergence", bad_kl_forward)
+    cfg = make_cfg(tmp_path, tiny_video, detect_anomaly=True, epochs=1)
+    with pytest.raises(UserError) as err:
+        train(cfg, log=lambda m: None)
+    msg = err.value.message
+    assert "non-finite loss term kl at step 2" in msg and "--detect_anomaly" in msg and "Mul" not in msg, msg
+    assert "\n" not in msg
+
+    calls["n"] = 0
+
+    def bad_kl_backward(mu, logvar):  # finite forward, NaN gradient (sqrt at 0 times 0) at step 3
+        calls["n"] += 1
+        value = real_kl(mu, logvar)
+        return value + (mu * 0).sqrt().sum() * 0 if calls["n"] == 3 else value
+
+    monkeypatch.setattr(train_mod, "kl_divergence", bad_kl_backward)
+    cfg = make_cfg(tmp_path / "b", tiny_video, detect_anomaly=True, epochs=1)
+    with pytest.warns(UserWarning), pytest.raises(UserError) as err:
+        train(cfg, log=lambda m: None)
+    msg = err.value.message
+    assert "non-finite gradient in the G backward at step 2" in msg and "SqrtBackward0" in msg, msg
+
+
+def test_free_bits_floor_each_dimensions_kl_and_stop_its_gradient():
+    from wubu_gan.train import kl_divergence, kl_free_bits
+
+    mu = torch.zeros(4, 3)
+    mu[:, 0] = 2.0  # dim 0: KL 2 nats; dims 1, 2: 0 (collapsed)
+    mu.requires_grad_(True)
+    logvar = torch.zeros(4, 3)
+    fb = kl_free_bits(mu, logvar, 0.5)
+    assert abs(float(fb) - (2.0 + 0.5 + 0.5)) < 1e-6 and abs(float(kl_divergence(mu, logvar)) - 2.0) < 1e-6
+    fb.backward()
+    assert mu.grad[:, 0].abs().sum() > 0 and mu.grad[:, 1:].abs().sum() == 0

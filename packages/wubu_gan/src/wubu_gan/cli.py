@@ -94,7 +94,7 @@ def main():
 @main.command(cls=NargsCommand)
 @train_options
 @click.option("--config", "config_path", default=None,
-              help="YAML file or shipped name (phase1, phase2a, phase2b, phase2c, phase3, phase4).")
+              help="YAML file or shipped name (cpu = the default, phase1, phase2a, phase2b, phase2c, phase3, phase4).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any config key (repeatable).")
 @click.option("--allow_rewind", "--allow-rewind", "allow_rewind", is_flag=True, default=False,
               help="With --resume: accept a checkpoint older than the run's newest (the later history is archived "
@@ -110,6 +110,13 @@ def train(ctx, config_path, overrides, allow_rewind, **_):
         source = ctx.get_parameter_source(name)
         if source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
             values[name] = ctx.params[name]
+    if config_path is None and not values.get("resume"):
+        # Bare `wubu-gan train` is the CPU recipe (the original's 64x64 / 100-epoch defaults took ~100 s an epoch on
+        # 2 cores and were below copy-last after 2 epochs); the guide's phase 1 is `--config phase1`.
+        config_path = "cpu"
+        bare = True
+    else:
+        bare = False
     path = resolve_config_path(config_path)
     if values.get("resume"):
         cfg = resolve_resume_config(values, path, overrides, values["resume"], values.get("checkpoint_dir"))
@@ -119,6 +126,9 @@ def train(ctx, config_path, overrides, allow_rewind, **_):
     if path is not None:
         explicit |= set((yaml.safe_load(Path(path).read_text()) or {}).keys())
     say = (lambda m: None) if cfg.quiet else click.echo
+    if bare:  # announced once the config is valid, so a bad flag is still the only line
+        say("no --config: running the CPU recipe (configs/cpu.yaml: 32x32, 8 epochs); "
+            "--config phase1 for the guide's phase 1 at 64x64")
     summary = run_train(cfg, log=say, explicit_keys=frozenset(explicit), allow_rewind=allow_rewind)
     stopped = bool(summary.get("stopped"))
     if not cfg.quiet and (summary.get("val") or stopped) and summary.get("is_main", True):  # one line, from rank 0
@@ -136,25 +146,39 @@ def train(ctx, config_path, overrides, allow_rewind, **_):
 @click.option("--max_clips", type=click.IntRange(min=0), default=0, show_default=True, help="Evenly spaced subset (0 = all).")
 @click.option("--no_lpips", is_flag=True, help="Skip LPIPS even when its weights are cached.")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object {model, copy_last_frame} on stdout.")
+@click.option("--horizon", type=click.IntRange(1, 50), default=5, show_default=True,
+              help="Rollout length: prediction scored at h = 1..horizon (predictions fed back).")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object {model, copy_last_frame, constant_velocity, reconstruction, info} on stdout; "
+                   "each has psnr and ssim per horizon and avg_val_* over all horizons.")
 @handle_user_errors
-def evaluate(checkpoint, video_data_path, max_clips, no_lpips, device, as_json):
-    """PSNR / SSIM / LPIPS (z = mu) of the model and of the copy-last-input-frame baseline, side by side."""
+def evaluate(checkpoint, video_data_path, max_clips, no_lpips, device, horizon, as_json):
+    """Prediction (the encoder sees the input frames only; z = mu; rollout h = 1..horizon) against copy-last-frame
+    and constant-velocity (the last flow applied again); reconstruction (target visible) under its own name."""
     from trainkit.device import resolve_device
 
     from .evaluate import evaluate_checkpoint
 
     res = evaluate_checkpoint(checkpoint, video_data_path, device=resolve_device(device), use_lpips=not no_lpips,
-                              max_clips=max_clips, log=lambda m: None if as_json else click.echo(m))
+                              max_clips=max_clips, log=lambda m: None if as_json else click.echo(m), horizon=horizon)
+    names = ("model", "copy_last_frame", "constant_velocity", "reconstruction")
     if as_json:
-        click.echo(json.dumps({"model": res["model"], "copy_last_frame": res["copy_last_frame"], "info": res["info"]}))
+        click.echo(json.dumps({**{k: res[k] for k in names}, "latent": res["latent"], "info": res["info"]}))
         return
+    fmt = lambda v: "null" if v is None else f"{v:.4f}"  # noqa: E731
     click.echo(f"{res['info']['checkpoint']} on {res['info']['data']} ({res['info']['num_clips']} clips)")
-    click.echo(f"{'metric':<22}{'model':>12}{'copy_last_frame':>18}")
-    for k in ("avg_val_psnr", "avg_val_ssim", "avg_val_lpips", "avg_val_recon_mse"):
-        m, b = res["model"][k], res["copy_last_frame"][k]
-        fmt = lambda v: "null" if v is None else f"{v:.4f}"  # noqa: E731
-        click.echo(f"{k:<22}{fmt(m):>12}{fmt(b):>18}")
+    click.echo("prediction (encoder on the input frames only), PSNR dB / SSIM per horizon:")
+    click.echo(f"{'h':<4}" + "".join(f"{n:>26}" for n in names[:3]))
+    for h in res["info"]["horizons"]:
+        click.echo(f"{h:<4}" + "".join(f"{fmt(res[n]['psnr'][str(h)]) + ' / ' + fmt(res[n]['ssim'][str(h)]):>26}"
+                                       for n in names[:3]))
+    r = res["reconstruction"]
+    click.echo(f"reconstruction (encoder sees the target): psnr {fmt(r['avg_val_psnr'])} ssim {fmt(r['avg_val_ssim'])}")
+    m, lat = res["model"], res["latent"]
+    click.echo(f"lpips (all horizons): model {fmt(m['avg_val_lpips'])}")
+    click.echo(f"latent: KL {fmt(lat['kl_nats_per_clip'])} nats/clip, swap cost {fmt(lat['swap_cost_db'])} dB, "
+               f"prior-sample psnr {fmt(lat['prior_psnr'])} vs posterior {fmt(lat['posterior_psnr'])}, "
+               f"diversity {fmt(lat['diversity'])} (std across {lat['num_z']} z, [0, 1])")
     if res["info"]["lpips_note"]:
         click.echo(f"note: {res['info']['lpips_note']}")
 
@@ -167,15 +191,22 @@ def evaluate(checkpoint, video_data_path, max_clips, no_lpips, device, as_json):
 @click.option("--seed", type=int, default=None, help="Default: the run's seed (the same fixed noise as training).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--replace", is_flag=True, help="Replace a non-empty --out folder.")
+@click.option("--one_context", is_flag=True,
+              help="Every row continues the same input frames with its own z ~ N(0, I): the futures z can draw.")
+@click.option("--interpolate", is_flag=True,
+              help="Rows interpolate z from the first validation clip's mu to the last one's, for the first's context.")
 @handle_user_errors
-def sample(checkpoint, out, num_samples, seed, device, replace):
+def sample(checkpoint, out, num_samples, seed, device, replace, one_context, interpolate):
     """Fixed-noise generations as a PNG grid and a GIF."""
     from trainkit.device import resolve_device
 
     from .evaluate import sample_checkpoint
 
-    res = sample_checkpoint(checkpoint, out, num_samples, seed, resolve_device(device), replace)
-    click.echo(f"{res['num_samples']} samples x {res['frames']} frames -> {res['png']}, {res['gif']}")
+    if one_context and interpolate:
+        raise UserError("--one_context and --interpolate exclude each other", "sample", "one of them")
+    res = sample_checkpoint(checkpoint, out, num_samples, seed, resolve_device(device), replace, one_context, interpolate)
+    click.echo(f"{res['num_samples']} samples x {res['frames']} frames -> {res['png']}, {res['gif']}; "
+               f"diversity {res['diversity']:.4f} (per-pixel std across samples' predictions, [0, 1])")
 
 
 @main.command("make-demo-video")

@@ -128,6 +128,9 @@ class TrainConfig:
     # ---- ours
     optimizer: str = "riemannian_adam"    # or riemannian_sgd (the original's SGD: momentum 0.9, wd 0.01)
     wubu_learnable_curvature: bool = True  # false freezes every level's curvature (ablation of the original)
+    gen_ema_decay: float = 0.999          # generator EMA (with warm-up) used for validation/evaluate/sample; 0 = off
+    kl_free_bits: float = 0.0             # nats per latent dim the KL term never pushes below (0 = plain KL)
+    euclidean: bool = False               # every WuBu stack flat (the c -> 0 limit of the same ops): the geometry ablation
     gen_context_skip: bool = True         # generator sees the last input frame and predicts a residual to it
     gen_context_channels: int = 32        # width of that context feature pyramid
     gen_output: str = "warp"              # with gen_context_skip: warp (last frame moved by a predicted flow, blended
@@ -173,7 +176,8 @@ class TrainConfig:
         return {"dims": dims, "curvatures": curv, "use_rotation": getattr(self, f"wubu_{name}_use_rotation"),
                 "phi_curvature": getattr(self, f"wubu_{name}_phi_influence_curvature"),
                 "phi_rotation": getattr(self, f"wubu_{name}_phi_influence_rotation_init"),
-                "dropout": self.wubu_dropout, "learnable_curvature": self.wubu_learnable_curvature}
+                "dropout": self.wubu_dropout, "learnable_curvature": self.wubu_learnable_curvature,
+                "euclidean": self.euclidean}
 
 
 # Keys that define the model's shape or the data: changing them on --resume changes what the run is.
@@ -184,7 +188,7 @@ RUN_DEFINING = ("video_data_path", "validation_video_path", "image_h", "image_w"
                 "disc_apply_spectral_norm", "wubu_s_num_levels", "wubu_s_hyperbolic_dims", "wubu_m_num_levels",
                 "wubu_m_hyperbolic_dims", "wubu_t_num_levels", "wubu_t_hyperbolic_dims", "epochs", "gen_context_skip",
                 "gen_context_channels", "gen_output", "disc_output", "disc_frame_diff", "disc_see_context", "lr_decay_fraction", "lambda_gan_warmup_steps",
-                "lambda_gan_adaptive", "augment_flip", "augment_color", "validation_split_fraction", "val_block_size", "seed", "batch_size", "grad_accum_steps")
+                "lambda_gan_adaptive", "augment_flip", "augment_color", "euclidean", "validation_split_fraction", "val_block_size", "seed", "batch_size", "grad_accum_steps")
 
 
 def _fail(key, value, expected):
@@ -207,9 +211,11 @@ def validate(c: TrainConfig) -> None:
     for key in ("num_workers", "lambda_kl", "lambda_gan", "risgd_max_grad_norm", "global_max_grad_norm",
                 "lambda_kl_update_interval", "wandb_log_train_recon_interval", "wandb_log_fixed_noise_samples_interval",
                 "num_val_samples_to_log", "threads", "max_val_clips", "gaad_min_size_px", "lambda_gan_warmup_steps",
-                "keep_last_checkpoints"):
+                "keep_last_checkpoints", "kl_free_bits", "gen_ema_decay"):
         if getattr(c, key) < 0:
             _fail(key, getattr(c, key), "a value >= 0")
+    if not 0 <= c.gen_ema_decay < 1:
+        _fail("gen_ema_decay", c.gen_ema_decay, "0 (off) or a decay in (0, 1)")
     if not 0 < c.min_lambda_kl_q_control <= c.max_lambda_kl_q_control:
         _fail("min_lambda_kl_q_control", c.min_lambda_kl_q_control, "0 < min_lambda_kl_q_control <= max_lambda_kl_q_control")
     if not 0.0 <= c.wubu_dropout < 1.0:
@@ -262,7 +268,7 @@ def resolve_config_path(name_or_path: str | None) -> Path | None:
     if shipped.is_file() and str(path.parent) in (".", ""):
         return shipped
     raise UserError("config file not found", f"--config {name_or_path}",
-                    f"a YAML file, or a shipped config name: {', '.join(PHASES)}")
+                    f"a YAML file, or a shipped config name: {', '.join(('cpu',) + PHASES)}")
 
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))

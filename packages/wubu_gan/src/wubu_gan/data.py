@@ -138,6 +138,17 @@ def compute_flow_cache(frames_path: Path, skip: int, method: str = "ilk") -> Pat
     return out
 
 
+def flow_between(a: np.ndarray, b: np.ndarray, method: str = "ilk") -> np.ndarray:
+    """Flow from frame a to frame b, (2, h, w) float32 (dx, dy in pixels), the convention of compute_flow_cache:
+    a(p) ~ b(p + flow(p)). a, b: (h, w, 3) uint8 or float in [0, 255]. For frames the model predicts."""
+    from skimage.registration import optical_flow_ilk, optical_flow_tvl1
+
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    flow_fn = optical_flow_ilk if method == "ilk" else optical_flow_tvl1
+    v, u = flow_fn(np.asarray(a, np.float32) @ weights / 255.0, np.asarray(b, np.float32) @ weights / 255.0)
+    return np.stack([u, v]).astype(np.float32)
+
+
 # ---------------------------------------------------------------- clips and the split
 @dataclass
 class VideoSource:

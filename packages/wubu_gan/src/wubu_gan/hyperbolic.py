@@ -6,7 +6,9 @@ What differs from the v0.1 script (see README "Defects fixed"):
 - tangent vectors are divided by sqrt(dim) before the exponential map, so a LayerNorm output (norm sqrt(dim))
   lands at tangent norm ~s instead of saturating every point at the ball's edge;
 - rotations are ``R = matrix_exp(A - A^T)`` (exactly orthogonal for every A) and no later init overwrites them;
-- sigma is used: relative vectors to the boundary points are weighted by exp(-|rel|^2 / (2 sigma^2));
+- c acts on the function: relative vectors to the boundary points are Mobius differences and their hyperbolic
+  distances are features (the original's log0(exp0(.)) round trips cancelled c); sigma weights them by
+  exp(-d^2 / (2 sigma^2)); ``euclidean`` gives the same ops in their c -> 0 limit (--euclidean);
 - the temporal stack (WuBu-T) mixes along time inside each level (depthwise temporal convolution in the tangent space).
 """
 from __future__ import annotations
@@ -34,15 +36,38 @@ def new_ball(c: float, learnable: bool = True) -> geoopt.PoincareBall:
     return ball
 
 
-def expmap0(v: torch.Tensor, ball: geoopt.PoincareBall) -> torch.Tensor:
-    """Exponential map at the origin in fp32 (geoopt clamps tanh and projects into the ball)."""
+def expmap0(v: torch.Tensor, ball: geoopt.PoincareBall | None) -> torch.Tensor:
+    """Exponential map at the origin in fp32 (geoopt clamps tanh and projects into the ball); identity when
+    ``ball`` is None (the --euclidean stacks)."""
+    if ball is None:
+        return v
     with torch.autocast(device_type=v.device.type, enabled=False):
         return ball.expmap0(v.float())
 
 
-def logmap0(y: torch.Tensor, ball: geoopt.PoincareBall) -> torch.Tensor:
+def logmap0(y: torch.Tensor, ball: geoopt.PoincareBall | None) -> torch.Tensor:
+    if ball is None:
+        return y
     with torch.autocast(device_type=y.device.type, enabled=False):
         return ball.logmap0(ball.projx(y.float()))
+
+
+def mobius_sub(x: torch.Tensor, b: torch.Tensor, ball: geoopt.PoincareBall | None) -> torch.Tensor:
+    """(-b) (+)_c x: the gyrovector from b to x, on the ball (x - b when Euclidean). Unlike a difference of
+    logmap0s it depends on c whenever b is off the origin."""
+    if ball is None:
+        return x - b
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return ball.projx(ball.mobius_add(-b.float(), x.float()))
+
+
+def gyro_dist(g: torch.Tensor, ball: geoopt.PoincareBall | None) -> torch.Tensor:
+    """Hyperbolic distance of a gyrovector g = (-b) (+) x, i.e. d_c(b, x) = 2/sqrt(c) artanh(sqrt(c) |g|)
+    (geoopt's metric); its c -> 0 limit 2 |g| when Euclidean."""
+    if ball is None:
+        return 2 * g.norm(dim=-1)
+    with torch.autocast(device_type=g.device.type, enabled=False):
+        return ball.dist0(g.float())
 
 
 class Rotation(nn.Module):
@@ -69,21 +94,34 @@ class Rotation(nn.Module):
 
 
 class WuBuLevel(nn.Module):
-    """One nested level: point -> tangent -> combine with boundary/descriptor context -> new point (and its log)."""
+    """One nested level: point -> (tangent at 0, gyrovectors to and hyperbolic distances from the boundary
+    points, descriptor) -> combiner -> new point (and its log).
+
+    Where c acts (the original's log0(exp0(.)) round trip cancelled it): the relative vectors are Mobius
+    differences (-b) (+)_c x and the distances d_c(b, x) to learnable boundary points spread over the ball are
+    features and the spread's weights. Invariant: with ``euclidean`` the same level with c -> 0 (x - b, 2|x - b|)."""
 
     def __init__(self, dim: int, curvature: float, num_boundaries: int = 4, dropout: float = 0.1,
-                 temporal: bool = False, learnable_curvature: bool = True):
+                 temporal: bool = False, learnable_curvature: bool = True, carried: bool = False,
+                 euclidean: bool = False):
         super().__init__()
         self.dim = dim
-        self.ball = new_ball(curvature, learnable_curvature)
+        self.ball = None if euclidean else new_ball(curvature, learnable_curvature)
         self.log_scale = nn.Parameter(torch.zeros(()))                 # s = exp(log_scale), starts at 1
-        self.log_spread = nn.Parameter(torch.tensor(math.log(0.5)))   # sigma in tangent units
-        small = lambda n: (torch.rand(n, dim) * 2 - 1) * 1e-2  # noqa: E731
-        self.boundaries = geoopt.ManifoldParameter(self.ball.expmap0(small(num_boundaries)).detach(), manifold=self.ball)
-        self.descriptor = geoopt.ManifoldParameter(self.ball.expmap0(small(1)[0]).detach(), manifold=self.ball)
+        self.log_spread = nn.Parameter(torch.tensor(math.log(2.0)))   # sigma in distance units
+        # Boundary points spread over the ball at tangent norm ~1, the norm the level's inputs have (s = 1):
+        # the original's 1e-2 put them at the origin, where the distance to them barely depends on c.
+        spread = lambda n: torch.randn(n, dim) / math.sqrt(dim)  # noqa: E731
+        if euclidean:
+            self.boundaries = nn.Parameter(spread(num_boundaries))
+            self.descriptor = nn.Parameter(spread(1)[0] * 0.1)
+        else:
+            self.boundaries = geoopt.ManifoldParameter(self.ball.expmap0(spread(num_boundaries)).detach(), manifold=self.ball)
+            self.descriptor = geoopt.ManifoldParameter(self.ball.expmap0(spread(1)[0] * 0.1).detach(), manifold=self.ball)
+        k = num_boundaries * (2 if carried else 1)  # the previous level's boundaries are carried in, plus our own
         hidden = max(32, dim)
-        self.combiner = nn.Sequential(nn.Linear(3 * dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout),
-                                      nn.Linear(hidden, dim), nn.LayerNorm(dim))
+        self.combiner = nn.Sequential(nn.Linear(3 * dim + k, hidden), nn.LayerNorm(hidden), nn.GELU(),
+                                      nn.Dropout(dropout), nn.Linear(hidden, dim), nn.LayerNorm(dim))
         # WuBu-T: depthwise conv along time in the tangent space (residual), so a frame sees its neighbours.
         self.time_mix = nn.Conv1d(dim, dim, kernel_size=3, padding=1, groups=dim) if temporal else None
 
@@ -98,17 +136,14 @@ class WuBuLevel(nn.Module):
     def forward(self, point, boundaries_in=None, descriptor_in=None, time_len: int | None = None):
         """point: (N, dim) on this level's ball. Returns (new point, tangent output)."""
         u = logmap0(point, self.ball)
-        b = logmap0(self.boundaries, self.ball)                              # (K, dim)
-        if boundaries_in is not None:  # the previous level's boundaries carried into this ball, plus our own
-            b = torch.cat([logmap0(boundaries_in, self.ball), b], 0)
-        rel = u.unsqueeze(-2) - b                                            # (N, K, dim)
-        weight = torch.exp(-rel.pow(2).sum(-1, keepdim=True) / (2 * self.spread ** 2))
-        rel = (weight * rel).sum(-2)
-        d = logmap0(self.descriptor, self.ball)
-        if descriptor_in is not None:
-            d = d + logmap0(descriptor_in, self.ball)
-        d = d.expand_as(u)
-        v = self.combiner(torch.cat([u, rel, d], -1))
+        b = self.boundaries if boundaries_in is None else torch.cat([boundaries_in, self.boundaries], 0)  # (K, dim)
+        g = mobius_sub(point.unsqueeze(-2), b, self.ball)                    # (N, K, dim) gyrovectors b -> x
+        dist = gyro_dist(g, self.ball)                                       # (N, K) d_c(b, x)
+        weight = torch.exp(-dist.pow(2) / (2 * self.spread ** 2)).unsqueeze(-1)
+        rel = (weight * logmap0(g, self.ball)).sum(-2)
+        d = self.descriptor if descriptor_in is None else mobius_sub(self.descriptor, -descriptor_in, self.ball)
+        d = logmap0(d, self.ball).expand_as(u)
+        v = self.combiner(torch.cat([u, rel, d, dist], -1))
         if self.time_mix is not None and time_len:
             seq = v.reshape(-1, time_len, self.dim).transpose(1, 2)            # (B, dim, T)
             v = v + self.time_mix(seq).transpose(1, 2).reshape_as(v)
@@ -141,7 +176,8 @@ class WuBuStack(nn.Module):
     """Input (N, in_dim) or (B, T, in_dim) -> (.., out_dim): the concatenated level tangents, projected."""
 
     def __init__(self, in_dim: int, out_dim: int, dims, curvatures, *, use_rotation=False, phi_curvature=False,
-                 phi_rotation=False, dropout=0.1, temporal=False, num_boundaries=4, learnable_curvature=True):
+                 phi_rotation=False, dropout=0.1, temporal=False, num_boundaries=4, learnable_curvature=True,
+                 euclidean=False):
         super().__init__()
         dims, curvatures = list(dims), list(curvatures)
         if len(curvatures) < len(dims):
@@ -153,7 +189,7 @@ class WuBuStack(nn.Module):
         for i, (d, c) in enumerate(zip(dims, curvatures)):
             c = c * PHI ** ((i % 4) - 1.5) if phi_curvature else c
             self.levels.append(WuBuLevel(d, c, num_boundaries, dropout, temporal=temporal,
-                                         learnable_curvature=learnable_curvature))
+                                         learnable_curvature=learnable_curvature, carried=i > 0, euclidean=euclidean))
         self.transforms = nn.ModuleList(
             LevelTransform(dims[i], dims[i + 1], i, use_rotation, phi_rotation) for i in range(len(dims) - 1))
         # Tangent-space aggregation over the stack input and every level (the input is a skip path).

@@ -28,17 +28,20 @@ from trainkit.config import resolve_resume_config as resolve_saved_config
 from trainkit.data import ResumableSampler
 from trainkit.distributed import (GracefulStop, all_reduce_mean, barrier, cleanup, init_distributed, seed_rank_streams,
                                   wrap_ddp)
+from trainkit.ema import EMA
 from trainkit.errors import UserError
 from trainkit.progress import progress
 from trainkit.step import OptimizerStep
 from trainkit.tracking import Tracker
 
+from .anomaly import NonFiniteWatch, backward_anomaly_error, non_finite_loss_error
 from .config import TrainConfig
 from .data import build_datasets
 from .evaluate import fixed_noise, frames_to_grid, move, validate
 from .metrics import lpips_model
 from .model import WuBuGen, build_discriminator, count_parameters, decide_flow, disc_input
-from .qcontrol import QController
+from .qcontrol import QController, exploration_decay
+from .videolog import log_video, val_rollout_videos
 
 CKPT_PREFIX = "wubugaad_hybridgen_ckpt_v01_"
 FORMAT_VERSION = 1
@@ -93,14 +96,15 @@ def load_optimizer(optimizer, state: dict) -> None:
 
 
 def apply_scales(optimizer, base_lr: float, scales: dict) -> None:
-    """lr = clip(base * lr_scale, 1e-8, 1); momentum (SGD) or beta1 (Adam) = clip(0.9 * momentum_scale, 0, 0.999)."""
+    """lr = clip(base * lr_scale, 1e-8, 1); SGD momentum = clip(0.9 * momentum_scale, 0, 0.999).
+
+    Adam's beta1 is never rewritten: its bias correction (1 - beta1^t) assumes one beta1 for the whole run, and the
+    original's per-step rewrite made the first moment inconsistent. For Adam the momentum action is a no-op."""
     lr = min(1.0, max(1e-8, base_lr * scales.get("lrscale", 1.0)))
     mom = min(0.999, max(0.0, 0.9 * scales.get("momentumscale", 1.0)))
     for g in optimizer.param_groups:
         g["lr"] = lr
-        if "betas" in g:
-            g["betas"] = (mom, g["betas"][1])
-        elif "momentum" in g:
+        if "betas" not in g and "momentum" in g:
             g["momentum"] = mom
 
 
@@ -110,6 +114,14 @@ def current_momentum(optimizer) -> float:
 
 
 # ------------------------------------------------------------------------------------------ losses
+def kl_free_bits(mu: torch.Tensor, logvar: torch.Tensor, free_bits: float) -> torch.Tensor:
+    """The KL term with free bits (Kingma et al. 2016): each latent dimension's batch-mean KL counts as at least
+    ``free_bits`` nats, so no gradient pushes a dimension below that floor and the posterior cannot collapse onto
+    the prior (after phase 2a the plain KL sat at ~1 nat per clip). Logged losses keep the plain KL."""
+    per_dim = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean(0)
+    return per_dim.clamp_min(free_bits).sum()
+
+
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(q(z|x) || N(0, I)), summed over latent dims, averaged over the batch (logvar is clamped by the encoder)."""
     return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
@@ -258,6 +270,21 @@ def resolve_resume_config(cli_values: dict, config_path, overrides, resume: str,
 
 
 # ------------------------------------------------------------------------------------------ the loop
+def anomaly_backward(step_g, loss_g, step_d, loss_d, step: int):
+    """Both backwards under --detect_anomaly; autograd's NaN report becomes a one-line error."""
+    for which, stepper, loss in (("G", step_g, loss_g), ("D", step_d, loss_d)):
+        try:
+            out = stepper.backward(loss)
+        except RuntimeError as err:
+            mapped = backward_anomaly_error(err, which, step)
+            if mapped is None:
+                raise
+            raise mapped from err
+        if which == "G":
+            out_g = out
+    return out_g, out
+
+
 def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset(), allow_rewind: bool = False) -> dict:
     """Train; returns a summary (last validation metrics, checkpoint paths)."""
     if cfg.threads:
@@ -306,6 +333,7 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset(), a
     seed_everything(cfg.seed)
     G_raw = WuBuGen(cfg, flow_kind).to(device)
     D_raw = build_discriminator(cfg).to(device)
+    anomaly_watch = NonFiniteWatch({"G": G_raw, "D": D_raw}) if cfg.detect_anomaly else None
     G = wrap_ddp(G_raw, info)
     D = wrap_ddp(D_raw, info)
     seed_rank_streams(cfg.seed)  # from here on (posterior noise, dropout) every rank draws its own randomness
@@ -404,6 +432,12 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset(), a
     say(f"run {ckpt_dir} | {len(train_set)} train / {len(val_set)} val clips of {cfg.total_frames} frames "
         f"({cfg.image_h}x{cfg.image_w}) | G {count_parameters(G_raw):,} / D {count_parameters(D_raw):,} parameters | "
         f"device {device} {precision} | {steps_per_epoch} batches/epoch")
+    # Generator EMA (StyleGAN's G_ema): validation, images, videos, `evaluate` and `sample` use it. Built after
+    # resume / new-phase loading, so it starts from the weights this run continues.
+    ema = EMA(G_raw, decay=cfg.gen_ema_decay) if cfg.gen_ema_decay > 0 else None
+    if ema is not None and cfg.resume and state.get("gen_ema") is not None:
+        ema.load_state_dict({"module": state["gen_ema"], "num_updates": state.get("gen_ema_updates", 0)})
+    G_eval = ema.module if ema is not None else G_raw
     z_fixed = fixed_noise(cfg.demo_num_samples, cfg.latent_dim, cfg.seed, device)
     ctx_fixed = fixed_context(G_raw, val_set, cfg.demo_num_samples, device)
     # Adversarial warm-up: lambda_GAN ramps in linearly once reconstruction has had its steps. Counted from this
@@ -411,6 +445,12 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset(), a
     run_steps = cfg.epochs * steps_per_epoch // max(1, cfg.grad_accum_steps)
     gan_warmup = min(cfg.lambda_gan_warmup_steps, max(1, run_steps // 2)) if cfg.lambda_gan_warmup_steps else 0
     warmup_start = int(state.get("warmup_start", 0)) if cfg.resume else step
+    # Exploration ends within this run: epsilon reaches its floor half-way through (one choice per optimizer step;
+    # the lambda_KL controller chooses every lambda_kl_update_interval steps).
+    for q, choices in ((q_gen, run_steps), (q_disc, run_steps),
+                       (q_lkl, run_steps // max(1, cfg.lambda_kl_update_interval))):
+        if q is not None:
+            q.eps_decay = exploration_decay(choices, eps_min=q.eps_min)
     if gan_warmup and gan_warmup < cfg.lambda_gan_warmup_steps:
         say(f"note: lambda_gan_warmup_steps {cfg.lambda_gan_warmup_steps} is longer than half this run "
             f"({run_steps} steps): ramping over {gan_warmup}")
@@ -448,6 +488,8 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset(), a
             "config": config_to_dict(cfg), "flow_kind": flow_kind,
             "val_history": [float(v) for v in val_history], "warmup_start": warmup_start,
             "log_window": {"sum": log_sum.tolist(), "n": log_n}, "adaptive_ratio": adaptive_ratio,
+            "gen_ema": plain_state(ema.module.state_dict()) if ema is not None else None,
+            "gen_ema_updates": ema.num_updates if ema is not None else 0,
         }
         path = ckpt_path(ckpt_dir, tag)
         if info.is_main:
@@ -489,6 +531,8 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset(), a
                     break
                 # Both steppers' contexts around forward AND backward: DDP decides at forward time whether to all-reduce
                 # (no_sync inside an accumulation window), and --detect_anomaly records the forward's traceback.
+                if anomaly_watch is not None:
+                    anomaly_watch.reset()
                 with contextlib.ExitStack() as micro:
                     micro.enter_context(step_g.micro_batch())
                     micro.enter_context(step_d.micro_batch())
@@ -520,9 +564,14 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset(), a
                                                              G_raw.generator.final.weight, scaler_g, adaptive_ratio,
                                                              lambda_gan)
                         lambda_gan = lambda_gan * adaptive_ratio
-                    loss_g = cfg.lambda_recon * loss_recon + lambda_kl * loss_kl + lambda_gan * loss_adv
+                    kl_term = kl_free_bits(mu.float(), logvar.float(), cfg.kl_free_bits) if cfg.kl_free_bits > 0 else loss_kl
+                    loss_g = cfg.lambda_recon * loss_recon + lambda_kl * kl_term + lambda_gan * loss_adv
                     parts = torch.stack([loss_recon, loss_kl, loss_adv, loss_g, loss_d_real, loss_d_fake, loss_d]).detach()
                     finite = bool(torch.isfinite(parts).all())
+                    if not finite and anomaly_watch is not None:
+                        # --detect_anomaly: no poisoning (autograd would then blame our multiply); stop and name
+                        # the loss term and the first module whose output went non-finite.
+                        raise non_finite_loss_error(parts, step, anomaly_watch)
                     if not finite:
                         # Poison both windows: trainkit skips the whole step for G and D, touching no state.
                         say(f"warning: non-finite loss at step {step} (recon {parts[0]:.4g}, kl {parts[1]:.4g}, "
@@ -552,14 +601,19 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset(), a
                         for opt, base in ((opt_g, cfg.learning_rate_gen), (opt_d, cfg.learning_rate_disc)):
                             for group in opt.param_groups:
                                 group["lr"] = base * lr_factor()
-                    out_g = step_g.backward(loss_g)
-                    out_d = step_d.backward(loss_d)
+                    if anomaly_watch is None:
+                        out_g = step_g.backward(loss_g)
+                        out_d = step_d.backward(loss_d)
+                    else:
+                        out_g, out_d = anomaly_backward(step_g, loss_g, step_d, loss_d, step)
                 batch_in_epoch += 1
                 last_batch = (frames, recon)
                 if not out_g.boundary:
                     continue
                 window = {}
                 step += 1
+                if ema is not None:
+                    ema.update(G_raw)
                 if step % cfg.log_interval == 0 or step == 1:
                     # Interval means (rank 0's micro-batches); an interval with no finite batch logs no losses.
                     scalars = {}
@@ -587,7 +641,7 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset(), a
                 if cfg.wandb_log_train_recon_interval and step % cfg.wandb_log_train_recon_interval == 0:
                     log_recon_images(tracker, "samples/train_recon", frames, recon, cfg, step)
                 if cfg.wandb_log_fixed_noise_samples_interval and step % cfg.wandb_log_fixed_noise_samples_interval == 0:
-                    log_fixed_noise(tracker, G_raw, z_fixed, ctx_fixed, step)
+                    log_fixed_noise(tracker, G_eval, z_fixed, ctx_fixed, step)
                 if step % cfg.save_interval == 0:
                     save(f"step{step}", epoch, batch_in_epoch)
                 if stop.should_stop():
@@ -599,17 +653,21 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset(), a
                 break
             # ---- end of epoch: validation (every rank computes it, so the lambda_KL controller agrees), images, checkpoints
             batch_in_epoch = 0
-            result = validate(G_raw, val_set, cfg, device, lp_net, max_clips=cfg.max_val_clips)
+            result = validate(G_eval, val_set, cfg, device, lp_net, max_clips=cfg.max_val_clips)
             last_val = result
             val_history.append(result["model"][primary])
-            scalars = {f"val/{k}": v for k, v in result["model"].items() if k != "num_clips"}
-            scalars.update({f"val/copy_last_frame_{k[8:]}": v for k, v in result["copy_last_frame"].items()
-                            if k.startswith("avg_val_")})
+            # val/avg_val_* is prediction (encoder on the input frames only); the rest under their own names.
+            scalars = {f"val/{k}": v for k, v in result["model"].items() if k.startswith("avg_val_")}
+            for other in ("copy_last_frame", "constant_velocity", "reconstruction"):
+                scalars.update({f"val/{other}_{k[8:]}": v for k, v in result[other].items() if k.startswith("avg_val_")})
             tracker.log_scalars(scalars, step)
             if last_batch is not None:
                 log_recon_images(tracker, "samples/train_recon", *last_batch, cfg, step)
-            log_val_images(tracker, G_raw, val_set, cfg, device, step)
-            log_fixed_noise(tracker, G_raw, z_fixed, ctx_fixed, step)
+            log_val_images(tracker, G_eval, val_set, cfg, device, step)
+            videos = val_rollout_videos(G_eval, val_set, cfg, device) if info.rank == 0 else None
+            if videos is not None:  # rows: truth, prediction (input frames, then the h = 1..5 rollout)
+                log_video(tracker, "samples/val_rollout_video", videos, step)
+            log_fixed_noise(tracker, G_eval, z_fixed, ctx_fixed, step)
             value = result["model"][primary]
             better = best_value is None or (value > best_value if HIGHER_IS_BETTER[primary] else value < best_value)
             if better:
@@ -623,7 +681,8 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset(), a
                                          mode="max" if HIGHER_IS_BETTER[primary] else "min")
             m, b = result["model"], result["copy_last_frame"]
             say(f"epoch {epoch + 1}/{cfg.epochs} step {step} | val psnr {m['avg_val_psnr']:.2f} dB ssim "
-                f"{m['avg_val_ssim']:.3f} (copy-last {b['avg_val_psnr']:.2f} / {b['avg_val_ssim']:.3f}) | "
+                f"{m['avg_val_ssim']:.3f} (copy-last {b['avg_val_psnr']:.2f} / {b['avg_val_ssim']:.3f}, constant-velocity "
+                f"{result['constant_velocity']['avg_val_psnr']:.2f}) | "
                 f"lambda_kl {lambda_kl:.3g} | saved {path.name}{' (best)' if better else ''}")
     finally:
         tracker.close()
