@@ -226,3 +226,17 @@ def test_stop_at_an_eval_step_is_resumable_and_val_recon_loss_is_per_batch(tiny_
     val = [r for r in rows if "val/recon_loss" in r and r["step"] == 4][0]["val/recon_loss"]
     train_loss = [r for r in rows if "train/recon_loss" in r and r["step"] == 4][0]["train/recon_loss"]
     assert val > train_loss / 3, (val, train_loss)   # same model, same kind of frames: same order of magnitude
+
+
+def test_allow_config_change_lr_is_applied_on_resume(tiny_cfg, tmp_path):
+    # audit M2: the checkpoint's scheduler restored the old base LRs, so --lr with --allow-config-change only
+    # changed config.yaml; the resumed run must train with the new LRs (here: every module's LR x 10)
+    cfg = tiny_cfg("training.max_steps=3", "training.stop_after_steps=2", f"training.save_dir={tmp_path / 'l'}")
+    _run(cfg)
+    old = load_checkpoint(tmp_path / "l" / "checkpoints" / "latest.pt")["scheduler"]["base_lrs"]
+    r = CliRunner().invoke(main, ["train", "--save-dir", str(tmp_path / "l"), "--data-root", cfg.data.data_root,
+                                  "--resume", "auto", "--lr", str(cfg.optimizer.lr * 10), "--allow-config-change"])
+    assert r.exit_code == 0, r.output
+    state = load_checkpoint(tmp_path / "l" / "checkpoints" / "latest.pt")
+    assert state["step"] == 3
+    assert state["scheduler"]["base_lrs"] == pytest.approx([10 * v for v in old], rel=1e-9)
