@@ -234,6 +234,10 @@ def test_allow_config_change_lr_is_applied_on_resume(tiny_cfg, tmp_path):
     cfg = tiny_cfg("training.max_steps=3", "training.stop_after_steps=2", f"training.save_dir={tmp_path / 'l'}")
     _run(cfg)
     old = load_checkpoint(tmp_path / "l" / "checkpoints" / "latest.pt")["scheduler"]["base_lrs"]
+    for key in ("training.max_grad_norm=0.5", "training.use_amp=true"):   # audit M4: refused without the flag
+        r = CliRunner().invoke(main, ["train", "--save-dir", str(tmp_path / "l"), "--data-root", cfg.data.data_root,
+                                      "--resume", "auto", "--set", key])
+        assert r.exit_code == 2 and key.split("=")[0] in r.output, r.output
     r = CliRunner().invoke(main, ["train", "--save-dir", str(tmp_path / "l"), "--data-root", cfg.data.data_root,
                                   "--resume", "auto", "--lr", str(cfg.optimizer.lr * 10), "--allow-config-change"])
     assert r.exit_code == 0, r.output
