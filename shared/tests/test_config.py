@@ -131,8 +131,10 @@ def test_resume_config_keeps_the_checkpoint_and_refuses_run_changes(tmp_path):
     with pytest.raises(UserError, match="'schedule' from 'linear' to 'cosine'.*command line"):
         resolve_resume_config(Cfg, saved, cli_values={"schedule": "cosine"}, **rules)
     yaml_file = write(tmp_path, "schedule: cosine\n")
-    with pytest.raises(UserError, match=f"'schedule'.*{yaml_file}"):
+    with pytest.raises(UserError, match=f"'schedule'.*{yaml_file}") as e:
         resolve_resume_config(Cfg, saved, path=yaml_file, **rules)
+    # a key from the --config file: the fix is to drop --config on resume, not to change the run (amt audit M2)
+    assert "resume without --config" in str(e.value)
     # ... unless the package's explicit override flag was given.
     cfg = resolve_resume_config(Cfg, saved, overrides=["optim.lr=1e-2"], allow_changes=True, **rules)
     assert cfg.optim.lr == 1e-2

@@ -283,3 +283,21 @@ def test_open_loop_video_reaches_wandb_as_a_video(tmp_path):
     (data, step), = logged
     assert step == 7 and isinstance(data["val/open_loop"], wandb.Video)
     assert (tmp_path / "run" / "samples" / "val_open_loop_00000007.gif").read_bytes()[:4] == b"GIF8"
+
+
+def test_allow_config_change_lr_is_applied_on_resume(tiny_cfg, tmp_path):
+    # audit M2: the checkpoint's scheduler restored the old base LRs, so --lr with --allow-config-change only
+    # changed config.yaml; the resumed run must train with the new LRs (here: every module's LR x 10)
+    cfg = tiny_cfg("training.max_steps=3", "training.stop_after_steps=2", f"training.save_dir={tmp_path / 'l'}")
+    _run(cfg)
+    old = load_checkpoint(tmp_path / "l" / "checkpoints" / "latest.pt")["scheduler"]["base_lrs"]
+    for key in ("training.max_grad_norm=0.5", "training.use_amp=true"):   # audit M4: refused without the flag
+        r = CliRunner().invoke(main, ["train", "--save-dir", str(tmp_path / "l"), "--data-root", cfg.data.data_root,
+                                      "--resume", "auto", "--set", key])
+        assert r.exit_code == 2 and key.split("=")[0] in r.output, r.output
+    r = CliRunner().invoke(main, ["train", "--save-dir", str(tmp_path / "l"), "--data-root", cfg.data.data_root,
+                                  "--resume", "auto", "--lr", str(cfg.optimizer.lr * 10), "--allow-config-change"])
+    assert r.exit_code == 0, r.output
+    state = load_checkpoint(tmp_path / "l" / "checkpoints" / "latest.pt")
+    assert state["step"] == 3
+    assert state["scheduler"]["base_lrs"] == pytest.approx([10 * v for v in old], rel=1e-9)

@@ -365,6 +365,13 @@ def resolve_resume_config(cls, saved: Mapping[str, Any] | None, *, path: str | P
         source = next((f"--set {t}" for t in reversed(overrides) if t.split("=", 1)[0].strip() == key), None)
         if source is None:
             source = "command line" if cli_values and key in cli_values else (str(path) if path else "config")
+        if path is not None and source == str(path):
+            # the file the run was started with re-applies its own values (e.g. data.root a flag replaced):
+            # dropping --config is the fix; --allow_config_change would switch the run's data/model (amt audit M2)
+            hint = (f"resume without --config (the checkpoint holds the run's config), or pass {override_flag} "
+                    "only to change it on purpose")
+        else:
+            hint = f"drop it to keep the checkpoint's value, or pass {override_flag} to change it"
         raise UserError(f"resuming would change '{key}' from {before!r} to {after!r}, which changes what the run is",
-                        source, f"drop it to keep the checkpoint's value, or pass {override_flag} to change it")
+                        source, hint)
     return new_cfg

@@ -275,6 +275,7 @@ RUN_DEFINING_KEYS = (
     "data.augmentation",
     "training.batch_size", "training.gradient_accumulation", "training.num_epochs", "training.max_steps",
     "training.seed", "optimizer", "scheduler", "loss",
+    "training.max_grad_norm", "training.use_amp",   # clipping and precision change the optimisation (audit M4)
 )
 
 # click parameter name -> dotted config key, for the typed flags of `worldmodel train`.

@@ -277,6 +277,13 @@ def train(cfg: Config, resume_path: Path | None = None, log=print, allow_rewind:
                                       scaler=scaler, sampler=sampler, stepper=stepper, where=str(resume_path))
         extra = rest.get("extra") or {}
         resumed_sums = rest.get("rank_extra") or {}
+        # The checkpoint restored its own base LRs and weight decay; a change accepted with
+        # --allow-config-change (e.g. --lr) must take effect, not only be written into config.yaml (audit M2).
+        for i, (group, fresh) in enumerate(zip(optimizer.param_groups, param_groups(raw_model, cfg))):
+            if scheduler.base_lrs[i] != fresh["lr"] or group["weight_decay"] != fresh["weight_decay"]:
+                scheduler.base_lrs[i] = group["initial_lr"] = fresh["lr"]
+                group["weight_decay"] = fresh["weight_decay"]
+                group["lr"] = fresh["lr"] * scheduler.lr_lambdas[i](scheduler.last_epoch)
         ckpts.load_manager_state(state)
         best_file = ckpts.directory / ckpts.BEST      # may hold a newer best than latest.pt (eval-only save)
         if best_file.is_file():
