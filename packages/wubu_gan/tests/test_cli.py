@@ -189,3 +189,20 @@ def test_bare_train_runs_the_cpu_recipe_and_phase1_is_one_flag_away(monkeypatch)
     assert (cfg.image_h, cfg.latent_dim, cfg.epochs, cfg.lambda_kl_update_interval) == (32, 128, 8, 0)
     assert run(["train", "--config", "phase1"]).exit_code == 0 and seen[-1].image_h == 64
     assert run(["train", "--image_h", "16"]).exit_code == 0 and seen[-1].image_h == 16  # flags still win
+
+
+def test_evaluate_on_a_folder_reports_every_video(base_run, tmp_path, tiny_video):
+    import shutil
+
+    folder = tmp_path / "vids"
+    folder.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        shutil.copy(tiny_video, folder / name)
+    ckpt = base_run["dir"] / "wubugaad_hybridgen_ckpt_v01_best.pt"
+    res = run(["evaluate", "--checkpoint", str(ckpt), "--video_data_path", str(folder), "--max_clips", "3",
+               "--horizon", "2", "--no_lpips", "--json"])
+    assert res.exit_code == 0, res.output
+    per = json.loads(res.output)["per_video"]
+    assert set(per) == {"a.mp4", "b.mp4"} and per["a.mp4"]["num_clips"] == 3
+    assert set(per["a.mp4"]["constant_velocity"]["psnr"]) == {"1", "2"}
+    assert per["a.mp4"]["model"]["psnr"] == per["b.mp4"]["model"]["psnr"]  # same video, same figures

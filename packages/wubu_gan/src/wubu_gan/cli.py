@@ -163,7 +163,8 @@ def evaluate(checkpoint, video_data_path, max_clips, no_lpips, device, horizon, 
                               max_clips=max_clips, log=lambda m: None if as_json else click.echo(m), horizon=horizon)
     names = ("model", "copy_last_frame", "constant_velocity", "reconstruction")
     if as_json:
-        click.echo(json.dumps({**{k: res[k] for k in names}, "latent": res["latent"], "info": res["info"]}))
+        extra = {"per_video": res["per_video"]} if "per_video" in res else {}
+        click.echo(json.dumps({**{k: res[k] for k in names}, "latent": res["latent"], **extra, "info": res["info"]}))
         return
     fmt = lambda v: "null" if v is None else f"{v:.4f}"  # noqa: E731
     click.echo(f"{res['info']['checkpoint']} on {res['info']['data']} ({res['info']['num_clips']} clips)")
@@ -172,6 +173,9 @@ def evaluate(checkpoint, video_data_path, max_clips, no_lpips, device, horizon, 
     for h in res["info"]["horizons"]:
         click.echo(f"{h:<4}" + "".join(f"{fmt(res[n]['psnr'][str(h)]) + ' / ' + fmt(res[n]['ssim'][str(h)]):>26}"
                                        for n in names[:3]))
+    for name, v in res.get("per_video", {}).items():
+        click.echo(f"{name} ({v['num_clips']} clips) h1 psnr: model {fmt(v['model']['psnr']['1'])}, copy-last "
+                   f"{fmt(v['copy_last_frame']['psnr']['1'])}, constant-velocity {fmt(v['constant_velocity']['psnr']['1'])}")
     r = res["reconstruction"]
     click.echo(f"reconstruction (encoder sees the target): psnr {fmt(r['avg_val_psnr'])} ssim {fmt(r['avg_val_ssim'])}")
     m, lat = res["model"], res["latent"]

@@ -40,11 +40,7 @@ class SpatioTemporalDisc(nn.Module):
             t = (t + 2 * (kt // 2) - kt) // st + 1
             ch_in = ch
         # --disc_output patch (ours): a 1x1x1 conv scores every (time, row, column) cell of the last feature map
-        # (PatchGAN-style), the loss averages over cells. Why it was tried: the original's global head pools
-        # after InstanceNorm, which has already set every channel's mean to zero, so the pooled features depend
-        # little on the input. It did not fix the D band: trained alone against a frozen generator the patch head
-        # also stayed at chance (0.693) for 60 steps, while the global head with --disc_frame_diff left it
-        # within 30 (README "Discriminators"). Kept as an option, not used by the recipe.
+        # (PatchGAN-style); the loss averages over cells. An option, not in the recipe (measurements: README).
         self.patch_output = getattr(cfg, "disc_output", "global") == "patch"
         if self.patch_output:
             self.head = _sn(nn.Conv3d(ch_in, 1, 1), sn)

@@ -247,6 +247,15 @@ def evaluate_checkpoint(path, video_path=None, device="cpu", use_lpips=True, max
     net, reason = lpips_model(device, (cfg.image_h, cfg.image_w)) if use_lpips else (None, "LPIPS not requested")
     result = validate(G, dataset, cfg, device, net, max_clips=max_clips, horizon=horizon)
     result["latent"] = latent_report(G, dataset, cfg, device, max_clips=min(max_clips or 200, 200))
+    sources = {src for src, _ in dataset.index}
+    if video_path and len(sources) > 1:  # a folder: every video's own figures too (--max_clips per video)
+        result["per_video"] = {}
+        for src in sorted(sources):
+            one = VideoClips(dataset.sources, [x for x in dataset.index if x[0] == src], T, skip)
+            r = validate(G, one, cfg, device, None, max_clips=max_clips, horizon=horizon)
+            result["per_video"][dataset.sources[src].path.name] = {
+                k: {"psnr": r[k]["psnr"], "ssim": r[k]["ssim"]} for k in ("model", "copy_last_frame", "constant_velocity")
+            } | {"num_clips": r["model"]["num_clips"]}
     result["info"] = {"checkpoint": str(path), "data": where, "num_clips": result["model"]["num_clips"],
                       "step": state.get("step"), "lpips_note": reason, "horizons": list(range(1, horizon + 1)),
                       "model": "prediction: encoder on the input frames only, z = mu, predictions fed back for h > "

@@ -66,9 +66,8 @@ class Generator(nn.Module):
                                padding=(kt // 2, ks // 2, ks // 2))
         # Context path (--gen_context_skip, ours): the generator also sees the input frames (all of them, stacked
         # on channels, so motion so far is visible), as a feature pyramid added to every decoder block, and
-        # predicts a residual to the last one (in tanh's pre-activation space).
-        # The original decoded the target from z alone; at CPU budgets that never left the mean frame (~19 dB
-        # against copy-last's ~24 dB). Off, this is the original's decoder.
+        # predicts a residual to the last one (in tanh's pre-activation space). Off, this is the original's
+        # z-only decoder (why the path exists: README "Model"). Invariant: at init the output is copy-last.
         if self.use_context:
             cc = cfg.gen_context_channels
             self.ctx_frames = cfg.num_input_frames
