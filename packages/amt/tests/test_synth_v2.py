@@ -164,3 +164,26 @@ def test_make_synthetic_cli_selects_generator_3(tmp_path, monkeypatch):
     assert r.exit_code == 0 and calls and calls[0]["frames_per_sequence"] == 2
     r = CliRunner().invoke(main, ["make-synthetic", "--out", str(tmp_path / "y"), "--generator_version", "4"])
     assert r.exit_code == 2 and "generator_version" in r.output
+
+
+def test_generator_3_overwrite_replaces_only_its_own_output(tmp_path, monkeypatch):
+    """Audit A2: generator 3's --overwrite deleted any folder; now it uses trainkit's marker rule as generator 2."""
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.txt").write_text("years of work")
+    with pytest.raises(UserError, match="did not write"):
+        make_synthetic_v3(foreign, overwrite=True, sequences_per_subject=1, frames_per_sequence=2, subjects=1,
+                          log=lambda m: None)
+    assert (foreign / "thesis.txt").read_text() == "years of work"
+    monkeypatch.chdir(foreign)
+    with pytest.raises(UserError, match="working directory"):
+        make_synthetic_v3(".", overwrite=True, sequences_per_subject=1, frames_per_sequence=2, subjects=1,
+                          log=lambda m: None)
+    assert (foreign / "thesis.txt").read_text() == "years of work"
+    out = tmp_path / "own"
+    _make(out)
+    (out / "stale.txt").write_text("from an earlier generation")
+    make_synthetic_v3(out, overwrite=True, sequences_per_subject=1, frames_per_sequence=2, subjects=1,
+                      log=lambda m: None)
+    assert not (out / "stale.txt").exists() and (out / ".trainkit_output").is_file()
+    assert not list(tmp_path.glob(".own.*"))  # nothing left beside it

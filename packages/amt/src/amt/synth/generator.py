@@ -181,6 +181,10 @@ def make_synthetic_v3(root: str | Path, *, sequences_per_subject: int = 5, frame
                         "make-synthetic", "sequences >= 1 and frames >= 2 (frame 0 has no hand)")
     if root.exists() and (not root.is_dir() or any(root.iterdir())) and not overwrite:
         raise UserError("output folder is not empty", str(root), "a new or empty folder, or pass --overwrite")
+    from trainkit.runsafety import check_replaceable, swap_in, write_output_marker
+
+    # as generator 2: replace only a folder this tool wrote (never ., ~, / or a cwd ancestor), before any work
+    check_replaceable(root, flag="--overwrite", legacy_markers=("calibration",) if keep_complete else ())
     if not photo_pool():
         log("WARNING: scikit-image's bundled photographs are not available; generator 3 falls back to procedural "
             "backgrounds (install scikit-image for photographic backgrounds)")
@@ -242,8 +246,7 @@ def make_synthetic_v3(root: str | Path, *, sequences_per_subject: int = 5, frame
     if keep_complete and (root / "calibration").is_dir():  # another process finished the same dataset first
         shutil.rmtree(tmp)
         return root
-    if root.exists():
-        shutil.rmtree(root)
+    write_output_marker(tmp, "amt make-synthetic")
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(root)
+    swap_in(tmp, root)
     return root
