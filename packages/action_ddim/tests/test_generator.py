@@ -107,4 +107,36 @@ def test_generate_data_refuses_a_non_empty_target_and_replaces_it_whole(tmp_path
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     r = CliRunner().invoke(main, ["generate-data", "--out_dir", str(tmp_path / "mine"), "--replace"])
-    assert r.exit_code == 2 and "notes.txt" in r.output and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    assert r.exit_code == 2 and "did not write" in r.output and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_generate_data_replace_refuses_real_data_in_the_dataset_layout_and_the_cwd(tmp_path, monkeypatch):
+    """Audit A1: a folder holding only train/ and val/ (the documented layout of users' real data) was deleted by
+    --replace, also when it was the working directory or its ancestor. Now only generate-data's own output goes."""
+    from click.testing import CliRunner
+
+    from action_ddim.augmentation import generate_click_dataset
+    from action_ddim.cli import main
+
+    real = tmp_path / "real"
+    (real / "train").mkdir(parents=True)
+    (real / "val").mkdir()
+    (real / "train" / "user7_actions.npy").write_text("rec")
+    (real / "val" / "user9_actions.npy").write_text("v")
+    small = ["--num_train", "2", "--num_val", "1", "--replace"]
+    for cwd, target in ((tmp_path, str(real)), (real / "train", str(real)), (real / "train", ".."),
+                        (real, ".")):
+        monkeypatch.chdir(cwd)
+        r = CliRunner().invoke(main, ["generate-data", "--out_dir", target] + small)
+        assert r.exit_code == 2 and r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1, \
+            (cwd, target, r.output)
+        assert (real / "train" / "user7_actions.npy").read_text() == "rec"
+        assert sorted(p.name for p in real.rglob("*")) == ["train", "user7_actions.npy", "user9_actions.npy", "val"]
+    monkeypatch.chdir(tmp_path)
+    # its own output (marker) and an older one (metadata.json of this generator, no marker) are still replaced
+    own = tmp_path / "own"
+    generate_click_dataset(own, num_train=2, num_val=1, seq_len=8)
+    assert (own / ".trainkit_output").is_file()
+    (own / ".trainkit_output").unlink()
+    assert CliRunner().invoke(main, ["generate-data", "--out_dir", str(own), "--seq_len", "8"] + small).exit_code == 0
+    assert (own / ".trainkit_output").is_file()

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from trainkit.errors import UserError
+from trainkit.runsafety import check_replaceable, swap_in, write_output_marker
 
 SAMPLE_RATE_HZ = 30.0
 
@@ -215,11 +216,9 @@ def generate_click_dataset(out_dir: str | Path, num_train: int = 5000, num_val: 
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         _write_dataset(tmp, num_train, num_val, seq_len, seed, sequences_per_file)
+        write_output_marker(tmp, "action-ddim generate-data")
         if existing:
-            old = out.resolve().with_name(f".{out.resolve().name}.old{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
+            swap_in(tmp, out)
         else:
             if out.is_dir():
                 out.rmdir()  # empty
@@ -238,11 +237,20 @@ def _check_target(out: Path, replace: bool) -> bool:
     if not replace:
         raise UserError("output directory is not empty", f"--out_dir {out}",
                         "a new or empty directory, or --replace to replace the dataset in it whole")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in ("train", "val"))
-    if foreign:
-        raise UserError(f"not a generated dataset (holds {foreign[0]!r}); refusing to delete it", f"--out_dir {out}",
-                        "a directory holding only train/ and val/ from generate-data, or a new one")
+    # trainkit's rule (audit A1): only a folder generate-data wrote, never ., ~, / or an ancestor of the cwd. A
+    # "train/ and val/ only" rule deleted users' real data in the documented layout. Datasets written before the
+    # marker existed are recognised by both splits' metadata.json naming this generator.
+    legacy = all(_names_this_generator(out / split / "metadata.json") for split in ("train", "val")) and \
+        all(p.name in ("train", "val") for p in out.iterdir())
+    check_replaceable(out, flag="--replace", legacy_markers=("train",) if legacy else ())
     return True
+
+
+def _names_this_generator(meta: Path) -> bool:
+    try:
+        return json.loads(meta.read_text()).get("generator") == "action_ddim.augmentation.generate_click_dataset"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _write_dataset(out: Path, num_train: int, num_val: int, seq_len: int, seed: int, sequences_per_file: int) -> None:
