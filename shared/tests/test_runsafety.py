@@ -116,6 +116,18 @@ def test_shape_check_names_tensors_and_changed_keys():
     assert "\n" not in err.value.message
 
 
+def test_restore_training_state_reports_a_shape_change_in_one_short_line():
+    # audit A3 LOW: a shape change allowed past the config check ended in torch's multi-tensor "size mismatch" text
+    from trainkit.checkpoint import restore_training_state, training_state
+
+    small, big = torch.nn.Linear(2, 3), torch.nn.Linear(2, 4)
+    state = training_state(model=small, step=1, epoch=0, config={})
+    with pytest.raises(UserError) as err:
+        restore_training_state(state, model=big, where="c.pt")
+    assert "shape differs" in err.value.message and "weight (3, 2) -> (4, 2)" in err.value.message
+    assert "size mismatch" not in str(err.value)
+
+
 def test_stop_flag_and_worker_init(tmp_path):
     from trainkit.distributed import GracefulStop
 

@@ -184,6 +184,14 @@ def restore_training_state(state: dict, *, model, optimizer=None, scheduler=None
     if version is None or int(version) > FORMAT_VERSION:
         raise UserError(f"unsupported checkpoint format version {version!r}", where,
                         f"expected a trainkit checkpoint of version <= {FORMAT_VERSION}")
+    if isinstance(state.get("model"), dict):
+        # one short line naming the reshaped tensors, not torch's multi-tensor "size mismatch" text (audit A3 LOW)
+        from .runsafety import check_state_shapes
+
+        try:
+            check_state_shapes(model, state["model"], where=where)
+        except UserError as err:
+            raise UserError("checkpoint does not match this model/configuration", where, err.what) from None
     try:
         unwrap_model(model).load_state_dict(state["model"])
         if optimizer is not None and "optimizer" in state:

@@ -292,7 +292,7 @@ def check_state_shapes(model: torch.nn.Module, saved: dict, *, where: str, chang
     one UserError line that names the tensors and the config keys that changed (derived, not a hand list)."""
     from .checkpoint import unwrap_model
 
-    live = {k: tuple(v.shape) for k, v in unwrap_model(model).state_dict().items()}
+    live = {k: tuple(v.shape) for k, v in unwrap_model(model).state_dict().items() if hasattr(v, "shape")}
     old = {k: tuple(v.shape) for k, v in saved.items() if hasattr(v, "shape")}
     problems = [f"{k} {old[k]} -> {live[k]}" for k in sorted(live.keys() & old.keys()) if live[k] != old[k]]
     problems += [f"{k} missing in checkpoint" for k in sorted(live.keys() - old.keys())]
