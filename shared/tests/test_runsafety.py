@@ -143,3 +143,16 @@ def test_stop_flag_and_worker_init(tmp_path):
             "os.kill(os.getpid(),signal.SIGTERM);os.kill(os.getpid(),signal.SIGINT);print('alive')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "alive" in out.stdout
+
+
+def test_raise_if_stopped_only_after_a_stop_signal_in_one_process():
+    rs.clear_stop()
+    rs.raise_if_stopped()  # no signal: nothing
+    rs.note_stop("SIGTERM")
+    try:
+        assert rs.eval_should_stop()
+        with pytest.raises(rs.EvalStopped):
+            rs.raise_if_stopped()
+    finally:
+        rs.clear_stop()
+    assert not rs.eval_should_stop()

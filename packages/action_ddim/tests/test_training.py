@@ -203,6 +203,47 @@ def test_resume_gives_identical_parameters_and_metrics(tiny_data, tmp_path, monk
     _assert_same_run(straight, killed, 10)
 
 
+def test_sigterm_during_validation_stops_it_early_saves_the_epoch_and_resumes(tiny_data, tmp_path, monkeypatch):
+    """Issue 24: SIGTERM during validation was honoured only after the whole validation (140 s loaded). Now the
+    loop polls trainkit's stop flag per batch: the rest (here: the sample generation) is skipped, nothing of the
+    partial validation is logged, the finished epoch is saved and the run resumes from it."""
+    import os
+    import signal
+
+    import action_ddim.evaluate as ev
+
+    calls = {"loss": 0, "draw": 0}
+    loss_sum, draw = ev.seeded_loss_sum, ev.draw_samples
+
+    def loss_with_sigterm(*args, **kwargs):
+        calls["loss"] += 1
+        if calls["loss"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss_sum(*args, **kwargs)
+
+    def counted_draw(*args, **kwargs):
+        calls["draw"] += 1
+        return draw(*args, **kwargs)
+
+    run = tmp_path / "run"
+    args = ["train", "--data_dir", str(tiny_data / "train"), "--val_data_dir", str(tiny_data / "val"),
+            "--batch_size", "5", "--num_epochs", "2", "--d_model", "16", "--num_layers", "1", "--nhead", "2",
+            "--num_inference_steps", "2", "--set", "train.num_gen_samples=4", "--plot_every", "100", "--quiet",
+            "--save_dir", str(run)]
+    with monkeypatch.context() as m:
+        m.setattr(ev, "seeded_loss_sum", loss_with_sigterm)
+        m.setattr(ev, "draw_samples", counted_draw)
+        stopped = _invoke(args)
+    assert "stopping on SIGTERM during validation after epoch 1" in stopped.output, stopped.output
+    assert calls == {"loss": 1, "draw": 0}  # stopped within the batch, generation never started
+    ckpt = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 2
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not any(k.startswith("val/") for r in rows for k in r)  # the partial validation is not logged
+    resumed = _invoke(["train", "--resume", "auto", "--save_dir", str(run)])
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["epoch"] == 2, resumed.output
+
+
 def test_resume_refuses_run_changing_flags_and_keeps_config_yaml_honest(quick_cpu_run, tiny_data, tmp_path):
     from action_ddim.train import resolve_config
 

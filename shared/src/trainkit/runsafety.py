@@ -323,6 +323,30 @@ def stop_requested() -> bool:
     return bool(_STOP["requested"])
 
 
+class EvalStopped(Exception):
+    """Raised inside a validation/rollout loop by :func:`raise_if_stopped`: the training loop catches it, skips
+    this validation's metrics (never logged, never ranked for ``best``), saves and stops."""
+
+
+def eval_should_stop() -> bool:
+    """Whether a validation/rollout loop should end now: a stop signal arrived and the run is one process.
+
+    Under DDP the ranks would have to agree (a collective per eval batch, and some packages validate on rank 0
+    only), so there validation runs to its end and the stop is honoured at the next step boundary as before.
+    """
+    if not _STOP["requested"]:
+        return False
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
+
+
+def raise_if_stopped() -> None:
+    """Poll once per eval batch: raises :class:`EvalStopped` when :func:`eval_should_stop`."""
+    if eval_should_stop():
+        raise EvalStopped(_STOP["signal"] or "stop")
+
+
 def ignore_stop_signals(worker_id: int | None = None) -> None:
     """DataLoader ``worker_init_fn``: a scheduler sends SIGTERM to every process of the job; workers ignore it
     so the main process can finish its step, save and shut them down (instead of "worker killed by signal")."""

@@ -11,6 +11,7 @@ import torch
 
 from trainkit.device import autocast, make_generator, resolve_device
 from trainkit.errors import UserError
+from trainkit.runsafety import raise_if_stopped
 
 from . import metrics as M
 from .config import Config
@@ -42,6 +43,7 @@ def validate(model, diffusion: Diffusion, dataset: ActionDataset, indices, cfg: 
     origs, recons, loss_sum, n = [], [], 0.0, 0
     g = make_generator(device, 0)
     for start in range(0, len(indices), EVAL_BATCH):
+        raise_if_stopped()  # SIGTERM: end within one batch, not after the whole validation (issue 24)
         idx = indices[start:start + EVAL_BATCH]
         raw = torch.from_numpy(dataset.raw_batch(idx))
         x0 = norm.encode(raw).to(device)
@@ -56,6 +58,7 @@ def validate(model, diffusion: Diffusion, dataset: ActionDataset, indices, cfg: 
     n_gen = cfg.train.num_gen_samples
     samples = None
     if n_gen:
+        raise_if_stopped()
         x = draw_samples(model, diffusion, n_gen, orig.shape[1], S, d, device, seed=1)
         samples = norm.decode(x.float()).cpu().numpy()
         reference = orig if gen_reference is None else gen_reference
@@ -181,6 +184,7 @@ def validation_loss(model, diffusion: Diffusion, dataset: ActionDataset, indices
     g = make_generator(device, 0)
     loss_sum, n = 0.0, 0
     for start in range(0, len(indices), EVAL_BATCH):
+        raise_if_stopped()
         x0 = dataset.normalizer.encode(torch.from_numpy(dataset.raw_batch(indices[start:start + EVAL_BATCH])))
         x0 = x0.to(device)
         loss_sum += seeded_loss_sum(model, diffusion, x0, g).item()

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from trainkit.checkpoint import (CheckpointManager, load_checkpoint, restore_training_state, save_checkpoint,
                                  training_state)
 from trainkit.cli import prepare_run_dir, run_dir_has_run
-from trainkit.runsafety import check_run_target, worker_init
+from trainkit.runsafety import EvalStopped, check_run_target, worker_init
 from trainkit.config import (config_changes, config_to_dict, flatten_config, load_config, resolve_resume_config,
                              save_config)
 from trainkit.data import ResumableSampler
@@ -350,13 +350,23 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None, al
             if info.is_main and (last_epoch % t.val_every == 0 or is_last):
                 v0 = time.time()
                 idx = val_order if (is_last and t.val_full_at_end) else val_subset
-                metrics = validate(ema.module, diffusion, val_set, idx, cfg, device, heldout=floor_real,
-                                   gen_reference=gen_ref, rate_hz=rate_hz)
+                try:
+                    val_metrics = validate(ema.module, diffusion, val_set, idx, cfg, device, heldout=floor_real,
+                                           gen_reference=gen_ref, rate_hz=rate_hz)
+                    # best.pt is ranked on one fixed subset at every validated epoch (the last epoch validates on
+                    # the whole set, whose val/loss is not comparable with the subset's).
+                    selection = (val_metrics["val/loss"] if idx is val_subset else
+                                 validation_loss(ema.module, diffusion, val_set, val_subset, device))
+                except EvalStopped:
+                    # SIGTERM during validation (one process only: trainkit.runsafety.eval_should_stop): the
+                    # finished epoch is saved without this partial validation, which is neither logged nor ranked.
+                    save(last_epoch, None)
+                    say(f"stopping on {stop.signal_name} during validation after epoch {last_epoch} (step {step}; "
+                        "its validation is skipped); continue with --resume auto")
+                    break
+                metrics = val_metrics
                 scalars.update(metrics)
-                # best.pt is ranked on one fixed subset at every validated epoch (the last epoch validates on
-                # the whole set, whose val/loss is not comparable with the subset's).
-                scalars[SELECTION_METRIC] = (metrics["val/loss"] if idx is val_subset else
-                                             validation_loss(ema.module, diffusion, val_set, val_subset, device))
+                scalars[SELECTION_METRIC] = selection
                 scalars["val/time_s"] = time.time() - v0
                 scalars["val/num_sequences"] = len(idx)
             # The epoch line's honest part: the guide's reconstruction metrics are met by an untrained model
