@@ -301,3 +301,37 @@ def test_allow_config_change_lr_is_applied_on_resume(tiny_cfg, tmp_path):
     state = load_checkpoint(tmp_path / "l" / "checkpoints" / "latest.pt")
     assert state["step"] == 3
     assert state["scheduler"]["base_lrs"] == pytest.approx([10 * v for v in old], rel=1e-9)
+
+
+def test_sigterm_during_validation_stops_it_within_a_batch_and_saves(tiny_cfg, monkeypatch):
+    """Issue 24: a stop signal during validation was honoured only after all of it (and its rollouts). The
+    validation loop now polls trainkit's stop flag per batch: the rollouts never start, the partial validation
+    is neither logged nor ranked for best, and the step is saved resumable."""
+    import signal
+
+    import worldmodel.evaluate as ev
+
+    calls = {"val_batches": 0, "rollouts": 0}
+    losses, rollouts = ev.compute_losses, ev.rollout_metrics
+
+    def losses_with_sigterm(*args, **kwargs):
+        calls["val_batches"] += 1
+        if calls["val_batches"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return losses(*args, **kwargs)
+
+    def counted_rollouts(*args, **kwargs):
+        calls["rollouts"] += 1
+        return rollouts(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "compute_losses", losses_with_sigterm)
+    monkeypatch.setattr(ev, "rollout_metrics", counted_rollouts)
+    cfg = tiny_cfg("training.max_steps=4", "logging.eval_interval=2", "logging.save_interval=100",
+                   "training.batch_size=2")
+    _run(cfg)
+    assert calls == {"val_batches": 1, "rollouts": 0}
+    run = Path(cfg.training.save_dir)
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 2
+    assert not (run / "checkpoints" / "best.pt").exists()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not any(k.startswith("val/") for r in rows for k in r)

@@ -13,6 +13,7 @@ from trainkit.checkpoint import load_checkpoint
 from trainkit.config import load_config
 from trainkit.device import autocast
 from trainkit.errors import UserError
+from trainkit.runsafety import raise_if_stopped
 
 from .config import Config, upgrade_saved_config
 from .data import ProcessedDataset, WindowDataset, collate, prepare_output_dir
@@ -94,6 +95,7 @@ def rollout_metrics(model: WorldModel, data: ProcessedDataset, *, context: int, 
     was_training = model.training
     model.eval()
     for chunk in _batches(idx, batch_size):
+        raise_if_stopped()  # only after a training run's stop signal (GracefulStop); never in `evaluate`
         batch = collate([windows[i] for i in chunk])
         frames = batch["frames"].to(device)
         actions = batch["actions"].to(device)
@@ -151,6 +153,7 @@ def validate(model: WorldModel, windows: WindowDataset, cfg: Config, perceptual,
     sums: dict[str, float] = {}
     n_img_pred = n_img_rec = n_batches = 0
     for chunk in _batches(idx, cfg.training.batch_size):
+        raise_if_stopped()  # SIGTERM in training: end within one batch, not after the whole validation (issue 24)
         batch = collate([windows[i] for i in chunk])
         frames, actions = batch["frames"].to(device), batch["actions"].to(device)
         with autocast(device, precision):

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Subset
 from trainkit.checkpoint import (CheckpointManager, load_checkpoint, restore_training_state, save_checkpoint,
                                 training_state)
 from trainkit.cli import prepare_run_dir
-from trainkit.runsafety import check_run_target, worker_init
+from trainkit.runsafety import EvalStopped, check_run_target, worker_init
 from trainkit.config import config_changes, config_to_dict, load_config, resolve_resume_config, save_config
 from trainkit.device import autocast, make_grad_scaler, seed_everything
 from trainkit.distributed import GracefulStop, barrier, cleanup, init_distributed, seed_rank_streams, wrap_ddp
@@ -436,7 +436,16 @@ def train(cfg: Config, resume_path: Path | None = None, log=print, allow_rewind:
                 if is_eval:
                     metrics = {}
                     if info.is_main:
-                        metrics = validate(raw_model, val_set, cfg, perceptual, device, precision)
+                        try:
+                            metrics = validate(raw_model, val_set, cfg, perceptual, device, precision)
+                        except EvalStopped:
+                            # SIGTERM during validation (one process only: trainkit eval_should_stop): save this
+                            # step without the partial validation (not logged, not ranked for best) and stop
+                            say(f"stopping on {stop.signal_name} during validation: saving step {step}; "
+                                "continue with --resume auto")
+                            save(None)
+                            done = True
+                            break
                         if best is None or metrics["val/psnr"] > best["value"]:
                             best = {"value": metrics["val/psnr"], "step": step, "epoch": epoch + 1}
                         tracker.log_scalars(metrics, step)
