@@ -289,3 +289,31 @@ def test_the_guides_top_level_scheduler_keys_and_physics_weight_are_honoured(tmp
     assert (cfg.training.scheduler, cfg.training.T_0, cfg.training.T_mult) == ("cosine", 4, 3)
     assert cfg.loss_weights.physics_penetration == 0.25
     assert load(Config, None, ["loss_weights.physics=0.0"]).loss_weights.physics_penetration == 0.0
+
+
+def test_sigterm_during_validation_saves_the_epoch_without_it(synthetic_root, tmp_path, monkeypatch):
+    """Issue 24: validation polls trainkit's stop flag per batch, so a SIGTERM there ends it within one batch;
+    the finished epoch is saved without the partial validation (not logged, not ranked for best.pth)."""
+    import os
+    import signal
+
+    import amt.evaluate as E
+
+    calls = {"n": 0}
+    real = E.project_points
+
+    def project_with_sigterm(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(E, "project_points", project_with_sigterm)
+    cfg = _tiny_cfg(synthetic_root, tmp_path / "run", **{"data.max_val_samples": 16, "training.batch_size": 4,
+                                                        "training.accumulation_steps": 1})
+    log = []
+    train(config_for_run(None, cfg), log=log.append)
+    assert any("stopping on SIGTERM during validation after epoch 1" in m for m in log), log
+    assert calls["n"] == 2  # both projections of the 1st of 4 validation batches; the 2nd never started
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert load_checkpoint(ckpts / "latest.pth")["epoch"] == 1 and not (ckpts / "best.pth").exists()

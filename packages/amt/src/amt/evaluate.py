@@ -12,6 +12,7 @@ from trainkit.checkpoint import load_checkpoint
 from trainkit.config import load_config
 from trainkit.device import autocast, resolve_device
 from trainkit.errors import UserError
+from trainkit.runsafety import raise_if_stopped
 
 from .config import Config
 from .data import AugmentConfigLike, HandCropDataset
@@ -101,6 +102,7 @@ def predict(model: AMTModel | None, loader, device, precision: str = "fp32", bas
     if model is not None:
         model.eval()
     for batch in loader:
+        raise_if_stopped()  # a training run's SIGTERM ends validation within one batch (issue 24); never in evaluate
         b = {k: v.to(device) for k, v in batch.items()}
         B = b["image"].shape[0]
         if model is None:

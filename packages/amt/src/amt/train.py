@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from trainkit.checkpoint import (CheckpointManager, load_checkpoint, restore_training_state, save_checkpoint,
                                  training_state)
 from trainkit.cli import prepare_run_dir, run_dir_has_run
-from trainkit.runsafety import check_run_target, worker_init
+from trainkit.runsafety import EvalStopped, check_run_target, worker_init
 from trainkit.config import config_to_dict, load_config, save_config
 from trainkit.data import ResumableSampler
 from trainkit.device import autocast, make_generator, make_grad_scaler, seed_everything
@@ -434,9 +434,14 @@ def train(cfg: Config, log=print, allow_rewind: bool = False) -> dict:
                     if hasattr(bar, "set_postfix"):
                         bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
                 if info.is_main and res.boundary and step - last_val_step >= t.val_freq:
-                    last_val_step = step
-                    metrics = validate(epoch + 1)
-                    tracker.log_scalars(metrics, step)
+                    previous_val_step, last_val_step = last_val_step, step
+                    try:
+                        metrics = validate(epoch + 1)
+                        tracker.log_scalars(metrics, step)
+                    except EvalStopped:
+                        # SIGTERM during validation (one process only: trainkit eval_should_stop): the partial
+                        # validation is dropped and redone after the resume; the stop check below saves
+                        last_val_step = previous_val_step
                     model.train()
                 if res.boundary and stop.should_stop():  # on an accumulation boundary: no half-summed gradient
                     stopping = True
@@ -452,7 +457,13 @@ def train(cfg: Config, log=print, allow_rewind: bool = False) -> dict:
             scalars.update({"train/epoch": ep, "train/epoch_time_s": epoch_time, "train/ema_decay": ema.current_decay})
             is_last = ep == t.num_epochs
             if info.is_main:
-                metrics = validate(ep)
+                try:
+                    metrics = validate(ep)
+                except EvalStopped:  # as above: the finished epoch is saved without its partial validation
+                    save(ep, None)
+                    say(f"stopping on {stop.signal_name} during validation after epoch {ep} (step {step}; its "
+                        f"validation is skipped); continue with --resume {run_dir / 'checkpoints' / 'latest.pth'}")
+                    break
                 last_val_step = step
                 scalars.update(metrics)
             tracker.log_scalars(scalars, step)
