@@ -332,3 +332,28 @@ def test_free_bits_floor_each_dimensions_kl_and_stop_its_gradient():
     assert abs(float(fb) - (2.0 + 0.5 + 0.5)) < 1e-6 and abs(float(kl_divergence(mu, logvar)) - 2.0) < 1e-6
     fb.backward()
     assert mu.grad[:, 0].abs().sum() > 0 and mu.grad[:, 1:].abs().sum() == 0
+
+
+def test_sigterm_during_validation_stops_it_within_a_batch(tmp_path, tiny_video, make_cfg, monkeypatch):
+    """Issue 24: validation polls trainkit's stop flag per batch; a SIGTERM there saves the finished epoch
+    without the partial validation (no best checkpoint from it) and reports the stop (exit code 3 in the CLI)."""
+    import os
+    import signal
+
+    import wubu_gan.evaluate as ev
+
+    calls = {"n": 0}
+    real = ev.rollout
+
+    def rollout_with_sigterm(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(ev, "rollout", rollout_with_sigterm)
+    summary = train(make_cfg(tmp_path, tiny_video, max_val_clips=8), log=lambda *a: None)
+    assert summary["stopped"] and not summary["val"]
+    assert calls["n"] == 1  # no further validation batch (nor the epoch's images and videos)
+    run = tmp_path / "run"
+    assert list(run.rglob("*ep1_step*.pt")) and not list(run.rglob("*best*.pt"))

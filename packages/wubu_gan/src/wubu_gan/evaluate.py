@@ -12,6 +12,7 @@ import torch
 from trainkit.checkpoint import load_checkpoint
 from trainkit.config import config_from_dict
 from trainkit.errors import UserError
+from trainkit.runsafety import raise_if_stopped
 
 from .config import TrainConfig
 from .data import VideoClips, build_datasets, flow_between, prepare_videos
@@ -135,6 +136,7 @@ def validate(G, dataset: VideoClips, cfg: TrainConfig, device, lpips_net=None, m
     scores = _Scores(("model", "reconstruction", "copy_last_frame", "constant_velocity"), lpips_net)
     method = cfg.flow_fallback
     for i in range(0, len(idx), batch_size):
+        raise_if_stopped()  # a training run's SIGTERM ends validation within one batch (issue 24); never in evaluate
         items = [dataset[j] for j in idx[i:i + batch_size]]
         batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
         frames, flow = move(batch, device)
@@ -147,6 +149,7 @@ def validate(G, dataset: VideoClips, cfg: TrainConfig, device, lpips_net=None, m
         scores.add("copy_last_frame", frames[:, Tin - 1:Tin].expand_as(target), target)
         scores.add("constant_velocity", constant_velocity(frames[:, Tin - 1], _last_flow(frames, flow, Tin, method), h),
                    target)
+    raise_if_stopped()  # also after the last batch: the epoch's images and rollout videos would follow
     G.train(was_training)
     n = len(idx)
     return {name: scores.summary(name, n) for name in scores.acc}
@@ -169,6 +172,7 @@ def latent_report(G, dataset: VideoClips, cfg: TrainConfig, device, max_clips: i
     kl, own, swap, prior, spread = [], [], [], [], []
     gen_fn = G.generator
     for i in range(0, len(idx), batch_size):
+        raise_if_stopped()  # a training run's SIGTERM ends validation within one batch (issue 24); never in evaluate
         items = [dataset[j] for j in idx[i:i + batch_size]]
         batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
         frames, flow = move(batch, device)

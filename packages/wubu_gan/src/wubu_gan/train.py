@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from trainkit.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, unwrap_model
 from trainkit.cli import prepare_run_dir
 from trainkit.config import config_to_dict, save_config
-from trainkit.runsafety import check_run_target, check_state_shapes, worker_init
+from trainkit.runsafety import EvalStopped, check_run_target, check_state_shapes, worker_init
 from trainkit.device import autocast, make_generator, make_grad_scaler, seed_everything
 from trainkit.config import resolve_resume_config as resolve_saved_config
 from trainkit.data import ResumableSampler
@@ -653,7 +653,16 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset(), a
                 break
             # ---- end of epoch: validation (every rank computes it, so the lambda_KL controller agrees), images, checkpoints
             batch_in_epoch = 0
-            result = validate(G_eval, val_set, cfg, device, lp_net, max_clips=cfg.max_val_clips)
+            try:
+                result = validate(G_eval, val_set, cfg, device, lp_net, max_clips=cfg.max_val_clips)
+            except EvalStopped:
+                # SIGTERM during validation (one process only: trainkit eval_should_stop): the finished epoch is
+                # saved without this partial validation (not logged, not ranked for best); exit code 3 as above
+                path = save(f"ep{epoch + 1}_step{step}", epoch + 1, 0)
+                say(f"stopping on {stop.signal_name} during validation after epoch {epoch + 1}: saved {path} (its "
+                    "validation is skipped); continue with --resume auto")
+                summary["stopped"] = True
+                break
             last_val = result
             val_history.append(result["model"][primary])
             # val/avg_val_* is prediction (encoder on the input frames only); the rest under their own names.
