@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -123,6 +124,22 @@ def test_sample_replace_never_deletes_a_run_and_bad_out_paths_are_one_line_error
     assert res.exit_code == 2 and "not a folder" in res.output and len(res.output.strip().splitlines()) == 1
     res = run(["info", "--save_png", str(tmp_path / "nodir" / "boxes.png")])
     assert res.exit_code == 2 and "folder does not exist" in res.output
+    # audit A4: `--out . --replace` in a folder of earlier samples deleted the working directory's files and
+    # crashed; now ., ~ and cwd ancestors are refused (one line), and a real replace is a swap
+    cwd = tmp_path / "s"
+    old_cwd = os.getcwd()
+    try:
+        os.chdir(cwd)
+        for target in (".", str(tmp_path)):
+            res = run(["sample", "--checkpoint", str(ckpt), "--out", target, "--replace"])
+            assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+            assert (cwd / "samples.png").read_bytes() == b"old"
+            assert target != "." or "refusing to replace the working directory" in res.output
+    finally:
+        os.chdir(old_cwd)
+    res = run(["sample", "--checkpoint", str(ckpt), "--out", str(cwd), "--replace", "--num_samples", "2"])
+    assert res.exit_code == 0 and (cwd / "samples.png").read_bytes() != b"old", res.output
+    assert not list(tmp_path.glob(".s.*"))
 
 
 def test_resume_refuses_run_changing_keys_from_set_and_config_and_honours_lambda_kl(base_run, tmp_path):

@@ -12,7 +12,7 @@ import torch
 from trainkit.checkpoint import load_checkpoint
 from trainkit.config import config_from_dict
 from trainkit.errors import UserError
-from trainkit.runsafety import raise_if_stopped
+from trainkit.runsafety import check_replaceable, raise_if_stopped, swap_in
 
 from .config import TrainConfig
 from .data import VideoClips, build_datasets, flow_between, prepare_videos
@@ -314,6 +314,8 @@ def sample_checkpoint(path, out_dir, num_samples: int | None = None, seed: int |
         if others:
             raise UserError(f"--replace only replaces an earlier sample output; the folder also holds {others[0]!r}",
                             f"--out {out}", f"a folder holding only {' and '.join(SAMPLE_FILES)}, or a new one")
+    # trainkit's rule as well (audit A4): never ., ~, / or an ancestor of the working directory
+    check_replaceable(out, flag="--replace" if replace else "--out", legacy_markers=SAMPLE_FILES)
     G, cfg, _ = load_generator(path, device)
     num_samples = cfg.demo_num_samples if num_samples is None else num_samples
     seed = cfg.seed if seed is None else seed  # training's fixed noise: fixed_noise(demo_num_samples, ..., cfg.seed)
@@ -347,9 +349,7 @@ def sample_checkpoint(path, out_dir, num_samples: int | None = None, seed: int |
         # GIF: frame j shows every sample's frame j side by side.
         frames = [frames_to_grid(videos[:, j:j + 1].permute(1, 0, 2, 3, 4)) for j in range(videos.shape[1])]
         imageio.mimsave(tmp / "samples.gif", frames, duration=0.2, loop=0)
-        if out.is_dir():
-            shutil.rmtree(out)  # empty, or only the earlier samples.png/gif (checked above)
-        os.replace(tmp, out)
+        swap_in(tmp, out)  # the old samples are moved aside and deleted only once the new ones are in place
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
