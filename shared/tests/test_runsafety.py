@@ -156,3 +156,19 @@ def test_raise_if_stopped_only_after_a_stop_signal_in_one_process():
     finally:
         rs.clear_stop()
     assert not rs.eval_should_stop()
+
+
+def test_rewind_into_a_folder_from_before_run_ids_is_refused(tmp_path):
+    # audit A7: without run.json the rewind rule had no last_step, so resuming epoch 1 of a legacy run silently
+    # overwrote its epoch 2; the folder's own checkpoints now give the newest step
+    run = tmp_path / "legacy"
+    (run / "checkpoints").mkdir(parents=True)
+    old, new = run / "checkpoints" / "ep1.pt", run / "checkpoints" / "ep2.pt"
+    torch.save({"step": 1, "model": {}}, old)
+    torch.save({"train_state": {"step": 2}}, new)  # dsn's layout
+    (run / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(UserError, match="rewind"):
+        rs.check_run_target(run, state={"step": 1}, resume_path=old)
+    assert rs.check_run_target(run, state={"step": 2}, resume_path=new).rewind_from is None
+    ident = rs.check_run_target(run, state={"step": 1}, resume_path=old, allow_rewind=True)
+    assert ident.rewind_from == 2

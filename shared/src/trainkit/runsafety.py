@@ -79,6 +79,28 @@ def _holds_run(run_dir: Path, markers) -> bool:
                if REWOUND_DIR not in p.relative_to(run_dir).parts)
 
 
+def _newest_saved_step(run_dir: Path) -> int | None:
+    """The highest ``step`` among the folder's checkpoints (not under ``rewound/``): the rewind rule for run
+    folders written before ``run.json`` existed. Loaded memory-mapped, so big checkpoints cost little."""
+    steps = []
+    for pattern in ("*.pt", "*.pth"):
+        for p in run_dir.rglob(pattern):
+            if REWOUND_DIR in p.relative_to(run_dir).parts or not p.is_file():
+                continue
+            try:
+                state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+            except Exception:  # not a torch checkpoint (or unreadable): it says nothing about the run's steps
+                continue
+            if not isinstance(state, dict):
+                continue
+            step = state.get("step")
+            if step is None and isinstance(state.get("train_state"), dict):
+                step = state["train_state"].get("step")
+            if isinstance(step, (int, float)) or (torch.is_tensor(step) and step.numel() == 1):
+                steps.append(int(step))
+    return max(steps) if steps else None
+
+
 def _inside(path: Path, folder: Path) -> bool:
     try:
         Path(path).resolve().relative_to(folder.resolve())
@@ -208,6 +230,8 @@ def check_run_target(run_dir: str | Path, *, state: dict | None = None, resume_p
                         str(resume_path),
                         f"resume into the checkpoint's own run folder, or give a new empty {dir_flag} to fork it")
     last = (info or {}).get("last_step")
+    if last is None and ck_step is not None:
+        last = _newest_saved_step(run_dir)  # a folder from before run.json: its own checkpoints say (audit A7)
     if last is not None and ck_step is not None and int(ck_step) < int(last):
         if not allow_rewind:
             raise UserError(f"the checkpoint is at step {int(ck_step)} but this run already saved step {int(last)}; "
