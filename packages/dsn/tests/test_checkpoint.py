@@ -170,3 +170,27 @@ def test_resume_refuses_a_split_that_now_holds_other_videos(tmp_path):
     (root / "splits.json").write_text(json.dumps([{"train_keys": keys[1:5], "test_keys": [keys[0], keys[5]]}]))
     with pytest.raises(UserError, match="^split 0 of .* holds other videos than the run being resumed"):
         train(small_cfg(root, tmp_path / "run", epochs=2, eval_every=0), resume="auto", log=lambda m: None)
+
+
+def test_sigterm_during_validation_saves_the_epoch_without_it(data, tmp_path, monkeypatch):
+    """Issue 24: validation polls trainkit's stop flag per video; a SIGTERM there stops within one video and
+    saves the finished epoch (resumable) without the partial validation (no best checkpoint from it)."""
+    import os
+    import signal
+
+    import dsn.evaluate as E
+
+    calls = {"n": 0}
+    real = E.policy_probs
+
+    def probs(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 1 and not torch.is_grad_enabled():  # the first scored video of the first validation
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(E, "policy_probs", probs)
+    out = train(small_cfg(data, tmp_path / "run", epochs=2), log=lambda m: None)
+    assert out["stopped"] and calls["n"] == 1
+    ckpt = torch.load(tmp_path / "run" / "latest.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and not (tmp_path / "run" / "best.pt").exists()

@@ -20,6 +20,7 @@ from torch import nn
 from trainkit.checkpoint import load_checkpoint
 from trainkit.device import autocast
 from trainkit.errors import UserError
+from trainkit.runsafety import raise_if_stopped
 
 from . import metrics as M
 from .cache import VideoWork, content_hash
@@ -161,6 +162,7 @@ def score_videos(model: nn.Module, videos: list, work: VideoWork | None = None, 
     model.eval()
     out = {}
     for v in videos:
+        raise_if_stopped()  # a training run's SIGTERM ends validation within one video (issue 24); no-op in evaluate
         f = torch.from_numpy(np.ascontiguousarray(v.features, dtype=np.float32)).to(device)
         digest = digests[v.key] if digests and v.key in digests else content_hash(f)
         out[v.key] = policy_probs(model, [f], [digest], work, precision)[0].cpu().numpy()

@@ -25,7 +25,7 @@ from torch.distributions import Bernoulli
 
 from trainkit.checkpoint import CheckpointManager, load_checkpoint, restore_training_state, save_checkpoint, training_state
 from trainkit.cli import prepare_run_dir
-from trainkit.runsafety import check_run_target
+from trainkit.runsafety import EvalStopped, check_run_target
 from trainkit.config import config_changes, config_to_dict, load_config, resolve_resume_config, save_config
 from trainkit.device import check_precision, make_grad_scaler, resolve_device, seed_everything
 from trainkit.distributed import GracefulStop
@@ -354,9 +354,21 @@ def train(cfg: TrainConfig, *, resume: str | None = None, allow_config_change: b
             if cache is not None:
                 scalars.update(cache.stats())
 
+            try:
+                if test_videos and cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+                    scores = score_videos(model, test_videos, eval_work, device=device, precision=cfg.precision,
+                                          digests=digests)
+                if select_videos:
+                    select_scores = selection_score(model, select_videos, eval_work, cfg, device, digests)
+            except EvalStopped:
+                # SIGTERM during validation (trainkit eval_should_stop): the finished epoch is saved without it
+                payload = checkpoint_payload(model, cfg, epoch=epoch + 1, train_state=state_for_checkpoint(epoch + 1))
+                payload["best_epoch"] = best_epoch
+                path = manager.save(payload, step=step, epoch=epoch + 1, metrics=None)
+                log(f"stopped by signal during validation after epoch {epoch + 1} (its validation is skipped); "
+                    f"saved {path} (resume with --resume auto)")
+                return {"stopped": True, "run_dir": str(run_dir)}
             if test_videos and cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-                scores = score_videos(model, test_videos, eval_work, device=device, precision=cfg.precision,
-                                      digests=digests)
                 val = evaluate_scores(test_videos, scores, budget_ratio=cfg.budget_ratio, proportion=cfg.summary_proportion,
                                       f_mode=cfg.f_mode, ms_swd=cfg.eval_ms_swd, selection=cfg.keyframe_selection)
                 names = {"RecErr": "val/RecErr_mean", "Diversity": "val/Diversity_mean", "MS_SWD": "val/MS_SWD_mean",
@@ -364,7 +376,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, allow_config_change: b
                          "kendall_tau_gtscore": "val/kendall_tau_gtscore", "spearman_rho_gtscore": "val/spearman_rho_gtscore"}
                 scalars.update({names[k]: v for k, v in val.items() if v is not None})
             if select_videos:
-                scalars.update(selection_score(model, select_videos, eval_work, cfg, device, digests))
+                scalars.update(select_scores)
                 if manager.is_better(scalars["select/score"]) or scalars["select/score"] == manager.best_value:
                     best_epoch = epoch + 1
                 scalars["select/best_epoch"] = best_epoch
