@@ -46,7 +46,8 @@ def _worldmodel(tmp: Path) -> dict:
             "data.image_size=[32,18]", "data.sequence_length=4", "data.num_workers=0", "training.batch_size=4",
             "training.use_amp=false", "training.device=cpu", "training.quiet=true", "scheduler.warmup_steps=1",
             "eval.max_sequences=2", "eval.horizon=2", "logging.log_interval=1", "logging.eval_interval=1000",
-            "logging.save_interval=1", "logging.num_samples=2", "training.max_steps=2"]
+            "logging.save_interval=1", "logging.num_samples=2", "training.max_steps=3",
+            "training.stop_after_steps=2"]  # steps 1-2 of 3: the last step's validation, images and videos never run
     run = tmp / "run"
     r = invoke(main, ["train", "--data-root", data, "--save-dir", run, *_sets(tiny)])
     assert r.exit_code == 0, r.output
@@ -69,9 +70,12 @@ def _action_ddim(tmp: Path) -> dict:
         np.save(tmp / split / "a_actions.npy", generate_sequences(4, seed=seed).reshape(-1, 3)[: 4 * 64].astype(np.float32))
     run = tmp / "run"
     base = ["--data_dir", tmp / "train", "--val_data_dir", tmp / "val"]
-    small = ["--d_model", 16, "--nhead", 2, "--num_layers", 1,
-             *_sets(["diffusion.num_inference_steps=3", "train.num_gen_samples=4", "train.plot_every=100"])]
-    r = invoke(main, ["train", *base, "--save_dir", run, "--num_epochs", 2, *small])
+    # epochs 1-2 of 3 (stop_after_epoch): the last epoch's plots and full validation (15 s of the 56 s this
+    # fixture took) never run, and both epochs still leave a resumable checkpoint
+    small = ["--d_model", 16, "--nhead", 2, "--num_layers", 1, "--save_every", 1,
+             *_sets(["diffusion.num_inference_steps=2", "train.num_gen_samples=0", "train.plot_every=100",
+                     "train.fidelity_every=0", "train.stop_after_epoch=2"])]
+    r = invoke(main, ["train", *base, "--save_dir", run, "--num_epochs", 3, *small])
     assert r.exit_code == 0, r.output
     ck = run / "checkpoints"
     log = tmp / "log.csv"
@@ -87,13 +91,15 @@ def _amt(tmp: Path) -> dict:
     from amt.cli import main
     from amt.synthetic import make_synthetic
 
-    root = make_synthetic(tmp / "dexycb", sequences_per_subject=5, frames_per_sequence=2, seed=0, log=lambda m: None)
+    root = make_synthetic(tmp / "dexycb", sequences_per_subject=1, frames_per_sequence=2, seed=0,  # 160 renders, not 800
+                          log=lambda m: None)
     run = tmp / "run"
     sets = ["model.backbone=cnn", f"data.root={root}", f"output_dir={run}", "data.image_size=64",
             "model.cnn_width=8", "model.hidden_dim=32", "model.num_heads=4", "model.num_decoder_layers=1",
             "model.freeze_layers=0", "training.batch_size=4", "training.num_epochs=2", "training.use_amp=false",
             "training.T_0=1", "data.max_train_samples=8", "data.max_val_samples=4", "training.quiet=true",
-            "optimizations.memory.gradient_checkpointing=false", "training.save_freq=1"]
+            "optimizations.memory.gradient_checkpointing=false", "training.save_freq=1",
+            "data.train_split=s1_train", "data.val_split=s1_val"]  # split by subject: 1 sequence each is enough
     r = invoke(main, ["train", *_sets(sets)])
     assert r.exit_code == 0, r.output
     ck = run / "checkpoints"
