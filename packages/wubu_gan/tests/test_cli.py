@@ -151,6 +151,7 @@ def test_resume_refuses_run_changing_keys_from_set_and_config_and_honours_lambda
     last = next(base_run["dir"].glob(f"{CKPT_PREFIX}ep3_*.pt"))
     for cli, path, overrides, key in (({}, None, ("epochs=50",), "epochs"),
                                       ({}, None, ("image_h=32",), "image_h"),
+                                      ({"optimizer": "riemannian_sgd"}, None, (), "optimizer"),  # audit M3
                                       ({}, "phase1", (), "phase1.yaml")):
         from wubu_gan.config import resolve_config_path
 

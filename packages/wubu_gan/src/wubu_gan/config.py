@@ -188,7 +188,8 @@ RUN_DEFINING = ("video_data_path", "validation_video_path", "image_h", "image_w"
                 "disc_apply_spectral_norm", "wubu_s_num_levels", "wubu_s_hyperbolic_dims", "wubu_m_num_levels",
                 "wubu_m_hyperbolic_dims", "wubu_t_num_levels", "wubu_t_hyperbolic_dims", "epochs", "gen_context_skip",
                 "gen_context_channels", "gen_output", "disc_output", "disc_frame_diff", "disc_see_context", "lr_decay_fraction", "lambda_gan_warmup_steps",
-                "lambda_gan_adaptive", "augment_flip", "augment_color", "euclidean", "validation_split_fraction", "val_block_size", "seed", "batch_size", "grad_accum_steps")
+                "lambda_gan_adaptive", "augment_flip", "augment_color", "euclidean", "validation_split_fraction", "val_block_size", "seed", "batch_size", "grad_accum_steps",
+                "optimizer")  # Adam's moment state loaded into SGD (audit M3): a new optimizer is a new phase
 
 
 def _fail(key, value, expected):
