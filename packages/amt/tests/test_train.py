@@ -116,6 +116,8 @@ def test_resume_matches_uninterrupted_run(synthetic_root, tmp_path, monkeypatch)
     before = latest.stat().st_mtime_ns
     with pytest.raises(UserError, match="image_size"):
         config_for_run(None, [f"training.resume={latest}", "data.image_size=96"])
+    with pytest.raises(UserError, match="use_amp"):  # audit L1: an fp32 run resumed in bf16 was silent
+        config_for_run(None, [f"training.resume={latest}", "training.use_amp=true"])
     with pytest.raises(UserError, match="already trained 3 epochs"):  # a finished run: nothing to do, nothing written
         train(config_for_run(None, [f"training.resume={latest}"]), log=lambda m: None)
     assert latest.stat().st_mtime_ns == before

@@ -147,7 +147,8 @@ RUN_DEFINING = ("experiment_name", "data", "model", "loss_weights", "stages", "t
                 "training.learning_rate", "training.num_epochs", "training.weight_decay", "training.accumulation_steps",
                 "training.multi_rate", "training.scheduler", "training.T_0", "training.T_mult", "training.min_lr",
                 "training.warmup_epochs", "training.seed", "training.ema_decay", "training.diversity_target_ratio",
-                "training.input_noise", "training.grad_clip")
+                "training.input_noise", "training.grad_clip",
+                "training.use_amp", "training.use_bf16")  # precision: config.yaml must say what every epoch ran in (L1)
 
 
 def persisted(cfg: Config) -> Config:
