@@ -138,5 +138,9 @@ def test_generate_data_replace_refuses_real_data_in_the_dataset_layout_and_the_c
     generate_click_dataset(own, num_train=2, num_val=1, seq_len=8)
     assert (own / ".trainkit_output").is_file()
     (own / ".trainkit_output").unlink()
+    (own / "train" / "user7_actions.npy").write_text("rec")  # a pre-marker dataset with a user's file added
+    r = CliRunner().invoke(main, ["generate-data", "--out_dir", str(own), "--seq_len", "8"] + small)
+    assert r.exit_code == 2 and (own / "train" / "user7_actions.npy").read_text() == "rec", r.output
+    (own / "train" / "user7_actions.npy").unlink()
     assert CliRunner().invoke(main, ["generate-data", "--out_dir", str(own), "--seq_len", "8"] + small).exit_code == 0
     assert (own / ".trainkit_output").is_file()

@@ -240,8 +240,11 @@ def _check_target(out: Path, replace: bool) -> bool:
     # trainkit's rule (audit A1): only a folder generate-data wrote, never ., ~, / or an ancestor of the cwd. A
     # "train/ and val/ only" rule deleted users' real data in the documented layout. Datasets written before the
     # marker existed are recognised by both splits' metadata.json naming this generator.
-    legacy = all(_names_this_generator(out / split / "metadata.json") for split in ("train", "val")) and \
-        all(p.name in ("train", "val") for p in out.iterdir())
+    legacy = all(p.name in ("train", "val") for p in out.iterdir()) and all(
+        _names_this_generator(out / split / "metadata.json") and
+        all(f.name == "metadata.json" or (f.name.startswith("part") and f.name.endswith("_actions.npy"))
+            for f in (out / split).iterdir())
+        for split in ("train", "val"))  # exactly the files generate-data writes, nothing else
     check_replaceable(out, flag="--replace", legacy_markers=("train",) if legacy else ())
     return True
 
