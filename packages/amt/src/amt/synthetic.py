@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from trainkit.errors import UserError
+from trainkit.runsafety import check_replaceable, swap_in, write_output_marker
 
 from .data import BONES, IMAGE_H, IMAGE_W, SERIALS, SUBJECTS, project, write_intrinsics, write_labels, write_meta
 
@@ -293,6 +294,33 @@ def sample_frame(rng: np.random.Generator, K: np.ndarray, scale: float, left: bo
     raise RuntimeError("could not place a hand in view")  # not reachable with these ranges
 
 
+def start_output(root: Path, sequences_per_subject: int, frames_per_sequence: int, overwrite: bool,
+                 keep_complete: bool) -> Path:
+    """Both generators' preamble: check the sizes and the target, then make the empty temporary folder beside it.
+
+    An existing non-empty ``root`` is refused unless ``overwrite``, and even then only a folder this tool wrote
+    (its marker; never ., ~, / or a cwd ancestor); the cache refresh (``keep_complete``) also knows older caches.
+    """
+    if sequences_per_subject < 1 or frames_per_sequence < 2:
+        raise UserError(f"sequences_per_subject={sequences_per_subject}, frames_per_sequence={frames_per_sequence}",
+                        "make-synthetic", "sequences >= 1 and frames >= 2 (frame 0 has no hand)")
+    if root.exists() and (not root.is_dir() or any(root.iterdir())) and not overwrite:
+        raise UserError("output folder is not empty", str(root), "a new or empty folder, or pass --overwrite")
+    check_replaceable(root, flag="--overwrite", legacy_markers=("calibration",) if keep_complete else ())
+    tmp = root.with_name(f".{root.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def finish_output(tmp: Path, root: Path) -> Path:
+    """Mark ``tmp`` as this tool's output and swap it in for ``root`` (the old folder goes only afterwards)."""
+    write_output_marker(tmp, "amt make-synthetic")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    swap_in(tmp, root)
+    return root
+
+
 def make_synthetic(root: str | Path, *, sequences_per_subject: int = 5, frames_per_sequence: int = 8, seed: int = 0,
                    left_fraction: float = 0.3, overwrite: bool = False, keep_complete: bool = False,
                    log=print) -> Path:
@@ -302,18 +330,7 @@ def make_synthetic(root: str | Path, *, sequences_per_subject: int = 5, frames_p
     half-written dataset; an existing non-empty ``root`` is refused unless ``overwrite`` (then replaced whole).
     """
     root = Path(root)
-    if sequences_per_subject < 1 or frames_per_sequence < 2:
-        raise UserError(f"sequences_per_subject={sequences_per_subject}, frames_per_sequence={frames_per_sequence}",
-                        "make-synthetic", "sequences >= 1 and frames >= 2 (frame 0 has no hand)")
-    if root.exists() and (not root.is_dir() or any(root.iterdir())) and not overwrite:
-        raise UserError("output folder is not empty", str(root), "a new or empty folder, or pass --overwrite")
-    from trainkit.runsafety import check_replaceable, swap_in, write_output_marker
-
-    # only a folder this tool wrote (never ., ~, / or a cwd ancestor); the cache refresh also knows older caches
-    check_replaceable(root, flag="--overwrite", legacy_markers=("calibration",) if keep_complete else ())
-    tmp = root.with_name(f".{root.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = start_output(root, sequences_per_subject, frames_per_sequence, overwrite, keep_complete)
     cam_rng = np.random.default_rng([seed, 1])
     Ks = {s: camera_intrinsics(cam_rng) for s in SERIALS}
     for s, K in Ks.items():
@@ -354,10 +371,7 @@ def make_synthetic(root: str | Path, *, sequences_per_subject: int = 5, frames_p
     if keep_complete and (root / "calibration").is_dir():  # another process finished the same dataset first
         shutil.rmtree(tmp)
         return root
-    write_output_marker(tmp, "amt make-synthetic")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    swap_in(tmp, root)
-    return root
+    return finish_output(tmp, root)
 
 
 def default_cache_dir() -> Path:

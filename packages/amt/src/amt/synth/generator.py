@@ -12,7 +12,6 @@ labelled -1, as in DexYCB.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -20,10 +19,9 @@ import numpy as np
 import yaml
 from PIL import Image, ImageFilter
 
-from trainkit.errors import UserError
-
 from ..data import IMAGE_H, IMAGE_W, SERIALS, SUBJECTS, project, write_intrinsics, write_labels, write_meta
-from ..synthetic import _background, _fine_noise, _look, _rz, camera_intrinsics, hand_joints, place_sphere
+from ..synthetic import (_background, _fine_noise, _look, _rz, camera_intrinsics, finish_output, hand_joints,
+                         place_sphere, start_output)
 from .backgrounds import photo_background, photo_pool
 from .render import SKIN_TONES, hand_spheres, projected_box, raycast
 
@@ -176,21 +174,10 @@ def make_synthetic_v3(root: str | Path, *, sequences_per_subject: int = 5, frame
     """Write generator 3's dataset (``subjects`` x ``sequences_per_subject`` x 8 cameras x ``frames_per_sequence``),
     built in a temporary folder beside ``root`` and renamed into place (as ``amt.synthetic.make_synthetic``)."""
     root = Path(root)
-    if sequences_per_subject < 1 or frames_per_sequence < 2:
-        raise UserError(f"sequences_per_subject={sequences_per_subject}, frames_per_sequence={frames_per_sequence}",
-                        "make-synthetic", "sequences >= 1 and frames >= 2 (frame 0 has no hand)")
-    if root.exists() and (not root.is_dir() or any(root.iterdir())) and not overwrite:
-        raise UserError("output folder is not empty", str(root), "a new or empty folder, or pass --overwrite")
-    from trainkit.runsafety import check_replaceable, swap_in, write_output_marker
-
-    # as generator 2: replace only a folder this tool wrote (never ., ~, / or a cwd ancestor), before any work
-    check_replaceable(root, flag="--overwrite", legacy_markers=("calibration",) if keep_complete else ())
+    tmp = start_output(root, sequences_per_subject, frames_per_sequence, overwrite, keep_complete)
     if not photo_pool():
         log("WARNING: scikit-image's bundled photographs are not available; generator 3 falls back to procedural "
             "backgrounds (install scikit-image for photographic backgrounds)")
-    tmp = root.with_name(f".{root.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     cam_rng = np.random.default_rng([seed, 1])
     Ks = {s: camera_intrinsics(cam_rng) for s in SERIALS}
     for s, K in Ks.items():
@@ -246,7 +233,4 @@ def make_synthetic_v3(root: str | Path, *, sequences_per_subject: int = 5, frame
     if keep_complete and (root / "calibration").is_dir():  # another process finished the same dataset first
         shutil.rmtree(tmp)
         return root
-    write_output_marker(tmp, "amt make-synthetic")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    swap_in(tmp, root)
-    return root
+    return finish_output(tmp, root)
