@@ -81,8 +81,11 @@ def plot_samples_vs_real(samples: np.ndarray, real: np.ndarray, rate_hz: float =
     fig = plt.figure(figsize=(2.6 * 2 * cols + 0.6, 3.4 * rows))
     outer = fig.add_gridspec(1, 2, wspace=0.08)
     short = {"tap": "tap", "long_press": "long", "swipe": "swipe", "drag": "drag", "idle": "idle"}
-    vmax = max(float(np.max(np.linalg.norm(np.diff(b[..., :2], axis=1), axis=-1) * rate_hz, initial=0.0))
-               for b in (samples, real) if len(b)) or 1.0
+    # The speed axis: the 99th percentile of both sides' speeds (x 1.2), not the maximum, so one
+    # teleport-like step does not flatten every other trace (audit LOW); faster steps run off the top.
+    speeds = [np.linalg.norm(np.diff(b[..., :2], axis=1), axis=-1).ravel() * rate_hz for b in (samples, real) if len(b)]
+    vmax = 1.2 * float(np.quantile(np.concatenate(speeds), 0.99)) if speeds and sum(map(len, speeds)) else 0.0
+    vmax = vmax or 1.0
     for block, (seqs, name) in enumerate(((samples, "generated"), (real, "real"))):
         grid = outer[block].subgridspec(rows * 2, cols, height_ratios=[3, 1] * rows, hspace=0.55, wspace=0.25)
         for k in range(rows * cols):
@@ -93,7 +96,9 @@ def plot_samples_vs_real(samples: np.ndarray, real: np.ndarray, rate_hz: float =
                 ax_v.axis("off")
                 continue
             s = seqs[k]
-            kinds = ", ".join(short[g] for g in detect_gestures(s, rate_hz)) or "-"
+            found = [short[g] for g in detect_gestures(s, rate_hz)]
+            # At most 4 kinds in a title: long lists overran the neighbouring panels (audit LOW).
+            kinds = (", ".join(found[:4]) + (f" +{len(found) - 4}" if len(found) > 4 else "")) or "-"
             _draw_path(ax, s, f"{name} #{k}\n{kinds}")
             ax.title.set_fontsize(7)
             speed = np.linalg.norm(np.diff(s[:, :2], axis=0), axis=-1) * rate_hz
