@@ -94,3 +94,11 @@ def test_samples_vs_real_speed_axis_is_not_set_by_one_teleport():
     tops = [ax.get_ylim()[1] for ax in fig.axes if ax.get_ylim()[0] == 0 and ax.get_ylim()[1] > 0]
     plt.close(fig)
     assert tops and max(tops) < 5  # the 99th-percentile axis, not the jump's ~20 screens/s
+
+
+def test_validation_on_the_training_directory_is_refused(tiny_data, tmp_path):
+    r = CliRunner().invoke(main, ["train", "--data_dir", str(tiny_data / "train"), "--val_data_dir",
+                                  str(tiny_data / "train" / "."), "--save_dir", str(tmp_path / "run")])
+    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and "--val_data_dir" in lines[0] and "training directory" in lines[0]
+    assert not (tmp_path / "run").exists()
