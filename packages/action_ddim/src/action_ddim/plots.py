@@ -121,3 +121,36 @@ def save_samples_vs_real(path, samples: np.ndarray, real: np.ndarray, rate_hz: f
     fig.savefig(path, dpi=80, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def plot_distributions(samples: np.ndarray, real: np.ndarray, rate_hz: float = 30.0,
+                       title: str = "generated vs real"):
+    """Speed, pause-length and press-run distributions of samples beside real data (issue 20).
+
+    Speed: per step, screen fractions per second (log axis; still steps at the left edge). Pause: runs of
+    steps slower than the gesture rule's idle speed, in seconds. Press run: runs of press = 1, in seconds.
+    Runs are cut by the window, as everywhere in the metrics.
+    """
+    from .metrics import GestureRule, press_run_lengths
+
+    def stats(s):
+        step = np.linalg.norm(np.diff(s[..., :2], axis=1), axis=-1) * rate_hz
+        still = (step < GestureRule.idle_speed).astype(np.float32)
+        return (np.maximum(step.ravel(), 1e-4), press_run_lengths(still) / rate_hz,
+                press_run_lengths(s[..., 2]) / rate_hz)
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    names = ("speed (screens/s)", "pause length (s)", "press run (s)")
+    for seqs, label, color in ((real, "real", "tab:gray"), (samples, "generated", "tab:red")):
+        for ax, values in zip(axes, stats(seqs)):
+            if len(values):
+                bins = np.logspace(-4, 2, 40) if ax is axes[0] else np.linspace(0, seqs.shape[1] / rate_hz, 30)
+                ax.hist(values, bins=bins, density=True, histtype="step", color=color, label=f"{label} ({len(values)})")
+    axes[0].set_xscale("log")
+    for ax, name in zip(axes, names):
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=7)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
