@@ -84,6 +84,11 @@ def resolve_data(cfg: Config, log) -> tuple[Path, Path]:
         missing = "--data_dir" if d.data_dir is None else "--val_data_dir"
         raise UserError(f"{missing} is missing", missing,
                         "give both --data_dir and --val_data_dir, or neither (to use the generated default dataset)")
+    if Path(d.data_dir).resolve() == Path(d.val_data_dir).resolve():
+        # Validating on the training sequences would score memorisation as fidelity (audit LOW).
+        raise UserError("--val_data_dir is the training directory", f"--val_data_dir {d.val_data_dir}",
+                        "held-out sequences in another directory (import-log --val_users/--val_sessions writes "
+                        "D/train and D/val)")
     return Path(d.data_dir), Path(d.val_data_dir)
 
 
