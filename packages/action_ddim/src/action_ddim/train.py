@@ -85,6 +85,11 @@ def resolve_data(cfg: Config, log) -> tuple[Path, Path]:
         raise UserError(f"{missing} is missing", missing,
                         "give both --data_dir and --val_data_dir, or neither (to use the generated default dataset)")
     if Path(d.data_dir).resolve() == Path(d.val_data_dir).resolve():
+        split = Path(d.data_dir)
+        if (split / "train").is_dir() and (split / "val").is_dir():
+            # one folder from `import-log --val_users/--val_sessions` (the issue's `--data_dir D --val_data_dir D`)
+            log(f"data: {split} holds a split import: training on {split / 'train'}, validating on {split / 'val'}")
+            return split / "train", split / "val"
         # Validating on the training sequences would score memorisation as fidelity (audit LOW).
         raise UserError("--val_data_dir is the training directory", f"--val_data_dir {d.val_data_dir}",
                         "held-out sequences in another directory (import-log --val_users/--val_sessions writes "
