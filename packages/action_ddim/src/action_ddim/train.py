@@ -272,6 +272,7 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None, al
             say(f"resume: val_subset {old_subset} -> {t.val_subset}: best.pt ranking restarts "
                 f"(the old best value {ckpts.best_value:.6g} was measured on another subset)")
             ckpts.best_value = None
+            identity.forget_best(f"val_subset {old_subset} -> {t.val_subset}")   # run.json's best is per subset too
         if info.is_main:
             identity.commit()   # loaded: the folder may change now (a confirmed rewind is archived first)
         step, start_epoch = int(rest["step"]), int(rest["epoch"])
