@@ -22,3 +22,22 @@ def test_guide_defaults():
     assert (c.train.batch_size, c.train.num_epochs, c.train.lr) == (32, 50, 1e-4)
     assert (c.train.device, c.train.save_dir, c.train.save_every) == ("auto", "checkpoints", 20)
     assert (c.train.plot_every, c.train.val_every, c.diffusion.num_inference_steps) == (10, 1, 50)
+
+
+def test_one_split_import_folder_given_twice_trains_on_train_and_validates_on_val(tmp_path):
+    # the workflow `train --data_dir D --val_data_dir D` on an `import-log --val_users` output
+    import pytest
+
+    from action_ddim.train import resolve_data
+    from trainkit.errors import UserError
+
+    (tmp_path / "D" / "train").mkdir(parents=True)
+    (tmp_path / "D" / "val").mkdir()
+    cfg = Config()
+    cfg.data.data_dir = cfg.data.val_data_dir = str(tmp_path / "D")
+    said = []
+    assert resolve_data(cfg, said.append) == (tmp_path / "D" / "train", tmp_path / "D" / "val")
+    assert "split import" in said[0]
+    cfg.data.data_dir = cfg.data.val_data_dir = str(tmp_path / "D" / "train")   # any other folder twice: refused
+    with pytest.raises(UserError, match="training directory"):
+        resolve_data(cfg, said.append)

@@ -133,6 +133,7 @@ def test_evaluate_prints_floors_and_writes_samples_beside_real(tmp_path):
         assert m[f"val/{k}_ratio"] == pytest.approx(m[f"val/{k}"] / m[f"val/{k}_floor"])
     assert m["val/gen/c2st_accuracy"] > 0.7  # an untrained denoiser's samples are easy to tell apart
     assert png.is_file() and png.stat().st_size > 10_000
+    assert (png.parent / "cmp_dist.png").stat().st_size > 5_000  # speed / pause / press-run distributions
     with_real = CliRunner().invoke(main, args[:-2] + ["--real_dir", str(data / "train")], catch_exceptions=False)
     m2 = json.loads(with_real.output)
     assert m2["val/gen/speed_w1"] != m["val/gen/speed_w1"]  # the whole val set is the reference now

@@ -78,3 +78,27 @@ def test_config_by_name_balabit(tmp_path):
         raise AssertionError("accepted an unknown config name")
     except UserError as e:
         assert "balabit" in str(e) and "fidelity" in str(e)  # the error lists the shipped names
+
+
+def test_samples_vs_real_speed_axis_is_not_set_by_one_teleport():
+    import matplotlib.pyplot as plt
+
+    from action_ddim.plots import plot_samples_vs_real
+
+    rng = np.random.default_rng(0)
+    real = np.zeros((8, 64, 3), np.float32)
+    real[..., 0] = 0.3 + np.cumsum(rng.normal(0, 0.002, (8, 64)), axis=1)
+    real[..., 1] = 0.5
+    real[0, 30:, 0] = 0.95  # one jump of ~0.65 screen in a step (~20 screens/s at 30 Hz)
+    fig = plot_samples_vs_real(real.copy(), real, rate_hz=30)
+    tops = [ax.get_ylim()[1] for ax in fig.axes if ax.get_ylim()[0] == 0 and ax.get_ylim()[1] > 0]
+    plt.close(fig)
+    assert tops and max(tops) < 5  # the 99th-percentile axis, not the jump's ~20 screens/s
+
+
+def test_validation_on_the_training_directory_is_refused(tiny_data, tmp_path):
+    r = CliRunner().invoke(main, ["train", "--data_dir", str(tiny_data / "train"), "--val_data_dir",
+                                  str(tiny_data / "train" / "."), "--save_dir", str(tmp_path / "run")])
+    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and "--val_data_dir" in lines[0] and "training directory" in lines[0]
+    assert not (tmp_path / "run").exists()

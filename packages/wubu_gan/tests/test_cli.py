@@ -199,7 +199,7 @@ def test_bare_train_runs_the_cpu_recipe_and_phase1_is_one_flag_away(monkeypatch)
     import wubu_gan.train as T
 
     seen = []
-    monkeypatch.setattr(T, "train", lambda cfg, log=print, explicit_keys=frozenset(): seen.append(cfg) or {})
+    monkeypatch.setattr(T, "train", lambda cfg, log=print, explicit_keys=frozenset(), allow_rewind=False: seen.append(cfg) or {})
     res = run(["train"])
     assert res.exit_code == 0, res.output
     assert "CPU recipe" in res.output

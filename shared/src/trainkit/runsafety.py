@@ -164,6 +164,15 @@ class RunIdentity:
             return True
         return float(value) < float(best) if mode == "min" else float(value) > float(best)
 
+    def forget_best(self, reason: str) -> None:
+        """Restart the best ranking on purpose (e.g. the selection metric is now measured on other data, so old
+        values are not comparable); the old record is kept under ``best_resets``, never silently dropped."""
+        old = self.info.get("best")
+        if old is not None:
+            self.info.setdefault("best_resets", []).append({"old": old, "reason": reason})
+        self.info["best"] = None
+        self._save_info()
+
     def record_best(self, value: float, *, metric: str | None = None, mode: str = "min", step: int | None = None):
         self.info["best"] = {"value": float(value), "metric": metric, "mode": mode, "step": step}
         self._save_info()

@@ -274,6 +274,16 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str, num_inference_steps: int
         real_show = ds.raw_batch(sorted(perm[-8:]))
         save_samples_vs_real(plot, samples[:8], real_show, rate_hz=rate_hz,
                              title=f"{Path(checkpoint).name}: samples ({steps} DDIM steps) | real ({data_dir})")
+        # Beside it: speed, pause and press-run distributions of every sample against the reference.
+        import matplotlib.pyplot as plt
+
+        from .plots import plot_distributions
+
+        reference = gen_reference if gen_reference is not None else ds.raw_batch(list(range(len(ds))))
+        fig = plot_distributions(samples, reference, rate_hz=rate_hz,
+                                 title=f"{Path(checkpoint).name}: {len(samples)} samples vs {len(reference)} real")
+        fig.savefig(Path(plot).with_name(Path(plot).stem + "_dist.png"), dpi=80, bbox_inches="tight")
+        plt.close(fig)
     return m
 
 

@@ -81,8 +81,11 @@ def plot_samples_vs_real(samples: np.ndarray, real: np.ndarray, rate_hz: float =
     fig = plt.figure(figsize=(2.6 * 2 * cols + 0.6, 3.4 * rows))
     outer = fig.add_gridspec(1, 2, wspace=0.08)
     short = {"tap": "tap", "long_press": "long", "swipe": "swipe", "drag": "drag", "idle": "idle"}
-    vmax = max(float(np.max(np.linalg.norm(np.diff(b[..., :2], axis=1), axis=-1) * rate_hz, initial=0.0))
-               for b in (samples, real) if len(b)) or 1.0
+    # The speed axis: the 99th percentile of both sides' speeds (x 1.2), not the maximum, so one
+    # teleport-like step does not flatten every other trace (audit LOW); faster steps run off the top.
+    speeds = [np.linalg.norm(np.diff(b[..., :2], axis=1), axis=-1).ravel() * rate_hz for b in (samples, real) if len(b)]
+    vmax = 1.2 * float(np.quantile(np.concatenate(speeds), 0.99)) if speeds and sum(map(len, speeds)) else 0.0
+    vmax = vmax or 1.0
     for block, (seqs, name) in enumerate(((samples, "generated"), (real, "real"))):
         grid = outer[block].subgridspec(rows * 2, cols, height_ratios=[3, 1] * rows, hspace=0.55, wspace=0.25)
         for k in range(rows * cols):
@@ -93,7 +96,9 @@ def plot_samples_vs_real(samples: np.ndarray, real: np.ndarray, rate_hz: float =
                 ax_v.axis("off")
                 continue
             s = seqs[k]
-            kinds = ", ".join(short[g] for g in detect_gestures(s, rate_hz)) or "-"
+            found = [short[g] for g in detect_gestures(s, rate_hz)]
+            # At most 4 kinds in a title: long lists overran the neighbouring panels (audit LOW).
+            kinds = (", ".join(found[:4]) + (f" +{len(found) - 4}" if len(found) > 4 else "")) or "-"
             _draw_path(ax, s, f"{name} #{k}\n{kinds}")
             ax.title.set_fontsize(7)
             speed = np.linalg.norm(np.diff(s[:, :2], axis=0), axis=-1) * rate_hz
@@ -116,3 +121,36 @@ def save_samples_vs_real(path, samples: np.ndarray, real: np.ndarray, rate_hz: f
     fig.savefig(path, dpi=80, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def plot_distributions(samples: np.ndarray, real: np.ndarray, rate_hz: float = 30.0,
+                       title: str = "generated vs real"):
+    """Speed, pause-length and press-run distributions of samples beside real data (issue 20).
+
+    Speed: per step, screen fractions per second (log axis; still steps at the left edge). Pause: runs of
+    steps slower than the gesture rule's idle speed, in seconds. Press run: runs of press = 1, in seconds.
+    Runs are cut by the window, as everywhere in the metrics.
+    """
+    from .metrics import GestureRule, press_run_lengths
+
+    def stats(s):
+        step = np.linalg.norm(np.diff(s[..., :2], axis=1), axis=-1) * rate_hz
+        still = (step < GestureRule.idle_speed).astype(np.float32)
+        return (np.maximum(step.ravel(), 1e-4), press_run_lengths(still) / rate_hz,
+                press_run_lengths(s[..., 2]) / rate_hz)
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    names = ("speed (screens/s)", "pause length (s)", "press run (s)")
+    for seqs, label, color in ((real, "real", "tab:gray"), (samples, "generated", "tab:red")):
+        for ax, values in zip(axes, stats(seqs)):
+            if len(values):
+                bins = np.logspace(-4, 2, 40) if ax is axes[0] else np.linspace(0, seqs.shape[1] / rate_hz, 30)
+                ax.hist(values, bins=bins, density=True, histtype="step", color=color, label=f"{label} ({len(values)})")
+    axes[0].set_xscale("log")
+    for ax, name in zip(axes, names):
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=7)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -84,6 +84,16 @@ def resolve_data(cfg: Config, log) -> tuple[Path, Path]:
         missing = "--data_dir" if d.data_dir is None else "--val_data_dir"
         raise UserError(f"{missing} is missing", missing,
                         "give both --data_dir and --val_data_dir, or neither (to use the generated default dataset)")
+    if Path(d.data_dir).resolve() == Path(d.val_data_dir).resolve():
+        split = Path(d.data_dir)
+        if (split / "train").is_dir() and (split / "val").is_dir():
+            # one folder from `import-log --val_users/--val_sessions` (the issue's `--data_dir D --val_data_dir D`)
+            log(f"data: {split} holds a split import: training on {split / 'train'}, validating on {split / 'val'}")
+            return split / "train", split / "val"
+        # Validating on the training sequences would score memorisation as fidelity (audit LOW).
+        raise UserError("--val_data_dir is the training directory", f"--val_data_dir {d.val_data_dir}",
+                        "held-out sequences in another directory (import-log --val_users/--val_sessions writes "
+                        "D/train and D/val)")
     return Path(d.data_dir), Path(d.val_data_dir)
 
 
@@ -262,6 +272,7 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None, al
             say(f"resume: val_subset {old_subset} -> {t.val_subset}: best.pt ranking restarts "
                 f"(the old best value {ckpts.best_value:.6g} was measured on another subset)")
             ckpts.best_value = None
+            identity.forget_best(f"val_subset {old_subset} -> {t.val_subset}")   # run.json's best is per subset too
         if info.is_main:
             identity.commit()   # loaded: the folder may change now (a confirmed rewind is archived first)
         step, start_epoch = int(rest["step"]), int(rest["epoch"])
