@@ -54,7 +54,7 @@ class Package:
     precision: dict                 # precision -> flags, or a string: why that precision is not applicable
     default_precision: str          # what the guide command runs in
     extra_cases: dict = dataclasses.field(default_factory=dict)  # case name -> flags (gc, compile)
-    ok_codes: tuple = (0,)          # exit codes of a run stopped by SIGTERM after saving
+    ok_codes: tuple = (0, 3)        # exit codes of a run stopped by SIGTERM after saving (3: trainkit EXIT_STOPPED)
     note: str = ""
 
 

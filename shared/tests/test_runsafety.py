@@ -172,3 +172,15 @@ def test_rewind_into_a_folder_from_before_run_ids_is_refused(tmp_path):
     assert rs.check_run_target(run, state={"step": 2}, resume_path=new).rewind_from is None
     ident = rs.check_run_target(run, state={"step": 1}, resume_path=old, allow_rewind=True)
     assert ident.rewind_from == 2
+
+
+def test_exit_if_stopped_uses_the_shared_stop_code():
+    rs.clear_stop()
+    rs.exit_if_stopped()  # finished run: returns, the CLI exits 0
+    rs.note_stop("SIGTERM")
+    try:
+        with pytest.raises(SystemExit) as err:
+            rs.exit_if_stopped()
+        assert err.value.code == rs.EXIT_STOPPED == 3
+    finally:
+        rs.clear_stop()

@@ -193,7 +193,8 @@ def test_resume_gives_identical_parameters_and_metrics(tiny_data, tmp_path, monk
 
     with monkeypatch.context() as m:
         m.setattr(Diffusion, "loss", loss_with_sigterm)
-        stopped = _invoke(common + ["--save_dir", str(killed)])
+        stopped = CliRunner().invoke(main, common + ["--save_dir", str(killed)], catch_exceptions=False)
+    assert stopped.exit_code == 3  # trainkit.runsafety.EXIT_STOPPED: stopped by a signal, checkpoint saved
     assert "stopping on SIGTERM after step 7 (4 of 10 sequences of epoch 2)" in stopped.output
     mid = load_checkpoint(killed / "checkpoints" / "latest.pt")
     assert mid["step"] == 7 and mid["epoch"] == 1 and mid["sampler"]["consumed"] == 4
@@ -233,7 +234,8 @@ def test_sigterm_during_validation_stops_it_early_saves_the_epoch_and_resumes(ti
     with monkeypatch.context() as m:
         m.setattr(ev, "seeded_loss_sum", loss_with_sigterm)
         m.setattr(ev, "draw_samples", counted_draw)
-        stopped = _invoke(args)
+        stopped = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert stopped.exit_code == 3, stopped.output  # trainkit.runsafety.EXIT_STOPPED
     assert "stopping on SIGTERM during validation after epoch 1" in stopped.output, stopped.output
     assert calls == {"loss": 1, "draw": 0}  # stopped within the batch, generation never started
     ckpt = load_checkpoint(run / "checkpoints" / "latest.pt")

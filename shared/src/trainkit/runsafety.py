@@ -351,6 +351,16 @@ def clear_stop() -> None:
     _STOP["requested"], _STOP["signal"] = False, None
 
 
+EXIT_STOPPED = 3  # every package's `train` after a SIGTERM/SIGINT stop that saved a checkpoint (wubu_gan's code)
+
+
+def exit_if_stopped() -> None:
+    """End a CLI ``train`` with :data:`EXIT_STOPPED` when the run was stopped by a signal (after it saved), so
+    ``train && next-step`` scripts and schedulers can tell a stopped run from a finished one."""
+    if stop_requested():
+        raise SystemExit(EXIT_STOPPED)
+
+
 def stop_requested() -> bool:
     """This process got SIGTERM/SIGINT (local flag, no collective: safe inside validation on one rank)."""
     return bool(_STOP["requested"])

@@ -89,6 +89,9 @@ def train(ctx, split, allow_config_change, allow_rewind, config_path, overrides,
         return
     click.echo(json.dumps({"run_dir": out["run_dir"], "step": out["step"],
                            **{k: round(v, 4) for k, v in out["metrics"].items() if isinstance(v, float)}}))
+    from trainkit.runsafety import exit_if_stopped  # (lazy: the CLI starts without torch)
+
+    exit_if_stopped()  # a signal stop (checkpoint saved) exits 3, not 0
 
 
 def _eval_split(split: str | None) -> str | None:

@@ -114,6 +114,9 @@ def train(ctx, resume, allow_config_change, allow_rewind, config_path, overrides
     if not summary.get("stopped") and not cfg.quiet:
         click.echo(json.dumps({k: summary[k] for k in ("run_dir", "checkpoint", "num_params", "train_time_s", "val", "cache")},
                               default=float))
+    from trainkit.runsafety import exit_if_stopped  # (lazy: the CLI starts without torch)
+
+    exit_if_stopped()  # a signal stop (checkpoint saved) exits 3, not 0
 
 
 @main.command()
