@@ -74,9 +74,10 @@ def train(ctx, config_path, overrides, allow_config_change, allow_rewind, **_):
 
     cfg, resume = resolve_config(config_path, overrides, cli_values, allow_config_change=allow_config_change,
                                  log=_log)
-    run(cfg, log=_log, resume=resume, allow_rewind=allow_rewind)
-    from trainkit.runsafety import exit_if_stopped  # (lazy: the CLI starts without torch)
+    from trainkit.runsafety import clear_stop, exit_if_stopped  # (lazy: the CLI starts without torch)
 
+    clear_stop()  # only this run's signal decides the exit code
+    run(cfg, log=_log, resume=resume, allow_rewind=allow_rewind)
     exit_if_stopped()  # a signal stop (checkpoint saved) exits 3, not 0
 
 

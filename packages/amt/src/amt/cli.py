@@ -84,13 +84,14 @@ def train(ctx, split, allow_config_change, allow_rewind, config_path, overrides,
     values.update(_split_values(split))
     values.update(_precision_values(precision))
     cfg = config_for_run(default_config(config_path, values, overrides), overrides, values, allow_config_change)
+    from trainkit.runsafety import clear_stop, exit_if_stopped  # (lazy: the CLI starts without torch)
+
+    clear_stop()  # only this run's signal decides the exit code
     out = run(cfg, log=lambda m: click.echo(m, err=True), allow_rewind=allow_rewind)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return
     click.echo(json.dumps({"run_dir": out["run_dir"], "step": out["step"],
                            **{k: round(v, 4) for k, v in out["metrics"].items() if isinstance(v, float)}}))
-    from trainkit.runsafety import exit_if_stopped  # (lazy: the CLI starts without torch)
-
     exit_if_stopped()  # a signal stop (checkpoint saved) exits 3, not 0
 
 

@@ -110,12 +110,13 @@ def train(ctx, resume, allow_config_change, allow_rewind, config_path, overrides
         cfg = resume_config(config_path, overrides, values, resume=resume, allow_changes=allow_config_change)
     else:
         cfg = load_config(TrainConfig, config_path, overrides, values)
+    from trainkit.runsafety import clear_stop, exit_if_stopped  # (lazy: the CLI starts without torch)
+
+    clear_stop()  # only this run's signal decides the exit code
     summary = run_train(cfg, resume=resume, allow_config_change=allow_config_change, allow_rewind=allow_rewind, log=lambda m: click.echo(m, err=False) if not cfg.quiet else None)
     if not summary.get("stopped") and not cfg.quiet:
         click.echo(json.dumps({k: summary[k] for k in ("run_dir", "checkpoint", "num_params", "train_time_s", "val", "cache")},
                               default=float))
-    from trainkit.runsafety import exit_if_stopped  # (lazy: the CLI starts without torch)
-
     exit_if_stopped()  # a signal stop (checkpoint saved) exits 3, not 0
 
 

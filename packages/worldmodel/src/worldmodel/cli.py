@@ -79,9 +79,10 @@ def train(ctx, config_path, overrides, allow_config_change, allow_rewind, **_):
     values = explicit_cli_values(ctx, TRAIN_FLAGS)
     cfg, resume_path = resolve_run_config(resolve_config_path(quick_start_config(config_path, values, overrides)),
                                           overrides, values, allow_config_change)
-    run(cfg, resume_path=resume_path, log=_log, allow_rewind=allow_rewind)
-    from trainkit.runsafety import exit_if_stopped  # (lazy: the CLI starts without torch)
+    from trainkit.runsafety import clear_stop, exit_if_stopped  # (lazy: the CLI starts without torch)
 
+    clear_stop()  # only this run's signal decides the exit code
+    run(cfg, resume_path=resume_path, log=_log, allow_rewind=allow_rewind)
     exit_if_stopped()  # a signal stop (checkpoint saved) exits 3, not 0
 
 
