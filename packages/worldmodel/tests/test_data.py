@@ -149,6 +149,30 @@ def test_rollout_overwrite_refuses_cwd_and_foreign_folders(tmp_path, monkeypatch
     assert (work / "notes.txt").read_text() == "keep"
 
 
+
+def test_rollout_output_is_staged_and_swapped_so_a_failed_rollout_keeps_the_old_one(tmp_path, monkeypatch):
+    # audit A9: rollout --overwrite deleted the old output before the new one was computed
+    from worldmodel.data import finish_output_dir, stage_output_dir
+
+    out = tmp_path / "roll"
+    tmp = stage_output_dir(out, overwrite=False)
+    (tmp / "a.png").write_text("1")
+    assert finish_output_dir(tmp, out, [tmp / "a.png"]) == [out / "a.png"]
+    assert (out / ".trainkit_output").is_file() and not tmp.exists()
+    tmp = stage_output_dir(out, overwrite=True)
+    assert (out / "a.png").read_text() == "1"  # nothing deleted while the new output is being written
+    (tmp / "b.png").write_text("2")
+    finish_output_dir(tmp, out, [tmp / "b.png"])
+    assert sorted(p.name for p in out.iterdir()) == [".trainkit_output", "b.png"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".roll")]
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for target in (".", "..", str(tmp_path)):
+        with pytest.raises(UserError, match="refusing to replace"):
+            stage_output_dir(target, overwrite=True)
+
+
 # ---------------------------------------------------------------- nuScenes (exact v1.0 schema, hand-made)
 YAWS = [0.3, 0.35, 0.45, 0.5]
 STEPS = [1.0, 1.2, 0.9]                       # metres driven along the current heading between frames

@@ -16,6 +16,7 @@ and never cross a scene boundary.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from trainkit.errors import UserError
-from trainkit.runsafety import check_replaceable, write_output_marker
+from trainkit.runsafety import check_replaceable, swap_in, write_output_marker
 
 FORMAT_VERSION = 1
 FILES = ("frames.npy", "timestamps.npy", "actions.npy", "scene_ids.npy", "index.json")
@@ -77,6 +78,31 @@ def prepare_output_dir(out: str | Path, overwrite: bool) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_output_marker(out, "worldmodel")
     return out
+
+
+def stage_output_dir(out: str | Path, overwrite: bool) -> Path:
+    """:func:`prepare_output_dir`'s checks, but nothing is deleted yet: returns an empty temporary folder beside
+    ``out`` (with the marker) to write into; :func:`finish_output_dir` swaps it in (audit A9: a crash or a
+    SIGTERM mid-write used to lose the previous output)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError("output path is a file", str(out), "a directory (new or empty)")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError("output directory is not empty", str(out), "a new or empty directory, or --overwrite")
+    check_replaceable(out, flag="--overwrite")  # also refuses ., ~, / and cwd ancestors when they are empty
+    tmp = out.resolve().with_name(f".{out.resolve().name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_output_marker(tmp, "worldmodel")
+    return tmp
+
+
+def finish_output_dir(tmp: Path, out: str | Path, written: list) -> list[Path]:
+    """Swap the finished ``tmp`` in for ``out`` (the old folder is deleted only afterwards); the paths moved."""
+    out = Path(out)
+    swap_in(tmp, out)
+    return [out / Path(p).relative_to(tmp) for p in written]
 
 
 def write_processed(out: str | Path, scenes: list[Scene], *, source: str, action_names: list[str],

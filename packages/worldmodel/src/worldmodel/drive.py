@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ import torch
 
 from trainkit.errors import UserError
 
-from .data import ProcessedDataset, WindowDataset, collate, prepare_output_dir
+from .data import ProcessedDataset, WindowDataset, collate, finish_output_dir, stage_output_dir
 from .evaluate import check_compatible, eval_indices, load_for_inference
 
 SCALE = 6           # frames are upscaled by this (48x27 -> 288x162) so the text panel stays readable
@@ -159,26 +160,30 @@ def drive(checkpoint: str, data_root: str, out: str, actions_file: str, *, num_s
     C = cfg.eval.context_frames
     windows = WindowDataset(data, "val", C, cfg.data.frame_skip, 1)   # context frames only: any scene fits
     idx = eval_indices(len(windows), num_sequences)
-    out_dir = prepare_output_dir(out, overwrite)
-    normed = torch.from_numpy(data.normalise(physical).astype(np.float32)).to(device)
-    ranges = np.abs(physical).max(0)
-    written = []
-    for i in idx:
-        item = collate([windows[i]])
-        frames = item["frames"].to(device)
-        # the context keeps its own observed actions (positions 0..C-2); the file drives positions C-1 onward
-        acts = torch.cat([item["actions"].to(device)[:, :C - 1], normed[None]], 1)
-        pred = model.rollout(frames, acts, H, reference_every)[0]
-        video = [annotate(_to_uint8(frames[0, -1]), "context (observed)", None, names, units, ranges)]
-        for k in range(H):
-            video.append(annotate(_to_uint8(pred[k]), f"step {k + 1}/{H} (model)", physical[k], names, units, ranges))
-        name = f"{windows.scene_names[i]}_w{i:05d}_drive"
-        written += write_video(video, out_dir / name, fps, log)
-    (out_dir / "README.txt").write_text(
-        f"open-loop rollouts driven by {actions_file} ({H} steps; columns {','.join(names)} in "
-        f"{','.join(units)}); first frame: the last observed context frame; reference_every: "
-        f"{reference_every if reference_every is not None else 'checkpoint default'}; checkpoint: {checkpoint}\n")
-    return written
+    out_dir = stage_output_dir(out, overwrite)  # written beside --out, swapped in at the end (audit A9)
+    try:
+        normed = torch.from_numpy(data.normalise(physical).astype(np.float32)).to(device)
+        ranges = np.abs(physical).max(0)
+        written = []
+        for i in idx:
+            item = collate([windows[i]])
+            frames = item["frames"].to(device)
+            # the context keeps its own observed actions (positions 0..C-2); the file drives positions C-1 onward
+            acts = torch.cat([item["actions"].to(device)[:, :C - 1], normed[None]], 1)
+            pred = model.rollout(frames, acts, H, reference_every)[0]
+            video = [annotate(_to_uint8(frames[0, -1]), "context (observed)", None, names, units, ranges)]
+            for k in range(H):
+                video.append(annotate(_to_uint8(pred[k]), f"step {k + 1}/{H} (model)", physical[k], names, units, ranges))
+            name = f"{windows.scene_names[i]}_w{i:05d}_drive"
+            written += write_video(video, out_dir / name, fps, log)
+        (out_dir / "README.txt").write_text(
+            f"open-loop rollouts driven by {actions_file} ({H} steps; columns {','.join(names)} in "
+            f"{','.join(units)}); first frame: the last observed context frame; reference_every: "
+            f"{reference_every if reference_every is not None else 'checkpoint default'}; checkpoint: {checkpoint}\n")
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)  # the previous output stays as it was
+        raise
+    return finish_output_dir(out_dir, out, written)
 
 
 __all__ = ["read_action_csv", "drive", "annotate", "write_video"]

@@ -4,6 +4,7 @@ open-loop rollout at horizons 1..H, and action sensitivity (true vs foreign acti
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from trainkit.errors import UserError
 from trainkit.runsafety import raise_if_stopped
 
 from .config import Config, upgrade_saved_config
-from .data import ProcessedDataset, WindowDataset, collate, prepare_output_dir
+from .data import ProcessedDataset, WindowDataset, collate, finish_output_dir, stage_output_dir
 from .losses import compute_losses
 from .metrics import psnr_per_image, ssim_per_image
 from .model import WorldModel, to_unit
@@ -292,41 +293,45 @@ def write_rollouts(checkpoint: str, data_root: str, out: str, *, num_sequences: 
     C = cfg.eval.context_frames
     windows = WindowDataset(data, "val", C + H, cfg.data.frame_skip, 1)
     idx = eval_indices(len(windows), num_sequences)
-    out_dir = prepare_output_dir(out, overwrite)
-    steer = int(data.index.get("steer_channel", 1))
-    unit = data.index["action_units"][steer]
-    written = []
-    for i in idx:
-        item = collate([windows[i]])
-        frames, actions = item["frames"].to(device), item["actions"].to(device)
-        edited = actions.clone()
-        # the offset is in the channel's physical unit; the model sees normalised actions
-        edited[:, C - 1:, steer] += steer_offset / float(data.action_std[steer])
-        names = data.index["action_names"]
-        if "curvature" in names and "speed" in names and names[steer] == "yaw_rate":
-            # keep the action vector consistent: curvature = yaw_rate / speed (as every source computes it)
-            k, v = names.index("curvature"), names.index("speed")
-            speed = actions[:, C - 1:, v] * float(data.action_std[v]) + float(data.action_mean[v])
-            edited[:, C - 1:, k] += steer_offset / speed.clamp_min(1.0) / float(data.action_std[k])
-        pred = model.rollout(frames[:, :C], actions, H, reference_every)[0]
-        rows = [frames[0, C:], pred]
-        if steer_offset:
-            rows.append(model.rollout(frames[:, :C], edited, H, reference_every)[0])
-        grid = image_grid(rows)
-        name = f"{windows.scene_names[i]}_w{i:05d}"
-        imageio.imwrite(out_dir / f"{name}.png", grid)
-        gif = []
-        for h in range(H):
-            panel = image_grid([r[h:h + 1] for r in rows])
-            gif.append(np.repeat(np.repeat(panel, 3, 0), 3, 1))
-        imageio.mimsave(out_dir / f"{name}.gif", gif, duration=1.0 / fps, loop=0)
-        written += [out_dir / f"{name}.png", out_dir / f"{name}.gif"]
-    (out_dir / "README.txt").write_text(
-        f"rows: ground truth, open-loop rollout with the true actions"
-        + (f", rollout with steering channel {data.index['action_names'][steer]} offset by {steer_offset} {unit}"
-           + (" (curvature moved with it: offset / speed)" if "curvature" in data.index["action_names"] else "")
-           if steer_offset else "") + f"\ncontext frames: {C}; horizon: {H}; checkpoint: {checkpoint}\n")
-    return written
+    out_dir = stage_output_dir(out, overwrite)  # written beside --out, swapped in at the end (audit A9)
+    try:
+        steer = int(data.index.get("steer_channel", 1))
+        unit = data.index["action_units"][steer]
+        written = []
+        for i in idx:
+            item = collate([windows[i]])
+            frames, actions = item["frames"].to(device), item["actions"].to(device)
+            edited = actions.clone()
+            # the offset is in the channel's physical unit; the model sees normalised actions
+            edited[:, C - 1:, steer] += steer_offset / float(data.action_std[steer])
+            names = data.index["action_names"]
+            if "curvature" in names and "speed" in names and names[steer] == "yaw_rate":
+                # keep the action vector consistent: curvature = yaw_rate / speed (as every source computes it)
+                k, v = names.index("curvature"), names.index("speed")
+                speed = actions[:, C - 1:, v] * float(data.action_std[v]) + float(data.action_mean[v])
+                edited[:, C - 1:, k] += steer_offset / speed.clamp_min(1.0) / float(data.action_std[k])
+            pred = model.rollout(frames[:, :C], actions, H, reference_every)[0]
+            rows = [frames[0, C:], pred]
+            if steer_offset:
+                rows.append(model.rollout(frames[:, :C], edited, H, reference_every)[0])
+            grid = image_grid(rows)
+            name = f"{windows.scene_names[i]}_w{i:05d}"
+            imageio.imwrite(out_dir / f"{name}.png", grid)
+            gif = []
+            for h in range(H):
+                panel = image_grid([r[h:h + 1] for r in rows])
+                gif.append(np.repeat(np.repeat(panel, 3, 0), 3, 1))
+            imageio.mimsave(out_dir / f"{name}.gif", gif, duration=1.0 / fps, loop=0)
+            written += [out_dir / f"{name}.png", out_dir / f"{name}.gif"]
+        (out_dir / "README.txt").write_text(
+            f"rows: ground truth, open-loop rollout with the true actions"
+            + (f", rollout with steering channel {data.index['action_names'][steer]} offset by {steer_offset} {unit}"
+               + (" (curvature moved with it: offset / speed)" if "curvature" in data.index["action_names"] else "")
+               if steer_offset else "") + f"\ncontext frames: {C}; horizon: {H}; checkpoint: {checkpoint}\n")
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)  # the previous output stays as it was
+        raise
+    return finish_output_dir(out_dir, out, written)
 
 
 __all__ = ["validate", "rollout_metrics", "evaluate_checkpoint", "write_rollouts", "load_for_inference",
