@@ -224,3 +224,19 @@ def test_evaluate_on_a_folder_reports_every_video(base_run, tmp_path, tiny_video
     assert set(per) == {"a.mp4", "b.mp4"} and per["a.mp4"]["num_clips"] == 3
     assert set(per["a.mp4"]["constant_velocity"]["psnr"]) == {"1", "2"}
     assert per["a.mp4"]["model"]["psnr"] == per["b.mp4"]["model"]["psnr"]  # same video, same figures
+
+
+def test_make_demo_video_refuses_to_overwrite_a_same_named_file(tmp_path):
+    # audit A10: a user's own file named like a demo video was replaced without any flag
+    mine = tmp_path / "myvideos"
+    mine.mkdir()
+    from wubu_gan.data import SHAPES_VIDEO
+
+    (mine / SHAPES_VIDEO).write_text("my own recording")
+    args = ["make-demo-video", "--out", str(mine), "--which", "shapes", "--image_h", "8", "--image_w", "8",
+            "--num_frames", "2"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and "--overwrite" in res.output
+    assert (mine / SHAPES_VIDEO).read_text() == "my own recording"
+    res = CliRunner().invoke(main, [*args, "--overwrite"])
+    assert res.exit_code == 0 and (mine / SHAPES_VIDEO).stat().st_size > 100, res.output

@@ -220,12 +220,19 @@ def sample(checkpoint, out, num_samples, seed, device, replace, one_context, int
 @click.option("--num_frames", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--which", type=click.Choice(["both", "square", "shapes"]), default="both", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace demo videos of the same names already in --out.")
 @handle_user_errors
-def make_demo_video(out, image_h, image_w, num_frames, which, seed):
+def make_demo_video(out, image_h, image_w, num_frames, which, seed, overwrite):
     """Write the demo videos: the original's moving square and a richer textured-shapes video with camera pan."""
-    from .data import make_demo_videos
+    from .data import SHAPES_VIDEO, SQUARE_VIDEO, make_demo_videos
 
     kinds = ("square", "shapes") if which == "both" else (which,)
+    # audit A10: a same-named file in --out (perhaps the user's own recording) was overwritten without asking
+    taken = [Path(out) / name for kind, name in (("square", SQUARE_VIDEO), ("shapes", SHAPES_VIDEO))
+             if kind in kinds and (Path(out) / name).exists()]
+    if taken and not overwrite:
+        raise UserError(f"{taken[0].name} already exists", f"--out {out}",
+                        "another folder, or --overwrite to replace the demo videos of these names")
     for p in make_demo_videos(out, image_h, image_w, num_frames, seed, kinds):
         click.echo(f"wrote {p}")
 
