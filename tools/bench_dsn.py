@@ -264,7 +264,7 @@ def bench_quality(args) -> dict:
             make_dataset(root, num_videos=args.num_videos, seed=seed)
         n_splits = len(load_splits(root))
         for k in range(n_splits if args.splits is None else min(args.splits, n_splits)):
-            for model_type in ("baseline", "advanced"):
+            for model_type in args.models:
                 tag = "_".join(args.set).replace("/", "-") or "defaults"
                 r = _quality_run(root, out_dir / tag / f"seed{seed}" / f"{model_type}_split{k}", k, model_type, args)
                 r["seed"] = seed
@@ -274,6 +274,13 @@ def bench_quality(args) -> dict:
                                   "wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "F": mean("model", "F"),
                                   "tau": mean("model", "kendall_tau"), "random_F": mean("random", "F"),
                                   **r["select"]}), file=sys.stderr, flush=True)
+    if args.baseline_from:
+        # A variant of one model is compared with the *same* baseline runs (same seeds, splits, test videos and
+        # random draws) that an earlier defaults invocation saved, so advanced - baseline stays a paired difference.
+        have = {(r["seed"], r["split"], r["model_type"]) for r in runs}
+        saved = json.loads(Path(args.baseline_from).read_text())["per_video_runs"]
+        runs += [r for r in saved if r["model_type"] == "baseline" and r["seed"] in seeds
+                 and (r["seed"], r["split"], "baseline") not in have]
     return summarise_quality(runs, seeds, args)
 
 
@@ -333,7 +340,9 @@ def summarise_quality(runs: list[dict], seeds: list[int], args, save: bool = Tru
     result["runs"] = [{k: v for k, v in r.items() if k != "per_video"} for r in runs]
     if save and args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        name = f"quality_{'_'.join(args.set).replace('/', '-') or 'defaults'}_seeds{'-'.join(map(str, seeds))}.json"
+        models = "" if list(getattr(args, "models", ["baseline", "advanced"])) == ["baseline", "advanced"] else \
+            "_" + "-".join(args.models)
+        name = f"quality_{'_'.join(args.set).replace('/', '-') or 'defaults'}{models}_seeds{'-'.join(map(str, seeds))}.json"
         (Path(args.out) / name).write_text(json.dumps({**result, "per_video_runs": runs}))
     print(format_quality(result), file=sys.stderr)
     return result
@@ -466,6 +475,10 @@ def main() -> None:
     p.add_argument("--combine", nargs="+", default=None, metavar="JSON",
                    help="quality part: summarise saved quality_*.json files together instead of training")
     p.add_argument("--out", default="runs/bench_dsn_quality")
+    p.add_argument("--models", nargs="+", default=["baseline", "advanced"], choices=["baseline", "advanced"],
+                   help="quality part: which models to train (a variant of one model: see --baseline_from)")
+    p.add_argument("--baseline_from", default=None, metavar="JSON",
+                   help="quality part: take the baseline runs from this saved quality_*.json (same seeds)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="quality/validate parts: TrainConfig override, e.g. lr=3e-4 (repeatable)")
     args = p.parse_args()
