@@ -130,7 +130,7 @@ def train(ctx, resume, allow_config_change, allow_rewind, config_path, overrides
 @click.option("--tvsum_mat", "--tvsum-mat", type=click.Path(), default=None,
               help="TVSum's ydata-tvsum50.mat: its raw annotator scores become the reference of matching videos.")
 @click.option("--summe", type=click.Path(), default=None,
-              help="SumMe per-user ground truth folder: the reference of matching videos.")
+              help="SumMe per-user ground truth (a folder, or its .npz / GT .mat file): the reference of matching videos.")
 @options("device", "precision")
 @click.option("--seed", type=int, default=None, help="Seed of the random-summary baseline (default 0).")
 @handle_user_errors
@@ -252,7 +252,7 @@ def extract_features(videos, more_videos, out, sample_fps, thumb_size, backbone,
 @click.option("--tvsum_mat", "--tvsum-mat", type=click.Path(), default=None,
               help="TVSum's ydata-tvsum50.mat (raw 1-5 scores of 20 annotators per frame).")
 @click.option("--summe", type=click.Path(), default=None,
-              help="SumMe per-user ground truth: a folder of GT .mat files, a .npz of '<video>/user_score', or CSVs.")
+              help="SumMe per-user ground truth: a folder (GT .mat files, a .npz of '<video>/user_score', or CSVs) or that .npz / .mat file.")
 @click.option("--predictions", type=click.Path(), default=None,
               help=".json {video: [per-frame scores]} or .npz: scored against the matching annotations.")
 @click.option("--subsample", type=click.IntRange(min=1), default=1, show_default=True,
