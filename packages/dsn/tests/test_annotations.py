@@ -15,6 +15,7 @@ from dsn import annotations as A
 from dsn import metrics as M
 from dsn.cli import main
 from dsn.data import Video, load_videos
+from trainkit.errors import UserError
 
 REAL = Path(__file__).resolve().parents[3] / ".." / "shared" / "realdata" / "video_summ"
 TVSUM = REAL / "tvsum" / "ydata-tvsum50.mat"
@@ -217,3 +218,10 @@ def test_summe_corrupt_file_is_a_one_line_error(tmp_path, name, content):
     (tmp_path / name).write_text(content)
     r = _cli("agreement", "--summe", tmp_path, "--json")
     assert r.exit_code == 2 and "Traceback" not in r.output and "bad." in r.output, r.output
+
+
+def test_predictions_matching_nothing_is_an_error(tmp_path):
+    """aud21-5: predictions that match no annotated video gave exit 0 with all-null means."""
+    anns = {"vidA": A.Annotation("vidA", "tvsum", np.ones((2, 50)), fps=30.0)}
+    with pytest.raises(UserError, match="none of the 1 predicted videos matches"):
+        A.score_predictions({"nomatch": {"scores": np.zeros(7)}}, anns)

@@ -392,6 +392,10 @@ def score_predictions(predictions: dict[str, dict[str, np.ndarray]], annotations
         if a.dataset == "tvsum":
             row["kendall_tau"], row["spearman_rho"] = _per_annotator(s[::subsample], a.user_scores[:, ::subsample])
         rows.append(row)
+    if not rows:  # audit aud21-5: all-null means with exit 0 read as a result; `dsn evaluate` refuses the same
+        raise UserError(f"none of the {len(predictions)} predicted videos matches the annotations "
+                        f"({', '.join(list(predictions)[:3])}{', ...' if len(predictions) > 3 else ''})", "--predictions",
+                        "video names (or unique frame counts) of the given annotation files")
     keys = ("F_max", "F_avg", "kendall_tau", "spearman_rho")
     mean = {k: (float(np.nanmean(v)) if (v := [r[k] for r in rows if k in r]) else None) for k in keys}
     return {"mean": mean, "videos": rows, "unmatched": unmatched}

@@ -152,6 +152,8 @@ def summarize(checkpoint: str | Path, out: str | Path, *, video: str | None = No
         raise UserError("--skim needs --video (the dataset holds no video)", "--skim", "use it with --video FILE")
     if skim and Path(skim).suffix.lower() not in (".mp4", ".gif"):
         raise UserError(f"unknown skim format '{Path(skim).suffix}'", "--skim", "a file name ending in .mp4 or .gif")
+    if Path(out).exists() and not Path(out).is_dir():  # audit aud21-4: mkdir's FileExistsError traceback
+        raise UserError("--out is an existing file", str(out), "a folder (created if missing)")
     if kts_vmax is not None and video is None:
         raise UserError("--kts_vmax needs --video (a dataset's shots are already stored)", "--kts_vmax",
                         "use it with --video FILE")
