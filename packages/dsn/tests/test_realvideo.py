@@ -262,3 +262,19 @@ def test_kts_vmax_flag_on_extract_features(tmp_path):
         result = runner.invoke(main, [*cmd, "--kts_vmax", "0"])
         assert result.exit_code == 2 and "--kts_vmax" in result.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_skim_of_a_variable_frame_rate_file_keeps_real_time(tmp_path):
+    """aud21-6: the skim wrote each decoded frame once at the nominal rate, so a VFR file's skim played its
+    segments ~7x too fast. Now a frame repeats until the next timestamp: grid frames 0..29 (2 s at 15 fps)
+    give 30 frames, and frame 11..16 of the output still show coded frame 1 (pts 11)."""
+    from dsn.summarize import write_skim
+
+    pts = np.array([0, 11, 17, 24, 90])
+    frames = [np.full((32, 48, 3), 40 * i, np.uint8) for i in range(len(pts))]
+    path = write_frames(tmp_path / "vfr.mp4", frames, pts)
+    out = write_skim(path, tmp_path / "skim.mp4", [(0, 29)], 15.0)
+    with av.open(str(out)) as c:
+        got = [f.to_ndarray(format="rgb24")[..., 0].mean() for f in c.decode(video=0)]
+    assert len(got) == 30
+    assert abs(got[12] - 40) < 8 and abs(got[20] - 80) < 8 and abs(got[29] - 120) < 8

@@ -101,20 +101,34 @@ def write_skim(path_in, out_path: Path, ranges: list[tuple[int, int]], fps: floa
     from .features import _open, _rgb, _rotation, _timeline
 
     frames = []
+    end = max(e for _, e in ranges)
+
+    def emit(frame, rotation, lo, hi):
+        # A decoded frame is shown on grid frames lo..hi-1 (until the next frame's timestamp): repeat it for
+        # each of those inside the ranges. A variable-frame-rate file holds fewer frames than its grid (tree.avi:
+        # 68 on 444), and writing each decoded frame once played the skim ~7x too fast (audit aud21-6).
+        n = sum(1 for g in range(lo, hi) if any(s <= g <= e for s, e in ranges))
+        if n:
+            scale = min(1.0, max_side / max(frame.width, frame.height))
+            w = max(2, int(round(frame.width * scale / 2)) * 2)
+            h = max(2, int(round(frame.height * scale / 2)) * 2)
+            frames.extend([_rgb(frame, rotation, w, h)] * n)
+
     container = _open(Path(path_in))
     with container:
         stream = container.streams.video[0]
-        rotation = None
+        rotation, prev, prev_idx = None, None, 0
         for frame, idx in _timeline(container, stream, fps):
             if rotation is None:
                 rotation = _rotation(frame)
-            if any(s <= idx <= e for s, e in ranges):
-                scale = min(1.0, max_side / max(frame.width, frame.height))
-                w = max(2, int(round(frame.width * scale / 2)) * 2)
-                h = max(2, int(round(frame.height * scale / 2)) * 2)
-                frames.append(_rgb(frame, rotation, w, h))
-            if idx > max(e for _, e in ranges):
+            if prev is not None:
+                emit(prev, rotation, prev_idx, min(idx, end + 1))
+            prev, prev_idx = frame, idx
+            if idx > end:
+                prev = None
                 break
+        if prev is not None:
+            emit(prev, rotation, prev_idx, end + 1)
     if not frames:
         raise UserError("no frames in the selected segments", str(path_in), "a decodable video")
     out_path = Path(out_path)
