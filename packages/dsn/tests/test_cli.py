@@ -304,3 +304,11 @@ def test_summarize_out_naming_a_file_is_an_error(trained, tmp_path):
                  "--out", target)
     assert result.exit_code == 2 and "--out is an existing file" in result.stderr, result.output
     assert target.read_text() == "keep"
+
+
+def test_evaluate_explains_null_diversity(data, trained):
+    """aud21-8: Diversity came out null (one keyframe per video at a tiny budget) with no note saying why."""
+    result = run("evaluate", "--checkpoint", trained / "dsn_checkpoint_ep2.pt", "--dataset_root", data,
+                 "--budget_ratio", "0.001")
+    assert result.exit_code == 0, result.output
+    assert "note: Diversity null: every test video has fewer than 2 keyframes" in result.stdout

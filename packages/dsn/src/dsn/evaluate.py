@@ -259,6 +259,8 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset_root: str | Path | None,
     elif n_long := sum(no_shot_fits(v, proportion) for v in vids if v.user_summary is not None or v.user_scores is not None):
         notes.append(f"F null for {n_long} of {len(vids)} video(s): no shot is shorter than the {proportion:g} knapsack "
                      "budget (e.g. one KTS shot for the whole clip), so every keyshot summary is empty")
+    if result["model"].get("Diversity") is None:  # audit aud21-8: a null metric carries its reason
+        notes.append("Diversity null: every test video has fewer than 2 keyframes at this budget (it needs a pair)")
     kinds = sorted({k for v in vids if (k := M.reference_kind(v))})
     if kinds:
         notes.append("kendall_tau/spearman_rho against " + " and ".join(kinds)
