@@ -5,7 +5,8 @@
 #      training videos), paired 95 % t-intervals over the seed x split units;
 #   2. a capacity variant: the advanced model at width 64 (245K parameters instead of 2.77M), paired with
 #      the SAME baseline runs (--baseline_from);
-#   3. the headroom: F of the annotation itself (mean gtscore) per unit, and how alike the two models rank steps.
+#   3. the headroom: F of the annotation itself (mean gtscore) per unit, and how alike the two models rank steps;
+#   4. the size: 20-video datasets of seeds 13 and 14, both models (into $OUT/n20).
 # Override with environment variables: SEEDS (default "13 14 15 16"), OUT (default runs/advanced_vs_baseline),
 # EPOCHS (6), NUM_VIDEOS (30). Runs on one CPU thread; ~5 min of wall per seed for step 1 on a loaded 2-core box.
 set -euo pipefail
@@ -18,3 +19,4 @@ uv run python tools/bench_dsn.py quality "${COMMON[@]}"
 DEFAULTS="$OUT/quality_defaults_seeds${SEEDS// /-}.json"
 uv run python tools/bench_dsn.py quality "${COMMON[@]}" --models advanced --set model.enc_hidden=64 --baseline_from "$DEFAULTS"
 uv run python tools/bench_dsn.py headroom --combine "$DEFAULTS" --num_videos "${NUM_VIDEOS:-30}" --out "$OUT"
+uv run python tools/bench_dsn.py quality --seeds 13 14 --num_videos 20 --epochs "${EPOCHS:-6}" --out "$OUT/n20"
