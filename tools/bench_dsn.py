@@ -282,6 +282,18 @@ def bench_quality(args) -> dict:
         saved = json.loads(Path(args.baseline_from).read_text())["per_video_runs"]
         runs += [r for r in saved if r["model_type"] == "baseline" and r["seed"] in seeds
                  and (r["seed"], r["split"], "baseline") not in have]
+        result = summarise_quality(runs, seeds, args)
+        # And the variant against the saved (default) runs of the same model, paired per seed x split.
+        unit = lambda r, m: float(np.mean([v["model"][m] for v in r["per_video"] if v["model"][m] is not None]))
+        ref = {(r["seed"], r["split"], r["model_type"]): r for r in saved}
+        result["variant - saved same model"] = {}
+        for model_type in args.models:
+            pairs = [(r, ref[(r["seed"], r["split"], model_type)]) for r in runs[:len(have)]  # the variant's own runs
+                     if r["model_type"] == model_type and (r["seed"], r["split"], model_type) in ref]
+            result["variant - saved same model"][model_type] = {
+                m: _describe([unit(a, m) - unit(b, m) for a, b in pairs]) for m in ("F", "kendall_tau")}
+        print("variant - saved same model: " + json.dumps(result["variant - saved same model"]), file=sys.stderr)
+        return result
     return summarise_quality(runs, seeds, args)
 
 
