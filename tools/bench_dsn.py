@@ -5,6 +5,7 @@
     uv run python tools/bench_dsn.py overhead    # trainkit's OptimizerStep vs a hand-written step
     uv run python tools/bench_dsn.py quality --seeds 11 12    # both models on synthetic datasets x all splits vs random
     uv run python tools/bench_dsn.py validate --set model.pos_scale=0.1   # tuning: folds of split 0's TRAIN keys
+    uv run python tools/bench_dsn.py headroom --combine Q.json --out DIR  # oracle F and model agreement (no training)
     uv run python tools/bench_dsn.py shots_clip --out runs/clip   # a made 16-s clip, 4 panning shots (README picture)
 
 Everything runs on one CPU thread (``--threads``) so that figures are comparable on a shared machine.
@@ -264,7 +265,7 @@ def bench_quality(args) -> dict:
             make_dataset(root, num_videos=args.num_videos, seed=seed)
         n_splits = len(load_splits(root))
         for k in range(n_splits if args.splits is None else min(args.splits, n_splits)):
-            for model_type in ("baseline", "advanced"):
+            for model_type in args.models:
                 tag = "_".join(args.set).replace("/", "-") or "defaults"
                 r = _quality_run(root, out_dir / tag / f"seed{seed}" / f"{model_type}_split{k}", k, model_type, args)
                 r["seed"] = seed
@@ -274,6 +275,25 @@ def bench_quality(args) -> dict:
                                   "wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "F": mean("model", "F"),
                                   "tau": mean("model", "kendall_tau"), "random_F": mean("random", "F"),
                                   **r["select"]}), file=sys.stderr, flush=True)
+    if args.baseline_from:
+        # A variant of one model is compared with the *same* baseline runs (same seeds, splits, test videos and
+        # random draws) that an earlier defaults invocation saved, so advanced - baseline stays a paired difference.
+        have = {(r["seed"], r["split"], r["model_type"]) for r in runs}
+        saved = json.loads(Path(args.baseline_from).read_text())["per_video_runs"]
+        runs += [r for r in saved if r["model_type"] == "baseline" and r["seed"] in seeds
+                 and (r["seed"], r["split"], "baseline") not in have]
+        result = summarise_quality(runs, seeds, args)
+        # And the variant against the saved (default) runs of the same model, paired per seed x split.
+        unit = lambda r, m: float(np.mean([v["model"][m] for v in r["per_video"] if v["model"][m] is not None]))
+        ref = {(r["seed"], r["split"], r["model_type"]): r for r in saved}
+        result["variant - saved same model"] = {}
+        for model_type in args.models:
+            pairs = [(r, ref[(r["seed"], r["split"], model_type)]) for r in runs[:len(have)]  # the variant's own runs
+                     if r["model_type"] == model_type and (r["seed"], r["split"], model_type) in ref]
+            result["variant - saved same model"][model_type] = {
+                m: _describe([unit(a, m) - unit(b, m) for a, b in pairs]) for m in ("F", "kendall_tau")}
+        print("variant - saved same model: " + json.dumps(result["variant - saved same model"]), file=sys.stderr)
+        return result
     return summarise_quality(runs, seeds, args)
 
 
@@ -333,7 +353,9 @@ def summarise_quality(runs: list[dict], seeds: list[int], args, save: bool = Tru
     result["runs"] = [{k: v for k, v in r.items() if k != "per_video"} for r in runs]
     if save and args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        name = f"quality_{'_'.join(args.set).replace('/', '-') or 'defaults'}_seeds{'-'.join(map(str, seeds))}.json"
+        models = "" if list(getattr(args, "models", ["baseline", "advanced"])) == ["baseline", "advanced"] else \
+            "_" + "-".join(args.models)
+        name = f"quality_{'_'.join(args.set).replace('/', '-') or 'defaults'}{models}_seeds{'-'.join(map(str, seeds))}.json"
         (Path(args.out) / name).write_text(json.dumps({**result, "per_video_runs": runs}))
     print(format_quality(result), file=sys.stderr)
     return result
@@ -412,6 +434,58 @@ def bench_validate(args) -> dict:
             "folds": rows}
 
 
+def bench_headroom(args) -> dict:
+    """Why advanced - baseline is small, without training: from saved quality_*.json runs (``--combine``), per
+    seed x split unit (the same test videos and knapsack protocol):
+    - the ceiling: F of the annotation itself (the mean gtscore as the scores), against each model's F;
+    - how alike the two trained models rank steps: Kendall tau between their scores on each test video;
+    Checkpoints are read from the runs' folders (``--out``/TAG/seedS/MODEL_splitK/best.pt)."""
+    from scipy import stats
+
+    from dsn.data import load_splits, load_videos
+    from dsn.evaluate import load_policy, score_videos, select_keyframes, summary_metrics
+
+    runs = []
+    for path in args.combine:
+        runs += json.loads(Path(path).read_text())["per_video_runs"]
+    by_unit: dict = {}
+    for r in runs:
+        by_unit.setdefault((r["seed"], r["split"]), {})[r["model_type"]] = r
+    out_dir, tag = Path(args.out), "_".join(args.set).replace("/", "-") or "defaults"
+    units = []
+    for (seed, split), pair in sorted(by_unit.items()):
+        if set(pair) != {"baseline", "advanced"}:
+            continue
+        root = out_dir / f"data_n{args.num_videos}_seed{seed}"
+        keys = load_splits(root)[split]["test_keys"]
+        videos = load_videos(root, keys=keys)
+        oracle = [summary_metrics(videos[k], videos[k].gtscore, select_keyframes(videos[k].gtscore, 0.06),
+                                  proportion=0.15, f_mode="avg", ms_swd=False)["F"] for k in keys]
+        scores = {}
+        for m in ("baseline", "advanced"):
+            ckpt = out_dir / tag / f"seed{seed}" / f"{m}_split{split}" / "best.pt"
+            model, _ = load_policy(ckpt if ckpt.exists() else ckpt.with_name("latest.pt"))
+            scores[m] = score_videos(model, [videos[k] for k in keys])
+        agree = [stats.kendalltau(scores["baseline"][k], scores["advanced"][k])[0] for k in keys]
+        f = {m: float(np.mean([v["model"]["F"] for v in pair[m]["per_video"]])) for m in pair}
+        units.append({"seed": seed, "split": split, "oracle_F": float(np.mean(oracle)), "baseline_F": f["baseline"],
+                      "advanced_F": f["advanced"], "random_F": float(np.mean([v["random"]["F"] for v in pair["baseline"]["per_video"]])),
+                      "tau_models": float(np.nanmean(agree))})
+    col = lambda name: [u[name] for u in units]
+    result = {"part": "headroom", "units": units,
+              "oracle_F": _describe(col("oracle_F")), "baseline_F": _describe(col("baseline_F")),
+              "advanced_F": _describe(col("advanced_F")), "random_F": _describe(col("random_F")),
+              "oracle - baseline F": _describe([u["oracle_F"] - u["baseline_F"] for u in units]),
+              "oracle - advanced F": _describe([u["oracle_F"] - u["advanced_F"] for u in units]),
+              "baseline share of the random-to-oracle gap": _describe(
+                  [(u["baseline_F"] - u["random_F"]) / (u["oracle_F"] - u["random_F"]) for u in units]),
+              "advanced share of the random-to-oracle gap": _describe(
+                  [(u["advanced_F"] - u["random_F"]) / (u["oracle_F"] - u["random_F"]) for u in units]),
+              "kendall tau between the two models' scores": _describe(col("tau_models"))}
+    print("\n".join(f"{k}: {json.dumps(v)}" for k, v in result.items() if k not in ("units", "part")), file=sys.stderr)
+    return result
+
+
 def bench_shots_clip(args) -> dict:
     """A 16-s, 24-fps clip of four panning colour-texture shots with sensor noise (cuts at 4, 8, 12 s): a
     stand-in for real footage that can be shown in the README (real clips' images are never committed)."""
@@ -446,7 +520,7 @@ def bench_shots_clip(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("parts", nargs="*", default=["reward", "cache", "overhead"],
-                   choices=["reward", "cache", "overhead", "quality", "validate", "shots_clip"])
+                   choices=["reward", "cache", "overhead", "quality", "validate", "shots_clip", "headroom"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--T", type=int, default=1000)
     p.add_argument("--episodes", type=int, default=5)
@@ -466,6 +540,10 @@ def main() -> None:
     p.add_argument("--combine", nargs="+", default=None, metavar="JSON",
                    help="quality part: summarise saved quality_*.json files together instead of training")
     p.add_argument("--out", default="runs/bench_dsn_quality")
+    p.add_argument("--models", nargs="+", default=["baseline", "advanced"], choices=["baseline", "advanced"],
+                   help="quality part: which models to train (a variant of one model: see --baseline_from)")
+    p.add_argument("--baseline_from", default=None, metavar="JSON",
+                   help="quality part: take the baseline runs from this saved quality_*.json (same seeds)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="quality/validate parts: TrainConfig override, e.g. lr=3e-4 (repeatable)")
     args = p.parse_args()
@@ -474,7 +552,7 @@ def main() -> None:
         if args.epochs is None:
             args.epochs = {"quality": 8, "validate": 20}.get(part, 3)
         fn = {"reward": bench_reward, "cache": bench_cache, "overhead": bench_overhead, "quality": bench_quality,
-              "validate": bench_validate, "shots_clip": bench_shots_clip}[part]
+              "validate": bench_validate, "shots_clip": bench_shots_clip, "headroom": bench_headroom}[part]
         print(json.dumps(fn(args)), flush=True)
 
 

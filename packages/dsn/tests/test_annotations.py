@@ -15,6 +15,7 @@ from dsn import annotations as A
 from dsn import metrics as M
 from dsn.cli import main
 from dsn.data import Video, load_videos
+from trainkit.errors import UserError
 
 REAL = Path(__file__).resolve().parents[3] / ".." / "shared" / "realdata" / "video_summ"
 TVSUM = REAL / "tvsum" / "ydata-tvsum50.mat"
@@ -187,3 +188,40 @@ def test_evaluate_takes_real_annotations_as_reference(eccv16_root):
     assert m["kendall_tau"] > 0.3 and m["F"] is not None
     with pytest.raises(Exception, match="none of the"):
         attach_annotations(videos[2:], {"zzz": A.Annotation("zzz", "summe", np.ones((2, 7)))})
+
+
+def test_summe_users_by_frames_csv_is_transposed_not_hung(tmp_path):
+    """aud21-1: user_summaries/SumMe CSVs are users x frames (15 x 4494). Read as frames x users they gave
+    thousands of "users" and the leave-one-out loop never ended; now they are transposed with a warning."""
+    rng = np.random.default_rng(2)
+    m = (rng.random((3, 400)) < 0.15).astype(int)  # 3 users x 400 frames, as stored
+    (tmp_path / "v.csv").write_text("\n".join(",".join(map(str, r)) for r in m) + "\n")
+    sm = A.read_summe(tmp_path)
+    assert sm["v"].user_scores.shape == (3, 400)
+    np.testing.assert_array_equal(sm["v"].user_scores, m)
+    assert A.human_f_loo(sm)["videos"] == 1
+
+
+def test_summe_npz_file_given_directly(tmp_path):
+    """aud21-2: the converted summe_user_score.npz is accepted as the --summe argument itself."""
+    us = (np.random.default_rng(3).random((60, 4)) < 0.2).astype(float)  # frames x users
+    np.savez(tmp_path / "summe_user_score.npz", **{"Jumps/user_score": us})
+    r = _cli("agreement", "--summe", tmp_path / "summe_user_score.npz", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["summe"]["videos"] == 1
+
+
+@pytest.mark.parametrize("name, content", [("GT/bad.mat", "garbage\n"), ("bad.npz", "garbage\n")])
+def test_summe_corrupt_file_is_a_one_line_error(tmp_path, name, content):
+    """aud21-3: a corrupt SumMe GT .mat gave scipy's MatReadError traceback (rc 1); now rc 2 naming the file."""
+    (tmp_path / name).parent.mkdir(exist_ok=True)
+    (tmp_path / name).write_text(content)
+    r = _cli("agreement", "--summe", tmp_path, "--json")
+    assert r.exit_code == 2 and "Traceback" not in r.output and "bad." in r.output, r.output
+
+
+def test_predictions_matching_nothing_is_an_error(tmp_path):
+    """aud21-5: predictions that match no annotated video gave exit 0 with all-null means."""
+    anns = {"vidA": A.Annotation("vidA", "tvsum", np.ones((2, 50)), fps=30.0)}
+    with pytest.raises(UserError, match="none of the 1 predicted videos matches"):
+        A.score_predictions({"nomatch": {"scores": np.zeros(7)}}, anns)

@@ -294,3 +294,21 @@ def test_train_under_multi_process_torchrun_is_refused(monkeypatch):
     result = CliRunner().invoke(main, ["train", "--epochs", "1"])
     assert result.exit_code == 2
     assert "dsn train runs in one process" in result.output
+
+
+def test_summarize_out_naming_a_file_is_an_error(trained, tmp_path):
+    """aud21-4: --out naming an existing file gave mkdir's FileExistsError traceback; the file is kept."""
+    target = tmp_path / "some_file.json"
+    target.write_text("keep")
+    result = run("summarize", "--checkpoint", trained / "dsn_checkpoint_ep2.pt", "--video", tmp_path / "x.mp4",
+                 "--out", target)
+    assert result.exit_code == 2 and "--out is an existing file" in result.stderr, result.output
+    assert target.read_text() == "keep"
+
+
+def test_evaluate_explains_null_diversity(data, trained):
+    """aud21-8: Diversity came out null (one keyframe per video at a tiny budget) with no note saying why."""
+    result = run("evaluate", "--checkpoint", trained / "dsn_checkpoint_ep2.pt", "--dataset_root", data,
+                 "--budget_ratio", "0.001")
+    assert result.exit_code == 0, result.output
+    assert "note: Diversity null: every test video has fewer than 2 keyframes" in result.stdout

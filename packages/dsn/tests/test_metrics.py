@@ -193,3 +193,18 @@ def test_docs_describe_keyframe_selection_and_diversity_as_the_code_does():
     assert M.diversity(v.features, [2]) == 0.0
     assert summary_metrics(v, None, np.array([2]), proportion=0.15, f_mode="avg")["Diversity"] is None
     assert "report **null** for such a video" in docs
+
+
+def test_f_is_null_when_no_shot_fits_the_knapsack():
+    """aud21-7: a one-shot video (14 of the 19 real clips) got F = 0.0 for model, random and uniform: the
+    15 % knapsack selects nothing, so F was 0 by construction. Now null; two shots of which one fits give F."""
+    from dsn.evaluate import summary_metrics
+
+    users = np.zeros((2, 20), np.uint8)
+    users[:, :3] = 1
+    one = _video(20, np.arange(20), [[0, 19]], user_summary=users)
+    assert summary_metrics(one, np.linspace(1, 0, 20), np.array([0]), proportion=0.15, f_mode="avg",
+                           ms_swd=False)["F"] is None
+    two = _video(20, np.arange(20), [[0, 2], [3, 19]], user_summary=users)
+    assert summary_metrics(two, np.linspace(1, 0, 20), np.array([0]), proportion=0.15, f_mode="avg",
+                           ms_swd=False)["F"] == pytest.approx(100.0)

@@ -236,3 +236,45 @@ def test_summarize_sub_second_clip(tmp_path, real_dim_checkpoint):
     summarize(real_dim_checkpoint, tmp_path / "out", video=str(clip))
     rec = json.loads((tmp_path / "out" / "keyframes.json").read_text())
     assert rec["n_steps"] == 4 and len(rec["keyframe_steps"]) >= 1 and rec["thumbnail"]["aspect"] == 1.5
+
+
+def test_kts_vmax_flag_on_extract_features(tmp_path):
+    """`--kts_vmax` reaches shot detection: the made clip's three cuts with the real-video default (0.7),
+    none with the synthetic data's 1.5; a non-positive value is a one-line usage error (exit 2)."""
+    from click.testing import CliRunner
+
+    from dsn.cli import main
+    from dsn.data import load_videos
+
+    path = write_shots(tmp_path / "shots.mp4")
+    runner = CliRunner()
+    starts = {}
+    for vmax in (None, "1.5"):
+        out = tmp_path / f"ds_{vmax}"
+        result = runner.invoke(main, ["extract-features", "--videos", str(path), "--out", str(out),
+                                      *(["--kts_vmax", vmax] if vmax else [])])
+        assert result.exit_code == 0, result.output
+        (v,) = load_videos(out).values()
+        starts[vmax] = v.change_points[:, 0].tolist()
+    assert starts[None] == [0, 96, 192, 288] and starts["1.5"] == [0]
+    for cmd in (["extract-features", "--videos", str(path), "--out", str(tmp_path / "bad")],
+                ["summarize", "--checkpoint", "x.pt", "--video", str(path), "--out", str(tmp_path / "bad")]):
+        result = runner.invoke(main, [*cmd, "--kts_vmax", "0"])
+        assert result.exit_code == 2 and "--kts_vmax" in result.output
+    assert not (tmp_path / "bad").exists()
+
+
+def test_skim_of_a_variable_frame_rate_file_keeps_real_time(tmp_path):
+    """aud21-6: the skim wrote each decoded frame once at the nominal rate, so a VFR file's skim played its
+    segments ~7x too fast. Now a frame repeats until the next timestamp: grid frames 0..29 (2 s at 15 fps)
+    give 30 frames, and frame 11..16 of the output still show coded frame 1 (pts 11)."""
+    from dsn.summarize import write_skim
+
+    pts = np.array([0, 11, 17, 24, 90])
+    frames = [np.full((32, 48, 3), 40 * i, np.uint8) for i in range(len(pts))]
+    path = write_frames(tmp_path / "vfr.mp4", frames, pts)
+    out = write_skim(path, tmp_path / "skim.mp4", [(0, 29)], 15.0)
+    with av.open(str(out)) as c:
+        got = [f.to_ndarray(format="rgb24")[..., 0].mean() for f in c.decode(video=0)]
+    assert len(got) == 30
+    assert abs(got[12] - 40) < 8 and abs(got[20] - 80) < 8 and abs(got[29] - 120) < 8

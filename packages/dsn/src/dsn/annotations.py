@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,7 +107,7 @@ def _summe_from_mat(p: Path) -> np.ndarray:
     except NotImplementedError:  # v7.3
         with h5py.File(p, "r") as f:
             us = np.asarray(f["user_score"][()]).T if "user_score" in f else None
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, scipy.io.matlab.MatReadError) as e:  # MatReadError is no ValueError (audit aud21-3)
         raise UserError(f"cannot read SumMe GT file ({' '.join(str(e).split())[:80]})", str(p),
                         "a SumMe GT .mat with 'user_score'") from None
     if us is None:
@@ -132,21 +133,31 @@ def read_summe(folder) -> dict[str, Annotation]:
     names (a known defect of one public CSV export) are dropped with a warning: a copy is not a video.
     """
     folder = Path(folder)
-    expected = "a SumMe folder with GT/*.mat (user_score), a *.npz of '<video>/user_score', or per-video CSVs"
-    if not folder.is_dir():
+    expected = ("a SumMe folder with GT/*.mat (user_score), *.npz of '<video>/user_score' or per-video CSVs; "
+                "or one such .npz / GT .mat file")
+    single = folder.is_file() and folder.suffix.lower() in (".npz", ".mat")
+    if not folder.is_dir() and not single:
         raise UserError("SumMe folder not found", str(folder), expected)
     raw: dict[str, np.ndarray] = {}
-    mats = sorted(folder.glob("*.mat")) or sorted((folder / "GT").glob("*.mat"))
-    npzs = sorted(folder.glob("*.npz"))
+    if single:  # the converted summe_user_score.npz (or one GT .mat) given directly (audit aud21-2)
+        mats = [folder] if folder.suffix.lower() == ".mat" else []
+        npzs = [folder] if folder.suffix.lower() == ".npz" else []
+    else:
+        mats = sorted(folder.glob("*.mat")) or sorted((folder / "GT").glob("*.mat"))
+        npzs = sorted(folder.glob("*.npz"))
     if mats:
         for p in mats:
             raw[p.stem] = _summe_from_mat(p).T
     elif npzs:
         for p in npzs:
-            with np.load(p) as z:
-                for k in z.files:
-                    if k.endswith("/user_score"):
-                        raw[k.rsplit("/", 1)[0]] = np.asarray(z[k], dtype=np.float64).T
+            try:
+                with np.load(p) as z:
+                    for k in z.files:
+                        if k.endswith("/user_score"):
+                            raw[k.rsplit("/", 1)[0]] = np.asarray(z[k], dtype=np.float64).T
+            except (ValueError, OSError, zipfile.BadZipFile) as e:
+                raise UserError(f"cannot read SumMe .npz ({' '.join(str(e).split())[:80]})", str(p),
+                                "a .npz of '<video>/user_score' arrays (frames x users)") from None
     else:
         csvs = sorted(folder.glob("*.csv")) or sorted(c for d in sorted(folder.glob("superframes_*")) for c in d.glob("*.csv"))
         mapping = {}
@@ -162,6 +173,14 @@ def read_summe(folder) -> dict[str, Annotation]:
             raw[m.get("video", p.stem)] = _summe_from_csv(p).T
     if not raw:
         raise UserError("no SumMe annotations found", str(folder), expected)
+    for name, us in raw.items():
+        # raw is users x frames here. More "users" than frames means the file was stored users x frames (the
+        # keyframe CSVs of user_summaries/ are): read as it was, the leave-one-out loop ran over thousands of
+        # "users" and never ended (audit aud21-1). SumMe has 15-18 users and thousands of frames.
+        if us.shape[0] > us.shape[1]:
+            log.warning("SumMe '%s': %d x %d read as users x frames (more columns than rows); transposed",
+                        name, us.shape[1], us.shape[0])
+            raw[name] = us.T
     out: dict[str, Annotation] = {}
     seen: dict[bytes, str] = {}
     for name, us in raw.items():
@@ -373,6 +392,10 @@ def score_predictions(predictions: dict[str, dict[str, np.ndarray]], annotations
         if a.dataset == "tvsum":
             row["kendall_tau"], row["spearman_rho"] = _per_annotator(s[::subsample], a.user_scores[:, ::subsample])
         rows.append(row)
+    if not rows:  # audit aud21-5: all-null means with exit 0 read as a result; `dsn evaluate` refuses the same
+        raise UserError(f"none of the {len(predictions)} predicted videos matches the annotations "
+                        f"({', '.join(list(predictions)[:3])}{', ...' if len(predictions) > 3 else ''})", "--predictions",
+                        "video names (or unique frame counts) of the given annotation files")
     keys = ("F_max", "F_avg", "kendall_tau", "spearman_rho")
     mean = {k: (float(np.nanmean(v)) if (v := [r[k] for r in rows if k in r]) else None) for k in keys}
     return {"mean": mean, "videos": rows, "unmatched": unmatched}

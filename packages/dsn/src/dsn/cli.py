@@ -134,7 +134,7 @@ def train(ctx, resume, allow_config_change, allow_rewind, config_path, overrides
 @click.option("--tvsum_mat", "--tvsum-mat", type=click.Path(), default=None,
               help="TVSum's ydata-tvsum50.mat: its raw annotator scores become the reference of matching videos.")
 @click.option("--summe", type=click.Path(), default=None,
-              help="SumMe per-user ground truth folder: the reference of matching videos.")
+              help="SumMe per-user ground truth (a folder, or its .npz / GT .mat file): the reference of matching videos.")
 @options("device", "precision")
 @click.option("--seed", type=int, default=None, help="Seed of the random-summary baseline (default 0).")
 @handle_user_errors
@@ -174,15 +174,18 @@ def evaluate(checkpoint, dataset_root, split_index, budget_ratio, f_mode, select
               help="Keyframe selection (default: as trained, nms).")
 @click.option("--skim", default=None, help="Also write a short video of the keyframes' segments: NAME.mp4 or NAME.gif "
                                             "(inside --out unless absolute; needs --video).")
+@click.option("--kts_vmax", "--kts-vmax", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="KTS penalty for shot detection: lower finds more cuts (default 0.7, set on real clips; the "
+                   "synthetic data use 1.5).")
 @options("device", "precision")
 @handle_user_errors
-def summarize(checkpoint, video, dataset_root, key, out, budget_ratio, selection, skim, device, precision):
+def summarize(checkpoint, video, dataset_root, key, out, budget_ratio, selection, skim, kts_vmax, device, precision):
     """Keyframes (JSON), a contact sheet (PNG) and optionally a skim (MP4/GIF) for one video."""
     from .summarize import summarize as run_summarize
 
     result = run_summarize(checkpoint, out, video=video, dataset_root=dataset_root, key=key,
                            budget_ratio=budget_ratio, device=device or "cpu", selection=selection,
-                           precision=precision or "fp32", skim=skim)
+                           precision=precision or "fp32", skim=skim, kts_vmax=kts_vmax)
     click.echo(f"{len(result['keyframes'])} keyframes -> {result['json']}"
                + (f", {result['contact_sheet']}" if result.get("contact_sheet") else "")
                + (f", {result['skim']}" if result.get("skim") else ""))
@@ -235,13 +238,17 @@ def make_dataset(out, num_videos, seed, num_splits):
 @click.option("--backbone", default=None, help="torchvision model (googlenet = eccv16 pool5, resnet18/34/50) used when its weights are already "
                    "cached; otherwise a logged fallback to the weights-free features (never downloads).")
 @click.option("--pca_dim", "--pca-dim", type=int, default=None, help="Reduce features with PCA to this size.")
+@click.option("--kts_vmax", "--kts-vmax", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="KTS penalty for shot detection: lower finds more cuts (default 0.7, set on real clips; the "
+                   "synthetic data use 1.5).")
 @handle_user_errors
-def extract_features(videos, more_videos, out, sample_fps, thumb_size, backbone, pca_dim):
+def extract_features(videos, more_videos, out, sample_fps, thumb_size, backbone, pca_dim, kts_vmax):
     """Real videos -> features, KTS shots and thumbnails in the same h5 format."""
     from .features import extract_features as run
 
     paths = list(videos) + list(more_videos)
-    path = run(paths, out, sample_fps=sample_fps, thumb_size=thumb_size, backbone=backbone, pca_dim=pca_dim)
+    path = run(paths, out, sample_fps=sample_fps, thumb_size=thumb_size, backbone=backbone, pca_dim=pca_dim,
+               **({} if kts_vmax is None else {"kts_vmax": kts_vmax}))
     click.echo(f"wrote {len(paths)} videos to {path}")
 
 
@@ -249,7 +256,7 @@ def extract_features(videos, more_videos, out, sample_fps, thumb_size, backbone,
 @click.option("--tvsum_mat", "--tvsum-mat", type=click.Path(), default=None,
               help="TVSum's ydata-tvsum50.mat (raw 1-5 scores of 20 annotators per frame).")
 @click.option("--summe", type=click.Path(), default=None,
-              help="SumMe per-user ground truth: a folder of GT .mat files, a .npz of '<video>/user_score', or CSVs.")
+              help="SumMe per-user ground truth: a folder (GT .mat files, a .npz of '<video>/user_score', or CSVs) or that .npz / .mat file.")
 @click.option("--predictions", type=click.Path(), default=None,
               help=".json {video: [per-frame scores]} or .npz: scored against the matching annotations.")
 @click.option("--subsample", type=click.IntRange(min=1), default=1, show_default=True,

@@ -132,6 +132,12 @@ def _nanmean(values: Iterable[float | None]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def no_shot_fits(video, proportion: float) -> bool:
+    """True when no shot fits the keyshot knapsack (floor(proportion * n_frames) frames): keyshot F is undefined."""
+    lengths = np.asarray(video.n_frame_per_seg)
+    return lengths.size == 0 or int(lengths.min()) > math.floor(proportion * video.n_frames)
+
+
 def summary_metrics(video, scores: np.ndarray | None, keyframes: np.ndarray, *, proportion: float, f_mode: str,
                     ms_swd: bool = True, ranked: bool = True) -> dict[str, float | None]:
     """All metrics for one video's summary. ``scores`` drive F (and tau/rho when ``ranked``)."""
@@ -142,6 +148,10 @@ def summary_metrics(video, scores: np.ndarray | None, keyframes: np.ndarray, *, 
     if ms_swd and video.frames is not None:
         out["MS_SWD"] = float(M.ms_swd(video.frames, keyframes))
     users = M.keyshot_users(video, proportion) if scores is not None else None
+    if users is not None and no_shot_fits(video, proportion):
+        # Every shot is longer than the knapsack budget (a one-shot real clip): every summary, the users' built
+        # from raw scores included, is empty and F would be 0 by construction, not a measurement (audit aud21-7).
+        users = None
     if users is not None:
         summary = M.summary_from_scores(scores, video, proportion=proportion)
         out["F"] = float(M.f_score(summary, users, mode=f_mode))
@@ -248,6 +258,11 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset_root: str | Path | None,
         notes.append("MS_SWD skipped: the dataset has no thumbnails ('frames')")
     if all(v.user_summary is None and v.user_scores is None for v in vids):
         notes.append("F skipped: no user_summary annotations")
+    elif n_long := sum(no_shot_fits(v, proportion) for v in vids if v.user_summary is not None or v.user_scores is not None):
+        notes.append(f"F null for {n_long} of {len(vids)} video(s): no shot is shorter than the {proportion:g} knapsack "
+                     "budget (e.g. one KTS shot for the whole clip), so every keyshot summary is empty")
+    if result["model"].get("Diversity") is None:  # audit aud21-8: a null metric carries its reason
+        notes.append("Diversity null: every test video has fewer than 2 keyframes at this budget (it needs a pair)")
     kinds = sorted({k for v in vids if (k := M.reference_kind(v))})
     if kinds:
         notes.append("kendall_tau/spearman_rho against " + " and ".join(kinds)

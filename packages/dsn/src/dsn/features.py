@@ -503,7 +503,8 @@ def video_from_file(path, *, key: str | None = None, sample_fps: float = 2.0, th
 
 
 def extract_features(video_paths: list, out_dir, *, sample_fps: float = 2.0, thumb_size: int = 64,
-                     backbone: str | None = None, pca_dim: int | None = None) -> Path:
+                     backbone: str | None = None, pca_dim: int | None = None,
+                     kts_vmax: float = KTS_VMAX_REAL) -> Path:
     """Real videos -> an eccv16-format dataset folder (h5 + splits.json) at out_dir; returns out_dir.
 
     Keys are `video_1..video_N` in the given order (the source file name is stored as
@@ -519,7 +520,8 @@ def extract_features(video_paths: list, out_dir, *, sample_fps: float = 2.0, thu
     videos = []
     for i, p in enumerate(paths, start=1):
         log.info("extracting %s", p)
-        v = video_from_file(p, key=f"video_{i}", sample_fps=sample_fps, thumb_size=thumb_size, backbone=backbone)
+        v = video_from_file(p, key=f"video_{i}", sample_fps=sample_fps, thumb_size=thumb_size, backbone=backbone,
+                            kts_vmax=kts_vmax)
         v.video_name = p.name
         videos.append(v)
     out_dir = Path(out_dir)

@@ -20,7 +20,7 @@ SECONDS_PER_KEYFRAME = 5.0  # at least one keyframe per ~5 s of video
 SHEET_MAX_SIDE = 640  # contact-sheet pictures: source aspect, long side at most this (full resolution below it)
 
 
-def _load_video(video: str | None, dataset_root: str | None, key: str | None):
+def _load_video(video: str | None, dataset_root: str | None, key: str | None, kts_vmax: float | None = None):
     if (video is None) == (dataset_root is None and key is None):
         raise UserError("give either --video FILE or --dataset_root DIR --key KEY", "dsn summarize",
                         "expected exactly one source")
@@ -29,12 +29,13 @@ def _load_video(video: str | None, dataset_root: str | None, key: str | None):
 
         if not Path(video).is_file():
             raise UserError("video file not found", video, "expected a readable video file")
-        v = video_from_file(video)
+        kts = {} if kts_vmax is None else {"kts_vmax": kts_vmax}
+        v = video_from_file(video, **kts)
         if v.n_steps < MIN_STEPS and v.n_frames > v.n_steps:
             # Short clip: sample every n_frames // MIN_STEPS frames instead of 2 fps (audit: a 10-s clip had
             # 21 steps at a 6 % budget and came out as one keyframe).
             stride = max(1, v.n_frames // MIN_STEPS)
-            v = video_from_file(video, sample_fps=v.fps / stride)
+            v = video_from_file(video, sample_fps=v.fps / stride, **kts)
         return v, str(video)
     if dataset_root is None or key is None:
         raise UserError("--dataset_root and --key go together", "dsn summarize", "expected both")
@@ -100,20 +101,34 @@ def write_skim(path_in, out_path: Path, ranges: list[tuple[int, int]], fps: floa
     from .features import _open, _rgb, _rotation, _timeline
 
     frames = []
+    end = max(e for _, e in ranges)
+
+    def emit(frame, rotation, lo, hi):
+        # A decoded frame is shown on grid frames lo..hi-1 (until the next frame's timestamp): repeat it for
+        # each of those inside the ranges. A variable-frame-rate file holds fewer frames than its grid (tree.avi:
+        # 68 on 444), and writing each decoded frame once played the skim ~7x too fast (audit aud21-6).
+        n = sum(1 for g in range(lo, hi) if any(s <= g <= e for s, e in ranges))
+        if n:
+            scale = min(1.0, max_side / max(frame.width, frame.height))
+            w = max(2, int(round(frame.width * scale / 2)) * 2)
+            h = max(2, int(round(frame.height * scale / 2)) * 2)
+            frames.extend([_rgb(frame, rotation, w, h)] * n)
+
     container = _open(Path(path_in))
     with container:
         stream = container.streams.video[0]
-        rotation = None
+        rotation, prev, prev_idx = None, None, 0
         for frame, idx in _timeline(container, stream, fps):
             if rotation is None:
                 rotation = _rotation(frame)
-            if any(s <= idx <= e for s, e in ranges):
-                scale = min(1.0, max_side / max(frame.width, frame.height))
-                w = max(2, int(round(frame.width * scale / 2)) * 2)
-                h = max(2, int(round(frame.height * scale / 2)) * 2)
-                frames.append(_rgb(frame, rotation, w, h))
-            if idx > max(e for _, e in ranges):
+            if prev is not None:
+                emit(prev, rotation, prev_idx, min(idx, end + 1))
+            prev, prev_idx = frame, idx
+            if idx > end:
+                prev = None
                 break
+        if prev is not None:
+            emit(prev, rotation, prev_idx, end + 1)
     if not frames:
         raise UserError("no frames in the selected segments", str(path_in), "a decodable video")
     out_path = Path(out_path)
@@ -142,7 +157,8 @@ def write_skim(path_in, out_path: Path, ranges: list[tuple[int, int]], fps: floa
 
 def summarize(checkpoint: str | Path, out: str | Path, *, video: str | None = None, dataset_root: str | None = None,
               key: str | None = None, budget_ratio: float | None = None, device: str = "cpu",
-              selection: str | None = None, precision: str = "fp32", skim: str | None = None) -> dict[str, Any]:
+              selection: str | None = None, precision: str = "fp32", skim: str | None = None,
+              kts_vmax: float | None = None) -> dict[str, Any]:
     check_precision(precision)
     dev = resolve_device(device)
     model, ckpt = load_policy(checkpoint, dev)
@@ -150,7 +166,12 @@ def summarize(checkpoint: str | Path, out: str | Path, *, video: str | None = No
         raise UserError("--skim needs --video (the dataset holds no video)", "--skim", "use it with --video FILE")
     if skim and Path(skim).suffix.lower() not in (".mp4", ".gif"):
         raise UserError(f"unknown skim format '{Path(skim).suffix}'", "--skim", "a file name ending in .mp4 or .gif")
-    v, source = _load_video(video, dataset_root, key)
+    if Path(out).exists() and not Path(out).is_dir():  # audit aud21-4: mkdir's FileExistsError traceback
+        raise UserError("--out is an existing file", str(out), "a folder (created if missing)")
+    if kts_vmax is not None and video is None:
+        raise UserError("--kts_vmax needs --video (a dataset's shots are already stored)", "--kts_vmax",
+                        "use it with --video FILE")
+    v, source = _load_video(video, dataset_root, key, kts_vmax)
     check_feature_dim(model, {v.key: v}, source)
     budget = budget_ratio if budget_ratio is not None else float((ckpt.get("train_config") or {}).get("budget_ratio", 0.06))
     check_budget_ratio(budget)
