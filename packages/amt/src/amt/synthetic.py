@@ -321,6 +321,13 @@ def finish_output(tmp: Path, root: Path) -> Path:
     return root
 
 
+def write_mano_scale(root: Path, calib: str, scale: float) -> None:
+    """The subject's hand size as DexYCB's mano.yml (zero betas; both generators write it)."""
+    mano = root / "calibration" / f"mano_{calib}" / "mano.yml"
+    mano.parent.mkdir(parents=True, exist_ok=True)
+    mano.write_text(f"betas: {[0.0] * 10}\nscale: {float(scale)}\n")
+
+
 def make_synthetic(root: str | Path, *, sequences_per_subject: int = 5, frames_per_sequence: int = 8, seed: int = 0,
                    left_fraction: float = 0.3, overwrite: bool = False, keep_complete: bool = False,
                    log=print) -> Path:
@@ -340,9 +347,7 @@ def make_synthetic(root: str | Path, *, sequences_per_subject: int = 5, frames_p
         srng = np.random.default_rng([seed, 2, si])
         scale = srng.uniform(0.9, 1.1)  # the subject's hand size (MANO betas in DexYCB)
         calib = f"{si:02d}_synthetic"
-        mano = tmp / "calibration" / f"mano_{calib}" / "mano.yml"
-        mano.parent.mkdir(parents=True, exist_ok=True)
-        mano.write_text(f"betas: {[0.0] * 10}\nscale: {float(scale)}\n")
+        write_mano_scale(tmp, calib, scale)
         for q in range(sequences_per_subject):
             qrng = np.random.default_rng([seed, 3, si, q])
             side = "left" if qrng.random() < left_fraction else "right"

@@ -64,14 +64,21 @@ class Scene:
     meta: dict | None = None    # per-scene extras for index.json (e.g. where actions came from)
 
 
-def prepare_output_dir(out: str | Path, overwrite: bool) -> Path:
-    """Refuse a non-empty target unless ``overwrite``; then replace it whole (no stale files survive)."""
-    out = Path(out)
+def _check_output_target(out: Path, overwrite: bool) -> bool:
+    """Refuse a file, or a non-empty folder without ``overwrite``; True when a non-empty folder is to be replaced."""
     if out.exists() and not out.is_dir():
         raise UserError("output path is a file", str(out), "a directory (new or empty)")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise UserError("output directory is not empty", str(out), "a new or empty directory, or --overwrite")
+        return True
+    return False
+
+
+def prepare_output_dir(out: str | Path, overwrite: bool) -> Path:
+    """Refuse a non-empty target unless ``overwrite``; then replace it whole (no stale files survive)."""
+    out = Path(out)
+    if _check_output_target(out, overwrite):
         # only a folder this tool wrote (its marker), never ., ~, / or an ancestor of the cwd (audit H1)
         check_replaceable(out, flag="--overwrite")
         shutil.rmtree(out)
@@ -85,11 +92,7 @@ def stage_output_dir(out: str | Path, overwrite: bool) -> Path:
     ``out`` (with the marker) to write into; :func:`finish_output_dir` swaps it in (audit A9: a crash or a
     SIGTERM mid-write used to lose the previous output)."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError("output path is a file", str(out), "a directory (new or empty)")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError("output directory is not empty", str(out), "a new or empty directory, or --overwrite")
+    _check_output_target(out, overwrite)
     check_replaceable(out, flag="--overwrite")  # also refuses ., ~, / and cwd ancestors when they are empty
     tmp = out.resolve().with_name(f".{out.resolve().name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -21,7 +21,7 @@ from PIL import Image, ImageFilter
 
 from ..data import IMAGE_H, IMAGE_W, SERIALS, SUBJECTS, project, write_intrinsics, write_labels, write_meta
 from ..synthetic import (_background, _fine_noise, _look, _rz, camera_intrinsics, finish_output, hand_joints,
-                         place_sphere, start_output)
+                         place_sphere, start_output, write_mano_scale)
 from .backgrounds import photo_background, photo_pool
 from .render import SKIN_TONES, hand_spheres, projected_box, raycast
 
@@ -190,9 +190,7 @@ def make_synthetic_v3(root: str | Path, *, sequences_per_subject: int = 5, frame
         rig = camera_rig(srng)
         calib = f"{si:02d}_synthetic"
         write_extrinsics(tmp, calib, rig)
-        mano = tmp / "calibration" / f"mano_{calib}" / "mano.yml"
-        mano.parent.mkdir(parents=True, exist_ok=True)
-        mano.write_text(f"betas: {[0.0] * 10}\nscale: {float(scale)}\n")
+        write_mano_scale(tmp, calib, scale)
         for q in range(sequences_per_subject):
             qrng = np.random.default_rng([seed, 3, si, q])
             side = "left" if qrng.random() < left_fraction else "right"
