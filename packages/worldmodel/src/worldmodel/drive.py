@@ -121,7 +121,7 @@ def annotate(frame: np.ndarray, title: str, values: np.ndarray | None, names: li
 
 
 def write_video(frames: list[np.ndarray], path_stem: Path, fps: float, log=None) -> list[Path]:
-    """Always a GIF; also an MP4 (H.264) when PyAV is importable (it is optional for this package)."""
+    """Always a GIF; also an MP4 (H.264) when PyAV is importable (a declared dependency; a GIF alone if an environment lacks it)."""
     import imageio.v2 as imageio
 
     gif = path_stem.with_suffix(".gif")
