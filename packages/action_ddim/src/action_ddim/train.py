@@ -411,6 +411,10 @@ def train(cfg: Config, log=print, *, resume: tuple[dict, Path] | None = None, al
             if pause:
                 say(f"stopping after epoch {last_epoch} (train.stop_after_epoch); continue with --resume auto")
                 break
+        # Rank 0 may still be validating or writing the last checkpoint: a rank that tears its process group
+        # down first can abort (gloo: "terminate called without an active exception") and torchrun then kills
+        # rank 0 mid-save. Only on the normal way out: after an exception a barrier could wait forever.
+        barrier()
     finally:
         tracker.close()
         stop.restore()
