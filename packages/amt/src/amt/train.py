@@ -480,6 +480,7 @@ def train(cfg: Config, log=print, allow_rewind: bool = False) -> dict:
                 say(f"stopping after epoch {ep} (training.stop_after_epoch); continue with --resume "
                     f"{run_dir / 'checkpoints' / 'latest.pth'}")
                 break
+        barrier()  # every rank leaves together: rank 0 may still be saving (see action_ddim's train)
     finally:
         tracker.close()
         stop.restore()

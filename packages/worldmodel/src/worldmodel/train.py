@@ -479,6 +479,7 @@ def train(cfg: Config, resume_path: Path | None = None, log=print, allow_rewind:
                 bar.close()
             if not done:
                 epoch += 1
+        barrier()  # every rank leaves together: rank 0 may still be saving (see action_ddim's train)
     finally:
         tracker.close()
         stop.restore()

@@ -693,6 +693,7 @@ def train(cfg: TrainConfig, log=print, explicit_keys: frozenset = frozenset(), a
                 f"{m['avg_val_ssim']:.3f} (copy-last {b['avg_val_psnr']:.2f} / {b['avg_val_ssim']:.3f}, constant-velocity "
                 f"{result['constant_velocity']['avg_val_psnr']:.2f}) | "
                 f"lambda_kl {lambda_kl:.3g} | saved {path.name}{' (best)' if better else ''}")
+        barrier()  # every rank leaves together: rank 0 may still be saving (see action_ddim's train)
     finally:
         tracker.close()
         stop.restore()
